@@ -1,0 +1,365 @@
+"""Datasets on any fsspec URL, committed atomically by a manifest written last.
+
+Layout of a dataset at ``URL``::
+
+    URL/_MANIFEST.json                       written last: the commit
+    URL/<table>/part-00000-<token>.parquet   one or more parts per table
+    URL/images/<token>/<side>/<id>.png       optional files (``put_file``)
+
+Every write gets a fresh ``token``; data files carry it in their names and the manifest lists
+exactly the files of its commit.  Readers only ever open files the manifest lists, so a crashed
+or failed write is invisible; :class:`DatasetWriter` removes its own files when it fails.  The
+manifest is one object PUT on object stores (atomic) and a write-then-rename on local disks.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import os
+import secrets
+import time
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from psqe_ray import __version__
+from psqe_ray.errors import DataError, DestinationError
+from psqe_ray.io.fs import StorageOptions, check_bucket, exists, is_local, join, one_line, \
+    read_bytes, resolve
+from psqe_ray.schemas import SIDES, check_table_name, conform, is_feature_table, modality_of, \
+    with_metadata
+from psqe_ray.validation import ContractChecker
+
+MANIFEST = "_MANIFEST.json"
+FORMAT = "psqe-ray/dataset"
+FORMAT_VERSION = 1
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class DatasetWriter:
+    """Writes tables into ``url`` and commits them atomically.
+
+    Use as a context manager; an exception inside the block removes everything written::
+
+        with DatasetWriter(url, stage="import", fingerprint=fp) as w:
+            if w.committed:            # the same dataset is already there: nothing to do
+                return
+            w.write("entities", table)
+            w.commit(meta={...})
+
+    Args:
+        url: destination (created if absent).  A destination that holds another dataset (a
+            different fingerprint) or unrelated files is refused with :class:`DestinationError`.
+        stage: stage name recorded in the manifest and in every table's metadata.
+        fingerprint: fingerprint of the configuration and inputs that define the content.
+        require_graph: whether the commit requires a non-empty ``entities`` table.
+        entity_counts: entity counts per side for outputs that refer to another dataset.
+    """
+
+    def __init__(self, url: str, *, stage: str, fingerprint: str,
+                 storage_options: StorageOptions = None, require_graph: bool = True,
+                 entity_counts: dict[str, int] | None = None) -> None:
+        self.url = str(url)
+        self.stage = stage
+        self.fingerprint = fingerprint
+        self.fs, self.root = resolve(self.url, storage_options)
+        self.token = secrets.token_hex(4)
+        self.checker = ContractChecker(self.url, entity_counts=entity_counts,
+                                       require_graph=require_graph)
+        self.committed = False
+        self._parts: dict[str, list[str]] = {}
+        self._files: list[str] = []
+        self._created_root = False
+        self._started = time.monotonic()
+        self._open = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def __enter__(self) -> "DatasetWriter":
+        check_bucket(self.fs, self.root, self.url)
+        manifest_path = join(self.root, MANIFEST)
+        if exists(self.fs, manifest_path, self.url):
+            old = _load_manifest(self.fs, manifest_path, join(self.url, MANIFEST))
+            if old.get("fingerprint") == self.fingerprint:
+                self.committed = True
+                return self
+            raise DestinationError(
+                f"{self.url}: already holds a different dataset (fingerprint "
+                f"{old.get('fingerprint')}, stage {old.get('stage')!r}; this one is "
+                f"{self.fingerprint}); choose another destination or delete it first")
+        if exists(self.fs, self.root, self.url):
+            try:
+                leftover = [p for p in self.fs.find(self.root)]
+            except Exception as exc:  # noqa: BLE001
+                raise DataError(self.url, f"cannot list destination: {one_line(exc)}") from None
+            if leftover:
+                raise DestinationError(
+                    f"{self.url}: destination is not empty and holds no psqe-ray dataset "
+                    f"({len(leftover)} file(s), e.g. {leftover[0]}); choose an empty location")
+        else:
+            self._created_root = True
+        try:
+            self.fs.makedirs(self.root, exist_ok=True)
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(self.url, f"cannot create destination: {one_line(exc)}") from None
+        self._open = True
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or (self._open and not self.committed):
+            self.abort()
+
+    def abort(self) -> None:
+        """Remove every file this writer wrote (and directories it created that are empty)."""
+        for path in self._files:
+            try:
+                self.fs.rm_file(path)
+            except FileNotFoundError:
+                pass
+            except Exception:  # noqa: BLE001 - best effort; the manifest was never written
+                pass
+        self._files.clear()
+        self._prune_dirs()
+        self._open = False
+
+    def _prune_dirs(self) -> None:
+        try:
+            if not self.fs.exists(self.root):
+                return
+            dirs = sorted((p for p, _, _ in self.fs.walk(self.root)), key=len, reverse=True)
+            for d in dirs:
+                if d.rstrip("/") == self.root.rstrip("/") and not self._created_root:
+                    continue
+                try:
+                    if not self.fs.ls(d):
+                        self.fs.rmdir(d)
+                except Exception:  # noqa: BLE001
+                    pass
+        except Exception:  # noqa: BLE001
+            pass
+
+    # -- writing --------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if not self._open:
+            raise RuntimeError("DatasetWriter is not open (use it as a context manager, and do "
+                               "not write after commit or when `committed` is already True)")
+
+    def write(self, name: str, table: pa.Table | pa.RecordBatch) -> None:
+        """Validate ``table`` against the contract and write it as one more part of ``name``."""
+        self._check_open()
+        check_table_name(name)
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        where = f"{join(self.url, name)} (part {len(self._parts.get(name, []))})"
+        table = conform(name, table, where)
+        if table.num_rows == 0 and self._parts.get(name):
+            return  # an empty part adds nothing once the table exists
+        self.checker.add(name, table)
+        table = with_metadata(table, name, stage=self.stage, fingerprint=self.fingerprint)
+        rel = f"{name}/part-{len(self._parts.get(name, [])):05d}-{self.token}.parquet"
+        path = join(self.root, rel)
+        self._parts.setdefault(name, []).append(rel)
+        self._files.append(path)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        self._put(path, buf.getvalue(), rel)
+
+    def put_file(self, rel: str, data: bytes) -> str:
+        """Store an extra file (e.g. an image) and return its path relative to the dataset.
+
+        The file goes under ``<first segment of rel>/<token>/<rest>`` so that it is part of
+        this commit only.
+        """
+        self._check_open()
+        head, _, rest = rel.strip("/").partition("/")
+        rel = f"{head}/{self.token}/{rest}" if rest else f"{head}/{self.token}"
+        path = join(self.root, rel)
+        self._files.append(path)
+        self._put(path, data, rel)
+        return rel
+
+    def _put(self, path: str, data: bytes, rel: str) -> None:
+        try:
+            if is_local(self.fs):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            self.fs.pipe_file(path, data)
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(join(self.url, rel), f"cannot write: {one_line(exc)}") from None
+
+    def commit(self, *, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run the cross-table checks, then write the manifest (the commit point)."""
+        self._check_open()
+        self.checker.finish()
+        tables = {}
+        for name, parts in self._parts.items():
+            entry: dict[str, Any] = {"parts": parts, "rows": self.checker.counts(name)}
+            if is_feature_table(name):
+                entry["dim"] = self.checker.dims.get(name)
+                entry["present"] = self.checker.present.get(name, {})
+            tables[name] = entry
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "stage": self.stage,
+            "fingerprint": self.fingerprint,
+            "code_version": __version__,
+            "created": _now(),
+            "token": self.token,
+            "seconds": round(time.monotonic() - self._started, 3),
+            "tables": tables,
+            "files": [p.removeprefix(self.root.rstrip("/") + "/") for p in self._files
+                      if not p.endswith(".parquet")],
+            "meta": meta or {},
+        }
+        data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        path = join(self.root, MANIFEST)
+        if is_local(self.fs):
+            tmp = f"{path}.{self.token}.tmp"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        else:
+            self._put(path, data, MANIFEST)
+        self.committed = True
+        self._open = False
+        return manifest
+
+
+def _load_manifest(fs, path: str, url: str) -> dict[str, Any]:
+    raw = read_bytes(fs, path, url)
+    try:
+        manifest = json.loads(raw)
+    except ValueError as exc:
+        raise DataError(url, f"malformed manifest: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(url, f"not a psqe-ray manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(url, f"manifest format version {manifest.get('format_version')} is not "
+                        f"supported (this psqe-ray reads {FORMAT_VERSION})")
+    return manifest
+
+
+class Dataset:
+    """A committed dataset, read through its manifest; every table read is validated.
+
+    Args:
+        url: the dataset location.
+        validate: run the full cross-table checks at open (reads every table once).
+    """
+
+    def __init__(self, url: str, *, storage_options: StorageOptions = None,
+                 validate: bool = False) -> None:
+        self.url = str(url)
+        self.storage_options = storage_options
+        self.fs, self.root = resolve(self.url, storage_options)
+        try:
+            self.fs.invalidate_cache()
+        except Exception:  # noqa: BLE001
+            pass
+        manifest_path = join(self.root, MANIFEST)
+        if not exists(self.fs, manifest_path, self.url):
+            if exists(self.fs, self.root, self.url):
+                raise DataError(self.url, f"not a psqe-ray dataset: no {MANIFEST} (not written "
+                                "by psqe-ray, or an interrupted write)")
+            raise DataError(self.url, "no such dataset: nothing exists at this location")
+        self.manifest = _load_manifest(self.fs, manifest_path, join(self.url, MANIFEST))
+        if validate:
+            self.validate()
+
+    # -- metadata -------------------------------------------------------------------------------
+    @property
+    def tables(self) -> list[str]:
+        return sorted(self.manifest["tables"])
+
+    def has(self, name: str) -> bool:
+        return name in self.manifest["tables"]
+
+    @property
+    def modalities(self) -> list[str]:
+        return sorted(modality_of(t) for t in self.tables if is_feature_table(t))
+
+    def counts(self, name: str) -> dict[str, int]:
+        return dict(self.manifest["tables"].get(name, {}).get("rows", {}))
+
+    def entity_counts(self) -> dict[str, int]:
+        c = self.counts("entities")
+        return {s: int(c.get(s, 0)) for s in SIDES}
+
+    def url_of(self, rel: str) -> str:
+        """Absolute URL of a path stored relative to the dataset (absolute URLs pass through)."""
+        if "://" in rel or rel.startswith("/"):
+            return rel
+        return join(self.url, rel)
+
+    # -- reading --------------------------------------------------------------------------------
+    def iter_parts(self, name: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """Yield the parts of table ``name``, each conformed to the contract schema."""
+        if not self.has(name):
+            raise DataError(join(self.url, name), f"table not in this dataset (tables: "
+                            f"{', '.join(self.tables)})")
+        for rel in self.manifest["tables"][name]["parts"]:
+            url = join(self.url, rel)
+            raw = read_bytes(self.fs, join(self.root, rel), url)
+            try:
+                table = pq.read_table(io.BytesIO(raw))
+            except Exception as exc:  # noqa: BLE001
+                raise DataError(url, f"unreadable Parquet: {one_line(exc)}") from None
+            meta = table.schema.metadata or {}
+            kind = meta.get(b"psqe.schema", b"").decode()
+            if kind != name:
+                raise DataError(url, f"schema metadata says {kind or 'nothing'!r}, expected "
+                                f"{name!r}")
+            table = conform(name, table.replace_schema_metadata(None), url)
+            if columns is not None:
+                table = table.select(columns)
+            yield table
+
+    def table(self, name: str, columns: list[str] | None = None,
+              side: str | None = None) -> pa.Table:
+        """The whole table ``name`` (optionally some columns, optionally one side)."""
+        parts = list(self.iter_parts(name))
+        table = pa.concat_tables(parts) if parts else None
+        if table is None:
+            raise DataError(join(self.url, name), "table has no parts")
+        if side is not None:
+            import pyarrow.compute as pc
+            table = table.filter(pc.equal(table.column("side"), side))
+        if columns is not None:
+            table = table.select(columns)
+        return table
+
+    def validate(self) -> ContractChecker:
+        """Read every table once and run the cross-table checks; raise on the first problem."""
+        checker = ContractChecker(self.url, require_graph="entities" in self.manifest["tables"])
+        for name in self.tables:
+            for part in self.iter_parts(name):
+                checker.add(name, part)
+        checker.finish()
+        for name in self.tables:
+            listed = {k: int(v) for k, v in self.counts(name).items()}
+            if listed != checker.counts(name):
+                raise DataError(join(self.url, name), f"row counts {checker.counts(name)} do "
+                                f"not match the manifest {listed}")
+        listed = self.manifest.get("files", [])
+        if listed:
+            # One listing per top-level folder, not one request per file (object stores).
+            found: set[str] = set()
+            prefix = self.root.rstrip("/") + "/"
+            for top in sorted({rel.split("/", 2)[0] + "/" + rel.split("/", 2)[1]
+                               if rel.count("/") >= 1 else rel for rel in listed}):
+                try:
+                    found.update(p.removeprefix(prefix) for p in self.fs.find(join(self.root, top)))
+                except FileNotFoundError:
+                    pass
+            missing = [rel for rel in listed if rel not in found]
+            if missing:
+                raise DataError(join(self.url, missing[0]), f"file listed in the manifest is "
+                                f"missing ({len(missing)} missing)")
+        return checker
