@@ -1,0 +1,40 @@
+"""Import rules of DESIGN.md: core/ imports neither ray nor fsspec; only distributed/ imports ray."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "psqe_ray"
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_core_imports_no_ray_or_fsspec():
+    files = list((PKG / "core").rglob("*.py"))
+    assert files, "psqe_ray/core must exist"
+    for f in files:
+        bad = _imports(f) & {"ray", "fsspec", "s3fs", "gcsfs"}
+        assert not bad, f"{f} imports {bad}"
+
+
+def test_only_distributed_imports_ray():
+    for f in PKG.rglob("*.py"):
+        if "distributed" in f.relative_to(PKG).parts:
+            continue
+        assert "ray" not in _imports(f), f"{f} imports ray"
+
+
+def test_layer_rule_detects_violations(tmp_path):
+    probe = tmp_path / "x.py"
+    probe.write_text("import ray.data\nfrom fsspec import core\n")
+    assert _imports(probe) >= {"ray", "fsspec"}
