@@ -111,10 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _setup_logging(quiet: bool) -> None:
+    """Progress from psqe-ray at INFO; other libraries (botocore, ...) only at WARNING."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _setup_logging(args.quiet)
     try:
         return args.func(args)
     except PsqeError as exc:

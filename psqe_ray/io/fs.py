@@ -67,6 +67,9 @@ def read_bytes(fs: fsspec.AbstractFileSystem, path: str, url: str) -> bytes:
         with fs.open(path, "rb") as fh:
             return fh.read()
     except FileNotFoundError:
+        if any(p in ("http", "https") for p in _protocols(fs)):
+            # fsspec's HTTP backend reports refused connections as FileNotFoundError too
+            raise DataError(url, "not found, or the server cannot be reached") from None
         raise DataError(url, "no such file") from None
     except IsADirectoryError:
         raise DataError(url, "is a directory, expected a file") from None
@@ -74,9 +77,14 @@ def read_bytes(fs: fsspec.AbstractFileSystem, path: str, url: str) -> bytes:
         raise DataError(url, f"cannot read: {one_line(exc)}") from None
 
 
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
 def check_bucket(fs: fsspec.AbstractFileSystem, path: str, url: str) -> None:
     """For object stores, fail early and clearly when the bucket does not exist."""
-    if is_local(fs) or fs.protocol in ("memory",) or "memory" in fs.protocol:
+    if is_local(fs) or not {"s3", "s3a", "gs", "gcs", "abfs", "az"} & set(_protocols(fs)):
         return
     bucket = path.split("/", 1)[0]
     if not exists(fs, bucket, url):

@@ -83,12 +83,21 @@ def _fields(line: str, where: str, lineno: int, n: int | None, what: str) -> lis
     return parts
 
 
-def _int(text: str, where: str, lineno: int, what: str) -> int:
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _int(text: str, where: str, lineno: int | None, what: str) -> int:
+    prefix = "malformed line: " if lineno is not None else ""
     try:
-        return int(text)
-    except ValueError:
-        raise DataError(where, f"malformed line: {what} {text[:40]!r} is not an integer",
+        if isinstance(text, bool) or (isinstance(text, float) and not text.is_integer()):
+            raise ValueError(text)
+        value = int(text)
+    except (ValueError, TypeError, OverflowError):
+        raise DataError(where, f"{prefix}{what} {str(text)[:40]!r} is not an integer",
                         line=lineno) from None
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise DataError(where, f"{what} {str(text)[:40]} does not fit in 64 bits", line=lineno)
+    return value
 
 
 class _IdMap:
@@ -113,11 +122,12 @@ class _IdMap:
         return self._sorted_new[pos], known
 
 
-def _read_entities(src: _Source, name: str) -> tuple[np.ndarray, list[str]]:
+def _read_entities(src: _Source, name: str) -> tuple[np.ndarray, list[str], list[int]]:
     where = src.where(name)
     ids: list[int] = []
     uris: list[str] = []
     seen: dict[int, int] = {}
+    linenos: list[int] = []
     for lineno, line in enumerate(src.lines(name), 1):
         if not line.strip():
             continue
@@ -129,9 +139,10 @@ def _read_entities(src: _Source, name: str) -> tuple[np.ndarray, list[str]]:
         seen[eid] = lineno
         ids.append(eid)
         uris.append(uri.strip())
+        linenos.append(lineno)
     if not ids:
         raise DataError(where, "empty graph: the file lists no entities")
-    return np.asarray(ids, dtype=np.int64), uris
+    return np.asarray(ids, dtype=np.int64), uris, linenos
 
 
 def _read_id_rows(src: _Source, name: str, n: int, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -176,6 +187,7 @@ def _read_names(url: str, maps: dict[str, _IdMap], storage_options: StorageOptio
                 or not isinstance(entry[1], (list, str))):
             raise DataError(url, f"entry {k} is not [id, [tokens]]: {str(entry)[:80]}")
         raw_id, tokens = entry
+        _int(raw_id, url, None, f"entry {k}: entity id")
         name = tokens if isinstance(tokens, str) else " ".join(str(t) for t in tokens)
         for side in SIDES:
             new, known = maps[side].lookup(np.asarray([raw_id], dtype=np.int64))
@@ -202,8 +214,8 @@ def _read_image_features(url: str, maps: dict[str, _IdMap], storage_options: Sto
     per_side: dict[str, tuple[np.ndarray, np.ndarray]] = {
         s: (np.zeros((len(maps[s]), 0), np.float32), np.zeros(len(maps[s]), bool)) for s in SIDES}
     for key, vec in data.items():
+        raw_id = _int(key, url, None, f"key {key!r}: entity id")
         try:
-            raw_id = int(key)
             arr = np.asarray(vec, dtype=np.float32).reshape(-1)
         except (TypeError, ValueError) as exc:
             raise DataError(url, f"key {key!r}: not an id and a numeric vector ({exc})") from None
@@ -252,14 +264,16 @@ def import_pair(fmt: str, src_url: str, dataset_url: str, *, names_url: str | No
     rng = np.random.default_rng(seed)
     maps: dict[str, _IdMap] = {}
     uris: dict[str, list[str]] = {}
+    linenos: dict[str, list[int]] = {}
     for k, side in enumerate(SIDES, 1):
-        raw, uris[side] = _read_entities(src, f"ent_ids_{k}")
+        raw, uris[side], linenos[side] = _read_entities(src, f"ent_ids_{k}")
         maps[side] = _IdMap(raw, rng)
-    overlap = np.intersect1d(maps["left"].raw, maps["right"].raw)
-    if len(overlap):
-        raise DataError(src.where("ent_ids_2"), f"raw entity id {int(overlap[0])} also appears "
-                        f"in ent_ids_1 ({len(overlap)} shared ids); the layout needs one id "
-                        "space for both graphs")
+    overlap = np.isin(maps["right"].raw, maps["left"].raw)
+    if overlap.any():
+        i = int(np.flatnonzero(overlap)[0])
+        raise DataError(src.where("ent_ids_2"), f"raw entity id {int(maps['right'].raw[i])} "
+                        f"also appears in ent_ids_1 ({int(overlap.sum())} shared ids); the "
+                        "layout needs one id space for both graphs", line=linenos["right"][i])
 
     rel_uris: dict[int, str] = {}
     if src.has("rel_ids"):
