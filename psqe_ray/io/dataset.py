@@ -149,8 +149,13 @@ class DatasetWriter:
             raise RuntimeError("DatasetWriter is not open (use it as a context manager, and do "
                                "not write after commit or when `committed` is already True)")
 
-    def write(self, name: str, table: pa.Table | pa.RecordBatch) -> None:
-        """Validate ``table`` against the contract and write it as one more part of ``name``."""
+    def write(self, name: str, table: pa.Table | pa.RecordBatch, *,
+              filename: str | None = None) -> None:
+        """Validate ``table`` against the contract and write it as one more part of ``name``.
+
+        ``filename`` (e.g. ``"seeds.parquet"``) stores the table as that single file at the
+        dataset root instead of a part under ``<name>/`` (for outputs with a promised name).
+        """
         self._check_open()
         check_table_name(name)
         if isinstance(table, pa.RecordBatch):
@@ -161,7 +166,9 @@ class DatasetWriter:
             return  # an empty part adds nothing once the table exists
         self.checker.add(name, table)
         table = with_metadata(table, name, stage=self.stage, fingerprint=self.fingerprint)
-        rel = f"{name}/part-{len(self._parts.get(name, [])):05d}-{self.token}.parquet"
+        if filename is not None and self._parts.get(name):
+            raise ValueError(f"table {name!r} already has parts; a single-file table has one")
+        rel = filename or f"{name}/part-{len(self._parts.get(name, [])):05d}-{self.token}.parquet"
         path = join(self.root, rel)
         self._parts.setdefault(name, []).append(rel)
         self._files.append(path)
@@ -169,15 +176,16 @@ class DatasetWriter:
         pq.write_table(table, buf, compression="zstd")
         self._put(path, buf.getvalue(), rel)
 
-    def put_file(self, rel: str, data: bytes) -> str:
+    def put_file(self, rel: str, data: bytes, *, fixed: bool = False) -> str:
         """Store an extra file (e.g. an image) and return its path relative to the dataset.
 
         The file goes under ``<first segment of rel>/<token>/<rest>`` so that it is part of
-        this commit only.
+        this commit only; ``fixed=True`` keeps ``rel`` as given (e.g. ``report.json``).
         """
         self._check_open()
-        head, _, rest = rel.strip("/").partition("/")
-        rel = f"{head}/{self.token}/{rest}" if rest else f"{head}/{self.token}"
+        if not fixed:
+            head, _, rest = rel.strip("/").partition("/")
+            rel = f"{head}/{self.token}/{rest}" if rest else f"{head}/{self.token}"
         path = join(self.root, rel)
         self._files.append(path)
         self._put(path, data, rel)
@@ -352,8 +360,7 @@ class Dataset:
             # One listing per top-level folder, not one request per file (object stores).
             found: set[str] = set()
             prefix = self.root.rstrip("/") + "/"
-            for top in sorted({rel.split("/", 2)[0] + "/" + rel.split("/", 2)[1]
-                               if rel.count("/") >= 1 else rel for rel in listed}):
+            for top in sorted({"/".join(rel.split("/", 2)[:2]) for rel in listed}):
                 try:
                     found.update(p.removeprefix(prefix) for p in self.fs.find(join(self.root, top)))
                 except FileNotFoundError:

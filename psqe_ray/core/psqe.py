@@ -1,0 +1,315 @@
+"""PSQE seed generation (in-process reference path) and the UVP baselines.
+
+:class:`SeedGenerator` follows the scikit-learn shape: hyperparameters in ``__init__`` (a
+:class:`~psqe_ray.config.PSQEConfig`), ``fit(pair)`` returns ``self``, learned state ends in
+``_``.  Methods:
+
+* ``psqe``: Stage I (fusion, K-means, per-cluster greedy, 4.1), Stage II (ICL fine-tuning of the
+  GAT + linear branches on the Stage I seeds, global greedy sampling, MIC, 4.2), Stage III
+  (neighbourhood expansion, MIC recheck, 4.3).
+* ``uvp``: Type I - greedy one-to-one on one modality (EVA's visual pivoting; names or images).
+* ``multimodal-greedy``: Type II - the same greedy on the fused features.
+
+Gold links are never read here: :class:`~psqe_ray.core.graph.KGPair.gold` is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from psqe_ray.config import PSQEConfig
+from psqe_ray.core.correction import expand_neighbours, mic_keep
+from psqe_ray.core.features import attribute_features, name_features, relation_features
+from psqe_ray.core.fusion import fill_missing, fuse, l2_normalize
+from psqe_ray.core.gat import CSRSampler, SeedEncoder, as_model_input, icl_loss
+from psqe_ray.core.graph import KGPair
+from psqe_ray.core.sampling import (cluster_budgets, greedy_seeds, kmeans_assign, n_clusters,
+                                    sample_cluster)
+
+log = logging.getLogger(__name__)
+
+_FILLED = {"name"}  # besides precomputed feature tables; bags stay zero when absent
+
+
+@dataclass
+class SeedTable:
+    """Rejected candidates with their reason (accepted seeds live in ``seeds_``)."""
+
+    left: list[np.ndarray] = field(default_factory=list)
+    right: list[np.ndarray] = field(default_factory=list)
+    score: list[np.ndarray] = field(default_factory=list)
+    source: list[np.ndarray] = field(default_factory=list)
+    stage: list[np.ndarray] = field(default_factory=list)
+    accepted: list[np.ndarray] = field(default_factory=list)
+    reason: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, left, right, score, source, stage: str, accepted: bool,
+            reason: str | None = None) -> None:
+        """Record candidates; ``source`` is one name or an object array per row."""
+        n = len(left)
+        self.left.append(np.asarray(left, np.int64))
+        self.right.append(np.asarray(right, np.int64))
+        self.score.append(np.asarray(score, np.float32))
+        self.source.append(np.full(n, source, dtype=object) if isinstance(source, str)
+                           else np.asarray(source, dtype=object))
+        self.stage.append(np.full(n, stage, dtype=object))
+        self.accepted.append(np.full(n, accepted, dtype=bool))
+        self.reason.append(np.full(n, reason, dtype=object))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        cols = ("left", "right", "score", "source", "stage", "accepted", "reason")
+        if not self.left:
+            return {c: np.zeros(0, dtype=object) for c in cols}
+        return {c: np.concatenate(getattr(self, c)) for c in cols}
+
+
+class SeedGenerator:
+    """Pseudo-seed generator (PSQE or a UVP baseline).
+
+    After ``fit``:
+        seeds_: (left int64 (S,), right int64 (S,), score float32 (S,), source object (S,)),
+            the accepted seeds in list order.
+        table_: :class:`SeedTable` with the rejected candidates and why.
+        stages_: list of ``{"name", "added", "removed", "count", "seconds"}``.
+        stage_sets_: name -> (left, right) accepted seeds after that stage (for evaluation).
+        modalities_: modalities actually used; clusters_: (left labels, right labels) or None.
+    """
+
+    def __init__(self, config: PSQEConfig | None = None) -> None:
+        self.config = config or PSQEConfig()
+
+    # -- features -------------------------------------------------------------------------------
+    def _modalities(self, pair: KGPair) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """modality -> (x_left, present_left, x_right, present_right), raw."""
+        cfg = self.config
+        fc = cfg.features
+        out = {}
+        for m in cfg.modalities:
+            if m == "relation":
+                f = relation_features(pair.left, pair.right, fc.relation_top)
+            elif m == "attribute":
+                f = attribute_features(pair.left, pair.right, fc.attribute_top)
+            elif m == "name":
+                if pair.left.names is None or pair.right.names is None:
+                    continue
+                f = {s: name_features(pair.side(s).names, fc.name_dim, fc.name_ngram_min,
+                                      fc.name_ngram_max) for s in ("left", "right")}
+            elif m in pair.left.features and m in pair.right.features:
+                f = {s: pair.side(s).features[m] for s in ("left", "right")}
+            else:
+                continue
+            (xl, pl), (xr, pr) = f["left"], f["right"]
+            if pl.any() and pr.any():
+                out[m] = (xl, pl, xr, pr)
+            else:
+                log.info("modality %s: absent on one side, not used", m)
+        if not out:
+            raise ValueError(f"none of the modalities {cfg.modalities} is present on both sides")
+        return out
+
+    def _prepared(self, mods, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """modality -> (left, right) normalised, missing rows filled where the paper does."""
+        out = {}
+        for m, (xl, pl, xr, pr) in mods.items():
+            x = np.concatenate([xl, xr]).astype(np.float32, copy=False)
+            present = np.concatenate([pl, pr])
+            if self.config.features.fill_missing and (m in _FILLED or m not in
+                                                     ("relation", "attribute")):
+                x = fill_missing(x, present, rng)
+            x = l2_normalize(x)
+            out[m] = (x[:len(xl)], x[len(xl):])
+        return out
+
+    # -- fit ------------------------------------------------------------------------------------
+    def fit(self, pair: KGPair) -> "SeedGenerator":
+        cfg = self.config
+        cfg.check()
+        rng = np.random.default_rng(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.stages_: list[dict] = []
+        self.stage_sets_: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.table_ = SeedTable()
+        self.clusters_ = None
+        t0 = time.perf_counter()
+        mods = self._prepared(self._modalities(pair), rng)
+        self.modalities_ = sorted(mods)
+        weights = {m: cfg.weights.get(m, 0.0) for m in mods}
+        if not any(w > 0 for w in weights.values()):
+            weights = {m: 1.0 for m in mods}
+        fused_l = fuse({m: v[0] for m, v in mods.items()}, weights)
+        fused_r = fuse({m: v[1] for m, v in mods.items()}, weights)
+        self._timed("features", t0, 0, 0)
+        budget = cfg.stage1.budget
+        if cfg.method in ("uvp", "multimodal-greedy"):
+            t = time.perf_counter()
+            if cfg.method == "uvp":
+                pivot = cfg.uvp_modality
+                if pivot == "auto":
+                    pivot = "image" if "image" in mods else "name" if "name" in mods else self.modalities_[0]
+                if pivot not in mods:
+                    raise ValueError(f"UVP pivot modality {pivot!r} is not available "
+                                     f"(available: {self.modalities_})")
+                self.pivot_ = pivot
+                xl, xr = mods[pivot]
+            else:
+                xl, xr = fused_l, fused_r
+            l, r, s = greedy_seeds(xl, xr, budget)
+            name = cfg.method
+            self._accept(name, l, r, s, np.full(len(l), name, dtype=object), t, added=len(l))
+            return self
+        return self._fit_psqe(pair, mods, weights, fused_l, fused_r, rng)
+
+    def _timed(self, name: str, t: float, added: int, removed: int) -> None:
+        count = len(self.seeds_[0]) if hasattr(self, "seeds_") else 0
+        self.stages_.append({"name": name, "added": int(added), "removed": int(removed),
+                             "count": int(count), "seconds": round(time.perf_counter() - t, 3)})
+        log.info("%-18s +%d -%d -> %d seeds (%.1f s)", name, added, removed, count,
+                 time.perf_counter() - t)
+
+    def _accept(self, name: str, l, r, s, src, t: float, added: int = 0, removed: int = 0) -> None:
+        self.seeds_ = (np.asarray(l, np.int64), np.asarray(r, np.int64),
+                       np.asarray(s, np.float32), np.asarray(src, dtype=object))
+        self.stage_sets_[name] = (self.seeds_[0].copy(), self.seeds_[1].copy())
+        self._timed(name, t, added, removed)
+
+    def _mic(self, name: str, fused_l: np.ndarray, fused_r: np.ndarray) -> None:
+        t = time.perf_counter()
+        l, r, s, src = self.seeds_
+        keep = mic_keep(fused_l[l], fused_r[r])
+        self.table_.add(l[~keep], r[~keep], s[~keep], src[~keep], name, False,
+                        "mic: partner is not the most similar seed entity")
+        self._accept(name, l[keep], r[keep], s[keep], src[keep], t, removed=int((~keep).sum()))
+
+    def _fit_psqe(self, pair: KGPair, mods, weights, fused_l, fused_r,
+                  rng: np.random.Generator) -> "SeedGenerator":
+        cfg = self.config
+        nl, nr = pair.left.n, pair.right.n
+        # ---- Stage I: K-means over both graphs, proportional per-cluster greedy (4.1.2)
+        t = time.perf_counter()
+        k = n_clusters(nl + nr, cfg.stage1.clusters, cfg.stage1.max_cluster_size)
+        labels = kmeans_assign(np.concatenate([fused_l, fused_r]), k, iters=cfg.stage1.kmeans_iters,
+                               seed=cfg.seed)
+        lab_l, lab_r = labels[:nl], labels[nl:]
+        self.clusters_ = (lab_l, lab_r)
+        if cfg.stage1.similarity == "relation_attribute":
+            ra = {m: mods[m] for m in ("relation", "attribute") if m in mods}
+            if not ra:
+                raise ValueError("stage1.similarity=relation_attribute needs the relation or "
+                                 "attribute modality")
+            sim_l = fuse({m: v[0] for m, v in ra.items()}, weights)
+            sim_r = fuse({m: v[1] for m, v in ra.items()}, weights)
+        else:
+            sim_l, sim_r = fused_l, fused_r
+        sizes = np.bincount(lab_l, minlength=k) + np.bincount(lab_r, minlength=k)
+        budgets = cluster_budgets(sizes, cfg.stage1.budget)
+        parts = []
+        for c in range(k):
+            il, ir = np.flatnonzero(lab_l == c), np.flatnonzero(lab_r == c)
+            parts.append(sample_cluster(sim_l[il], sim_r[ir], il, ir, int(budgets[c]),
+                                        cfg.stage1.candidates))
+        l, r, s = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        order = np.lexsort((r, l, -s))
+        l, r, s = l[order], r[order], s[order]
+        self.cluster_budgets_ = budgets
+        self._accept("stage1-cluster", l, r, s, np.full(len(l), "stage1-cluster", dtype=object), t,
+                     added=len(l))
+
+        # ---- Stage II: ICL fine-tuning, global sampling, MIC (4.2)
+        t = time.perf_counter()
+        learned_l, learned_r = self._train(pair, mods, weights, l, r, rng)
+        self.train_seconds_ = round(time.perf_counter() - t, 3)
+        taken_l = np.zeros(nl, bool)
+        taken_r = np.zeros(nr, bool)
+        taken_l[l] = True
+        taken_r[r] = True
+        g_budget = cfg.stage2.global_budget or cfg.stage1.budget
+        gl, gr, gs = greedy_seeds(learned_l, learned_r, g_budget, k=cfg.stage2.candidates,
+                                  taken_left=taken_l, taken_right=taken_r)
+        order = np.lexsort((gr, gl, -gs))
+        gl, gr, gs = gl[order], gr[order], gs[order]
+        l0, r0, s0, src0 = self.seeds_
+        self._accept("stage2-global", np.concatenate([l0, gl]), np.concatenate([r0, gr]),
+                     np.concatenate([s0, gs]),
+                     np.concatenate([src0, np.full(len(gl), "stage2-global", dtype=object)]), t,
+                     added=len(gl))
+        if cfg.stage2.mic:
+            self._mic("stage2-mic", fused_l, fused_r)
+
+        # ---- Stage III: neighbourhood expansion and recheck (4.3)
+        if cfg.stage3.enabled:
+            t = time.perf_counter()
+            vec_l = l2_normalize(np.concatenate([fused_l, learned_l], axis=1))
+            vec_r = l2_normalize(np.concatenate([fused_r, learned_r], axis=1))
+            l0, r0, s0, src0 = self.seeds_
+            taken_l = np.zeros(nl, bool)
+            taken_r = np.zeros(nr, bool)
+            taken_l[l0] = True
+            taken_r[r0] = True
+            st = cfg.stage3
+            el, er, es, _ = expand_neighbours(
+                l0, r0, pair.left.neighbours(), pair.right.neighbours(), vec_l, vec_r,
+                taken_l, taken_r, threshold_start=st.threshold_start,
+                threshold_end=st.threshold_end, candidates_start=st.candidates_start,
+                candidates_end=st.candidates_end)
+            self._accept("stage3-expansion", np.concatenate([l0, el]), np.concatenate([r0, er]),
+                         np.concatenate([s0, es]),
+                         np.concatenate([src0, np.full(len(el), "stage3-expansion", dtype=object)]), t,
+                         added=len(el))
+            if st.recheck:
+                self._mic("stage3-recheck", fused_l, fused_r)
+        return self
+
+    # -- Stage II training ------------------------------------------------------------------------
+    def _train(self, pair: KGPair, mods, weights, seed_l: np.ndarray, seed_r: np.ndarray,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Train the encoder on the Stage I seeds; return learned fused vectors per side."""
+        cfg = self.config.stage2
+        nl = pair.left.n
+        anchor = cfg.anchor
+        if anchor == "auto":
+            anchor = next(m for m in ("image", "name", "relation", "attribute", *sorted(mods))
+                          if m in mods)
+        if anchor not in mods:
+            raise ValueError(f"stage2.anchor {anchor!r} is not an available modality ({sorted(mods)})")
+        self.anchor_ = anchor
+        feats = {m: as_model_input(np.concatenate([v[0], v[1]])) for m, v in mods.items()}
+        ipl, inl = pair.left.neighbours()
+        ipr, inr = pair.right.neighbours()
+        indptr = np.concatenate([ipl, ipr[1:] + ipl[-1]])
+        indices = np.concatenate([inl, inr + nl])
+        sampler = CSRSampler(indptr, indices, rng)
+        model = SeedEncoder({m: f.shape[1] for m, f in feats.items()}, anchor, dim=cfg.dim,
+                            layers=cfg.gat_layers, heads=cfg.gat_heads)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        n_seeds = len(seed_l)
+        fanouts = tuple(cfg.fanout[:cfg.gat_layers]) + (None,) * max(0, cfg.gat_layers - len(cfg.fanout))
+        self.losses_ = []
+        if n_seeds >= 2:
+            for epoch in range(cfg.epochs):
+                perm = rng.permutation(n_seeds)
+                total = 0.0
+                for a in range(0, n_seeds, cfg.batch_size):
+                    b = perm[a:a + cfg.batch_size]
+                    if len(b) < 2:
+                        continue
+                    targets = np.concatenate([seed_l[b], seed_r[b] + nl])
+                    blocks = sampler.blocks(targets, fanouts)
+                    emb = model.embed_targets(feats, targets, blocks)
+                    loss = sum(icl_loss(z[:len(b)], z[len(b):], cfg.temperature, cfg.normalize)
+                               for z in emb.values())
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach())
+                self.losses_.append(total)
+                if epoch % 50 == 0 or epoch == cfg.epochs - 1:
+                    log.info("stage2 epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, total)
+        model.eval()
+        out = model.embed_all(feats, sampler)
+        learned = fuse(out, weights)
+        return learned[:nl], learned[nl:]

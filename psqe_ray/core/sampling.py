@@ -1,0 +1,107 @@
+"""Seed sampling: greedy one-to-one over top-k candidates, globally or per cluster.
+
+* :func:`greedy_seeds` - UVP (EVA's unsupervised visual pivoting, PSQE appendix A.1): rank all
+  left x right pairs by similarity and accept pairs whose entities are both unused until
+  ``budget`` pairs.  With one modality it is the paper's Type I, with fused features Type II.
+  Exact all-pairs ranking is replaced by the union of per-row top-k candidates in both
+  directions (a pair that is nobody's top-k is never reached before the budget runs out at
+  the budgets used here; see the oracle test).
+* :func:`cluster_budgets` and :func:`sample_cluster` - PSQE Stage I (section 4.1.2): K-means over
+  the fused vectors of both graphs, a budget per cluster proportional to its share of entities,
+  greedy one-to-one inside each cluster.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from psqe_ray.core.matching import candidates_from_topk, greedy_one_to_one
+from psqe_ray.core.topk import topk_search
+
+
+def candidate_edges(left: np.ndarray, right: np.ndarray, k: int, *,
+                    left_ids: np.ndarray | None = None,
+                    right_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Union of per-left top-k and per-right top-k pairs (deduplicated).
+
+    left (n, d), right (m, d) float32 (normalised: scores are cosines); ``left_ids`` /
+    ``right_ids`` map rows to entity ids (default: row numbers).  Returns int64 (E,) left ids,
+    int64 (E,) right ids, float32 (E,) scores, sorted by (left, right).
+    """
+    lid = np.arange(len(left), dtype=np.int64) if left_ids is None else left_ids
+    rid = np.arange(len(right), dtype=np.int64) if right_ids is None else right_ids
+    if len(left) == 0 or len(right) == 0 or k <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    s, i = topk_search(left, right, min(k, len(right)))
+    l1, r1, v1 = candidates_from_topk(s, i)
+    s, i = topk_search(right, left, min(k, len(left)))
+    r2, l2, v2 = candidates_from_topk(s, i)
+    lrow = np.concatenate([l1, l2])
+    rrow = np.concatenate([r1, r2])
+    score = np.concatenate([v1, v2])
+    key = lrow * np.int64(len(right)) + rrow
+    _, first = np.unique(key, return_index=True)
+    return lid[lrow[first]], rid[rrow[first]], score[first].astype(np.float32)
+
+
+def greedy_seeds(left: np.ndarray, right: np.ndarray, budget: int, *, k: int = 10,
+                 taken_left: np.ndarray | None = None, taken_right: np.ndarray | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy one-to-one seeds over all of ``left`` x ``right``: (left ids, right ids, scores)."""
+    cl, cr, cs = candidate_edges(left, right, k)
+    acc = greedy_one_to_one(cl, cr, cs, limit=budget, taken_left=taken_left,
+                            taken_right=taken_right)
+    return cl[acc], cr[acc], cs[acc]
+
+
+def n_clusters(n_total: int, clusters: int, max_cluster_size: int) -> int:
+    """K = max(configured K, ceil(N / max_cluster_size)), at most N: clusters stay bounded."""
+    return max(1, min(n_total, max(clusters, math.ceil(n_total / max(1, max_cluster_size)))))
+
+
+def kmeans_assign(x: np.ndarray, k: int, *, iters: int = 20, seed: int = 42) -> np.ndarray:
+    """K-means (FAISS, deterministic for a seed) over float32 (N, d); returns int64 (N,) labels."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if k <= 1 or len(x) <= k:
+        return np.zeros(len(x), np.int64) if k <= 1 else np.arange(len(x), dtype=np.int64)
+    km = faiss.Kmeans(x.shape[1], k, niter=iters, seed=seed, spherical=True,
+                      max_points_per_centroid=max(256, len(x) // k + 1), verbose=False)
+    km.train(x)
+    _, labels = km.index.search(x, 1)
+    return labels[:, 0].astype(np.int64)
+
+
+def cluster_budgets(sizes: np.ndarray, budget: int) -> np.ndarray:
+    """Split ``budget`` over clusters proportionally to ``sizes`` (largest remainder, exact sum).
+
+    Ties in the remainder go to the smaller cluster id, so the split is deterministic.
+    """
+    sizes = np.asarray(sizes, dtype=np.float64)
+    if sizes.sum() == 0:
+        return np.zeros(len(sizes), np.int64)
+    quota = budget * sizes / sizes.sum()
+    base = np.floor(quota).astype(np.int64)
+    rest = budget - int(base.sum())
+    order = np.lexsort((np.arange(len(sizes)), -(quota - base)))
+    base[order[:rest]] += 1
+    return base
+
+
+def sample_cluster(left: np.ndarray, right: np.ndarray, left_ids: np.ndarray,
+                   right_ids: np.ndarray, budget: int, k: int = 10,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy one-to-one inside one cluster: up to ``budget`` (left id, right id, score).
+
+    left (n_c, d) / right (m_c, d) float32 similarity vectors of the cluster's entities;
+    ``left_ids`` / ``right_ids`` their entity ids.  One call is one Ray task in the
+    distributed path.
+    """
+    if budget <= 0 or len(left) == 0 or len(right) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    cl, cr, cs = candidate_edges(left, right, k, left_ids=left_ids, right_ids=right_ids)
+    acc = greedy_one_to_one(cl, cr, cs, limit=budget)
+    return cl[acc], cr[acc], cs[acc]

@@ -1,0 +1,168 @@
+"""PSQE stages on tiny hand-made inputs with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from psqe_ray.core.correction import expand_neighbours, mic_keep, schedule
+from psqe_ray.core.features import attribute_features, name_features, relation_features
+from psqe_ray.core.fusion import fill_missing, fuse, l2_normalize
+from psqe_ray.core.gat import CSRSampler, SeedEncoder, icl_loss
+from psqe_ray.core.graph import KGSide
+from psqe_ray.core.sampling import cluster_budgets, greedy_seeds, n_clusters, sample_cluster
+
+
+def test_cluster_budgets_are_proportional_and_exact():
+    assert cluster_budgets(np.array([50, 30, 20]), 10).tolist() == [5, 3, 2]
+    # 1000 over [1, 1, 1]: 333.33 each, the remainder goes to the smallest cluster id
+    assert cluster_budgets(np.array([1, 1, 1]), 1000).tolist() == [334, 333, 333]
+    b = cluster_budgets(np.array([7, 0, 13, 5]), 99)
+    assert b.sum() == 99 and b[1] == 0
+
+
+def test_n_clusters_grows_with_n():
+    assert n_clusters(40_000, 5, 20_000) == 5
+    assert n_clusters(2_000_000, 5, 20_000) == 100
+    assert n_clusters(3, 5, 20_000) == 3
+
+
+def test_sample_cluster_one_to_one_and_budget():
+    rng = np.random.default_rng(0)
+    left = l2_normalize(rng.standard_normal((30, 8)).astype(np.float32))
+    # right = left permuted + a little noise: a unique best partner per entity
+    perm = rng.permutation(30)
+    right = l2_normalize(left[perm] + 0.01 * rng.standard_normal((30, 8)).astype(np.float32))
+    lid = np.arange(100, 130)
+    rid = np.arange(200, 230)
+    l, r, s = sample_cluster(left, right, lid, rid, budget=12)
+    assert len(l) == 12 and len(set(l)) == 12 and len(set(r)) == 12
+    assert np.all(np.diff(s) <= 0)
+    # every accepted pair is the planted one
+    inverse = np.argsort(perm)
+    assert np.all(r - 200 == inverse[l - 100])
+
+
+def test_greedy_seeds_respects_taken():
+    x = np.eye(4, dtype=np.float32)
+    taken_l = np.array([True, False, False, False])
+    l, r, _ = greedy_seeds(x, x, 10, k=4, taken_left=taken_l)
+    assert 0 not in l and sorted(l.tolist()) == [1, 2, 3] and np.all(l == r)
+
+
+def test_mic_removes_exactly_seeds_whose_partner_is_not_the_row_maximum():
+    # seed 1's left entity is most similar to seed 2's right entity -> seed 1 goes; the others stay
+    left = np.array([[1, 0, 0], [0, 0.6, 0.8], [0, 0, 1]], np.float32)
+    right = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+    assert mic_keep(left, right).tolist() == [True, False, True]
+    assert mic_keep(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)).tolist() == []
+
+
+def _star(n: int, centre: int, leaves: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    side = KGSide(n=n, heads=np.array([centre] * len(leaves)), relations=np.zeros(len(leaves), np.int64),
+                  tails=np.array(leaves))
+    return side.neighbours()
+
+
+def test_expansion_threshold_schedule_and_no_duplicates():
+    # left 0 -- {1,2,3}; right 0 -- {1,2,3}; neighbour i on the left matches i on the right
+    adj = _star(5, 0, [1, 2, 3])
+    vec = np.eye(5, dtype=np.float32)
+    vec_r = vec.copy()
+    vec_r[3] = l2_normalize(np.array([[0, 0, 0, 0.7, 0.71]], np.float32))  # cos 0.70 < 0.8
+    taken_l = np.zeros(5, bool)
+    taken_r = np.zeros(5, bool)
+    taken_l[0] = taken_r[0] = True
+    taken_r[2] = True  # right 2 is already a seed elsewhere: never reused
+    l, r, s, parent = expand_neighbours(np.array([0]), np.array([0]), adj, adj, vec, vec_r,
+                                        taken_l, taken_r)
+    assert list(zip(l.tolist(), r.tolist())) == [(1, 1)]
+    assert np.all(s >= 0.8) and parent.tolist() == [0]
+    assert not taken_l[1]  # inputs are not modified
+    # candidates cap: at most candidates_start pairs from one seed
+    adj6 = _star(9, 0, list(range(1, 9)))
+    v = np.eye(9, dtype=np.float32)
+    tl = np.zeros(9, bool)
+    tr = np.zeros(9, bool)
+    tl[0] = tr[0] = True
+    l, r, _, _ = expand_neighbours(np.array([0]), np.array([0]), adj6, adj6, v, v, tl, tr,
+                                   candidates_start=3, candidates_end=3)
+    assert len(l) == 3 and len(set(l)) == 3 and len(set(r)) == 3
+    assert schedule(0, 5, 0.8, 0.9) == 0.8 and schedule(4, 5, 0.8, 0.9) == pytest.approx(0.9)
+
+
+def test_csr_sampler_blocks():
+    # path 0-1-2-3-4 plus hub 5 connected to all
+    heads = np.array([0, 1, 2, 3, 5, 5, 5, 5, 5])
+    tails = np.array([1, 2, 3, 4, 0, 1, 2, 3, 4])
+    side = KGSide(n=6, heads=heads, relations=np.zeros(9, np.int64), tails=tails)
+    indptr, indices = side.neighbours()
+    s = CSRSampler(indptr, indices, np.random.default_rng(0))
+    blk = s.layer(np.array([5, 0]), fanout=2)
+    assert blk.src_nodes[:2].tolist() == [5, 0] and blk.n_dst == 2
+    src, dst = blk.edge_index
+    per_dst = np.bincount(dst, minlength=2)
+    assert per_dst.tolist() == [3, 3]  # 2 sampled neighbours + self-loop each
+    for a, b in zip(src.tolist(), dst.tolist()):
+        u, v = blk.src_nodes[a], blk.src_nodes[b]
+        assert u == v or u in indices[indptr[v]:indptr[v + 1]]
+    full = s.layer(np.array([5]), fanout=None)
+    assert sorted(full.src_nodes.tolist()) == [0, 1, 2, 3, 4, 5]
+    blocks = s.blocks(np.array([0]), (2, 2))
+    assert blocks[-1].n_dst == 1 and blocks[0].n_dst == len(blocks[1].src_nodes)
+
+
+def test_icl_loss_prefers_aligned_pairs():
+    torch.manual_seed(0)
+    z = torch.randn(16, 8)
+    aligned = icl_loss(z, z + 0.01 * torch.randn(16, 8), normalize=True, temperature=0.1)
+    shuffled = icl_loss(z, z[torch.randperm(16)], normalize=True, temperature=0.1)
+    assert aligned < shuffled
+
+
+def test_seed_encoder_embeds_all_nodes_consistently():
+    torch.manual_seed(0)
+    side = KGSide(n=6, heads=np.array([0, 1, 2, 3]), relations=np.zeros(4, np.int64),
+                  tails=np.array([1, 2, 3, 4]))
+    s = CSRSampler(*side.neighbours(), np.random.default_rng(0))
+    feats = {"name": torch.randn(6, 5), "relation": torch.randn(6, 3)}
+    model = SeedEncoder({"name": 5, "relation": 3}, "name", dim=4)
+    all_ = model.embed_all(feats, s, chunk=4)
+    # full-neighbourhood blocks for targets give the same embeddings as the chunked inference
+    targets = np.array([2, 5])
+    blocks = s.blocks(targets, (None, None))
+    with torch.no_grad():
+        part = model.embed_targets(feats, targets, blocks)
+    np.testing.assert_allclose(part["name"].numpy(), all_["name"][targets], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(part["relation"].numpy(), all_["relation"][targets], rtol=1e-5)
+
+
+def test_features_share_vocabulary_by_name():
+    a = KGSide(n=3, heads=np.array([0, 1]), relations=np.array([0, 1]), tails=np.array([1, 2]),
+               relation_keys=np.array(["born", "lives"], dtype=object),
+               attr_entity=np.array([0, 0, 2]), attr_keys=np.array(["x", "y", "x"], dtype=object))
+    b = KGSide(n=2, heads=np.array([0]), relations=np.array([0]), tails=np.array([1]),
+               relation_keys=np.array(["lives"], dtype=object),
+               attr_entity=np.array([1]), attr_keys=np.array(["x"], dtype=object))
+    rel = relation_features(a, b)
+    (xl, pl), (xr, pr) = rel["left"], rel["right"]
+    assert xl.shape[1] == xr.shape[1] == 2
+    # "lives" is the most frequent key (2 triples' worth of endpoints): column 0
+    assert xl[1].tolist() == [1.0, 1.0] and xr[0].tolist() == [1.0, 0.0]
+    att = attribute_features(a, b)
+    assert att["left"][1].tolist() == [True, False, True]
+    x, p = name_features(["Paris", None, "paris", ""])
+    assert p.tolist() == [True, False, True, False]
+    assert float(x[0] @ x[2]) == pytest.approx(1.0) and not x[1].any()
+
+
+def test_fusion_weights_and_fill():
+    a = {"image": np.array([[1, 0]], np.float32), "name": np.array([[0, 1]], np.float32)}
+    b = {"image": np.array([[1, 0]], np.float32), "name": np.array([[1, 0]], np.float32)}
+    w = {"image": 0.8, "name": 0.2}
+    cos = float(fuse(a, w)[0] @ fuse(b, w)[0])
+    assert cos == pytest.approx(0.64 / 0.68, rel=1e-5)  # w_img^2 / (w_img^2 + w_name^2)
+    x = np.array([[1, 1], [3, 3], [0, 0]], np.float32)
+    filled = fill_missing(x, np.array([True, True, False]), np.random.default_rng(0))
+    assert filled[:2].tolist() == x[:2].tolist() and filled[2].tolist() != [0, 0]

@@ -1,0 +1,221 @@
+"""Blocked exact top-k: brute-force oracle, bit-identity across blocks/backends/shards, memory."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from psqe_ray.core.topk import canonical_scores, empty_topk, merge_topk, topk_search
+
+BACKENDS = ["numpy", "faiss"]
+
+
+def brute_force(query: np.ndarray, base: np.ndarray, k: int, offset: int = 0):
+    """Full n x m matrix in float64, rounded once to float32; rows by (score desc, id asc)."""
+    n, m = query.shape[0], base.shape[0]
+    full = (query.astype(np.float64) @ base.astype(np.float64).T).astype(np.float32) + np.float32(0)
+    ids = np.broadcast_to(np.arange(m, dtype=np.int64) + offset, (n, m))
+    order = np.lexsort((ids, -full), axis=1)[:, :k]
+    scores, out_ids = empty_topk(n, k)
+    kk = min(k, m)
+    scores[:, :kk] = np.take_along_axis(full, order, axis=1)
+    out_ids[:, :kk] = np.take_along_axis(ids, order, axis=1)
+    return scores, out_ids
+
+
+def assert_same(got, want):
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[0].dtype == np.float32 and got[1].dtype == np.int64
+
+
+def integer_vectors(rng, rows, d, low=-2, high=3):
+    """Small integers: every inner product is exact in float32, so ties are exact and common."""
+    return rng.integers(low, high, (rows, d)).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,m,d,k", [(50, 70, 8, 5), (33, 7, 4, 10), (0, 5, 3, 2), (5, 0, 3, 2),
+                                     (6, 9, 3, 0), (80, 1000, 5, 20), (1, 1, 1, 1)])
+@pytest.mark.parametrize("kind", ["float", "integer"])
+def test_matches_brute_force(backend, n, m, d, k, kind):
+    rng = np.random.default_rng([n, m, d, k])
+    if kind == "integer":
+        query, base = integer_vectors(rng, n, d), integer_vectors(rng, m, d)
+    else:
+        query = rng.standard_normal((n, d)).astype(np.float32)
+        base = rng.standard_normal((m, d)).astype(np.float32)
+    want = brute_force(query, base, k)
+    # Every faiss call opens an OpenMP region, which costs ~10 ms on a busy 2-core machine:
+    # keep the number of (query block, base block) tiles small there.
+    tiny = 3 if backend == "numpy" else 11
+    for block in ((tiny, 64, 4096) if n * m <= 5000 else (29, 256, 4096)):
+        got = topk_search(query, base, k, block=block, backend=backend)
+        assert got[0].shape == got[1].shape == (n, k)
+        assert_same(got, want)
+
+
+def test_ties_break_by_smaller_id_and_pad():
+    base = np.array([[1, 0], [2, 0], [1, 0], [2, 0], [0, 5]], np.float32)
+    query = np.array([[1, 0], [0, 0], [-1, 0]], np.float32)
+    for backend in BACKENDS:
+        scores, ids = topk_search(query, base, 7, block=2, backend=backend)
+        np.testing.assert_array_equal(ids, [[1, 3, 0, 2, 4, -1, -1],
+                                            [0, 1, 2, 3, 4, -1, -1],
+                                            [4, 0, 2, 1, 3, -1, -1]])
+        np.testing.assert_array_equal(scores[0], [2, 2, 1, 1, 0, -np.inf, -np.inf])
+        np.testing.assert_array_equal(scores[2], [0, -1, -1, -2, -2, -np.inf, -np.inf])
+        # -1 * 0 is -0.0 in IEEE arithmetic; canonical scores fold it into +0.0
+        assert not np.signbit(scores[1, :5]).any() and not np.signbit(scores[2, 0])
+
+
+def test_base_offset_shifts_ids_only():
+    rng = np.random.default_rng(3)
+    query, base = integer_vectors(rng, 20, 4), integer_vectors(rng, 30, 4)
+    plain = topk_search(query, base, 6, backend="numpy")
+    shifted = topk_search(query, base, 6, backend="numpy", base_offset=1000)
+    np.testing.assert_array_equal(shifted[0], plain[0])
+    np.testing.assert_array_equal(shifted[1], plain[1] + 1000)
+    assert_same(shifted, brute_force(query, base, 6, offset=1000))
+
+
+def test_zero_vectors_on_both_sides():
+    # Missing-modality zero vectors: zero queries, and more zero base rows than k.
+    rng = np.random.default_rng(4)
+    query = rng.standard_normal((40, 6)).astype(np.float32)
+    base = rng.standard_normal((300, 6)).astype(np.float32)
+    query[::5] = 0
+    base[rng.random(300) < 0.5] = 0
+    query[1] = -np.abs(query[1])
+    base[base.any(axis=1)] = np.abs(base[base.any(axis=1)])  # query 1 scores <= 0 except zeros
+    want = brute_force(query, base, 8)
+    for backend in BACKENDS:
+        for block in (16, 4096):
+            assert_same(topk_search(query, base, 8, block=block, backend=backend), want)
+    zero_ids = np.flatnonzero(~base.any(axis=1))[:8]
+    np.testing.assert_array_equal(want[1][1], zero_ids)  # the oracle agrees with the premise
+
+
+def near_duplicates(rng, m, d):
+    """Base rows equal up to a few ulps per entry: fast float32 kernels disagree on their order."""
+    v = rng.standard_normal(d).astype(np.float32)
+    bits = np.repeat(v[None], m, axis=0).view(np.int32) + rng.integers(-3, 4, (m, d), np.int32)
+    return bits.view(np.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_near_ties_match_oracle(backend):
+    rng = np.random.default_rng(5)
+    base = near_duplicates(rng, 600, 48)
+    query = base[:30] + rng.standard_normal((30, 48)).astype(np.float32) * np.float32(1e-3)
+    want = brute_force(query, base, 10)
+    for block in (29, 100, 4096):
+        assert_same(topk_search(query, base, 10, block=block, backend=backend), want)
+
+
+def test_identical_across_blocks_and_backends():
+    rng = np.random.default_rng(6)
+    query = rng.standard_normal((300, 24)).astype(np.float32)
+    base = np.concatenate([rng.standard_normal((1500, 24)), integer_vectors(rng, 500, 24)])
+    base = base.astype(np.float32)
+    ref = topk_search(query, base, 12, block=4096, backend="numpy")
+    for backend in BACKENDS:
+        for block in (97, 256, 999, 5000):
+            assert_same(topk_search(query, base, 12, block=block, backend=backend), ref)
+    assert_same(topk_search(query, base, 12, backend="auto"), ref)
+
+
+def fold(parts, k, order):
+    acc = parts[order[0]]
+    for i in order[1:]:
+        acc = merge_topk(acc, parts[i], k)
+    return acc
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shards_merged_in_any_order_equal_unsharded(backend):
+    rng = np.random.default_rng(7)
+    query = np.concatenate([rng.standard_normal((60, 16)), integer_vectors(rng, 40, 16)])
+    base = np.concatenate([rng.standard_normal((500, 16)), integer_vectors(rng, 300, 16)])
+    query, base = query.astype(np.float32), base[rng.permutation(800)].astype(np.float32)
+    k = 9
+    whole = topk_search(query, base, k, backend="numpy")
+    for split in range(4):
+        cuts = np.sort(rng.choice(np.arange(1, 800), size=split + 1, replace=False))
+        bounds = np.concatenate([[0], cuts, [800]])
+        parts = [topk_search(query, base[a:b], k, block=64 + 31 * i, backend=backend,
+                             base_offset=int(a))
+                 for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+        orders = [list(range(len(parts))), list(range(len(parts)))[::-1],
+                  list(rng.permutation(len(parts)))]
+        for order in orders:
+            assert_same(fold(parts, k, order), whole)
+        if len(parts) >= 3:  # a balanced tree, not a fold
+            left = merge_topk(parts[0], parts[1], k)
+            right = parts[2]
+            for p in parts[3:]:
+                right = merge_topk(p, right, k)
+            assert_same(merge_topk(right, left, k), whole)
+
+
+def test_merge_is_idempotent_and_pads():
+    a = (np.array([[3.0, 1.0, -np.inf]], np.float32), np.array([[7, 2, -1]]))
+    b = (np.array([[3.0, 2.0]], np.float32), np.array([[5, 9]]))
+    merged = merge_topk(a, b, 5)
+    np.testing.assert_array_equal(merged[1], [[5, 7, 9, 2, -1]])
+    np.testing.assert_array_equal(merged[0], [[3, 3, 2, 1, -np.inf]])
+    assert_same(merge_topk(merged, merged, 5), merged)
+    assert_same(merge_topk(b, a, 5), merged)
+    assert merge_topk(a, b, 0)[1].shape == (1, 0)
+    with pytest.raises(ValueError):
+        merge_topk(a, (np.zeros((2, 2), np.float32), np.zeros((2, 2), np.int64)), 3)
+
+
+def test_canonical_scores_do_not_depend_on_batch():
+    rng = np.random.default_rng(8)
+    query = rng.standard_normal((50, 300)).astype(np.float32)
+    base = rng.standard_normal((70, 300)).astype(np.float32)
+    rows = rng.integers(0, 50, 5000)
+    cols = rng.integers(0, 70, 5000)
+    together = canonical_scores(query, base, rows, cols)
+    alone = np.array([canonical_scores(query, base, rows[i:i + 1], cols[i:i + 1])[0]
+                      for i in range(0, 5000, 97)])
+    np.testing.assert_array_equal(together[::97], alone)
+    exact = np.array([np.float32(np.add.reduce(query[r].astype(np.float64) * base[c]))
+                      for r, c in zip(rows[:50], cols[:50])])
+    np.testing.assert_array_equal(together[:50], exact)
+
+
+def test_large_search_is_blocked_in_memory():
+    n = m = 20_000
+    d, k, block = 32, 10, 2048
+    rng = np.random.default_rng(9)
+    query = rng.standard_normal((n, d), dtype=np.float32)
+    base = rng.standard_normal((m, d), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        scores, ids = topk_search(query, base, k, block=block, backend="numpy")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < n * m * 4 / 20, f"peak {peak / 2**20:.0f} MiB suggests an n x m allocation"
+    rows = rng.choice(n, 25, replace=False)
+    assert_same((scores[rows], ids[rows]), brute_force(query[rows], base, k))
+
+
+def test_rejects_bad_input():
+    q = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError):
+        topk_search(q, np.zeros((3, 5), np.float32), 2)
+    with pytest.raises(ValueError):
+        topk_search(q, np.full((3, 4), np.nan, np.float32), 2)
+    with pytest.raises(ValueError):
+        topk_search(q, q, -1)
+    with pytest.raises(ValueError):
+        topk_search(q, q, 2, block=0)
+    with pytest.raises(ValueError):
+        topk_search(q, q, 2, backend="annoy")
+    with pytest.raises(ValueError):
+        topk_search(np.full((1, 4), 1e20, np.float32), np.full((1, 4), 1e20, np.float32), 1)
