@@ -66,6 +66,7 @@ def main() -> None:
                     "pair": pair, "method": method, "names": "name" in rep["modalities"],
                     "modalities": rep["modalities"], "seeds": rep["seeds"]["count"],
                     "precision": rep["seeds"]["precision"], "recall": rep["seeds"]["recall"],
+                    "judged_precision": rep["seeds"].get("judged_precision"),
                     "edge_coverage": cov["edge_coverage"]["mean"],
                     "degree_gap": cov["degree_gap"]["mean"],
                     "stages": [(s["name"], s["count"], s["precision"], s["seconds"])

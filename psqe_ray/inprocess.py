@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from psqe_ray import __version__
 from psqe_ray.config import PSQEConfig, fingerprint, to_dict
-from psqe_ray.core.metrics import coverage_report, seed_precision_recall
+from psqe_ray.core.metrics import coverage_report, judged_precision, seed_precision_recall
 from psqe_ray.core.psqe import SeedGenerator
 from psqe_ray.io.dataset import Dataset, DatasetWriter
 from psqe_ray.io.fs import StorageOptions
@@ -52,10 +52,12 @@ def evaluate(gen: SeedGenerator, pair) -> dict[str, Any]:
     gold = pair.gold
     gl, gr = gold if gold is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64))
     pr = seed_precision_recall(l, r, gl, gr)
+    judged = judged_precision(l, r, gl, gr)
     if gold is None:
         pr["precision"] = None
         pr["recall"] = None
         pr["correct"] = None
+        judged = {"judged": None, "precision": None}
     clusters = gen.clusters_ or (None, None)
     coverage = coverage_report(l, r, pair.left.n, pair.right.n,
                                (pair.left.heads, pair.left.tails),
@@ -67,6 +69,7 @@ def evaluate(gen: SeedGenerator, pair) -> dict[str, Any]:
         if st["name"] in gen.stage_sets_ and gold is not None:
             sl, sr = gen.stage_sets_[st["name"]]
             entry["precision"] = seed_precision_recall(sl, sr, gl, gr)["precision"]
+            entry["judged_precision"] = judged_precision(sl, sr, gl, gr)["precision"]
         else:
             entry["precision"] = None
         stages.append(entry)
@@ -77,6 +80,7 @@ def evaluate(gen: SeedGenerator, pair) -> dict[str, Any]:
             by_source[name] = seed_precision_recall(l[m], r[m], gl, gr)
     return {"seeds": {"count": pr["count"], "correct": pr["correct"],
                       "precision": pr["precision"], "recall": pr["recall"],
+                      "judged": judged["judged"], "judged_precision": judged["precision"],
                       "by_source": by_source},
             "coverage": coverage, "stages": stages}
 

@@ -321,3 +321,13 @@ def test_coverage_report_ring_of_one_million():
     assert rep["entity_coverage"]["mean"] == pytest.approx(0.25)
     # every entity has degree 2: one bucket 2-3 holds all entities and all seeds -> gap 0
     assert rep["degree_gap"]["mean"] == 0.0
+
+
+def test_judged_precision_ignores_seeds_gold_cannot_judge():
+    from psqe_ray.core.metrics import judged_precision
+
+    gold_l, gold_r = np.array([0, 1, 2]), np.array([10, 11, 12])
+    # (0,10) right; (1,12) wrong and judgeable; (5,15) touches no gold entity; (6,11) judgeable
+    out = judged_precision([0, 1, 5, 6], [10, 12, 15, 11], gold_l, gold_r)
+    assert out == {"judged": 3, "precision": 1 / 3}
+    assert judged_precision([5], [15], gold_l, gold_r) == {"judged": 0, "precision": None}

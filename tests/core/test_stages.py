@@ -166,3 +166,26 @@ def test_fusion_weights_and_fill():
     x = np.array([[1, 1], [3, 3], [0, 0]], np.float32)
     filled = fill_missing(x, np.array([True, True, False]), np.random.default_rng(0))
     assert filled[:2].tolist() == x[:2].tolist() and filled[2].tolist() != [0, 0]
+
+
+def _brute_greedy(x, y, budget):
+    sim = x @ y.T
+    order = sorted(((-float(sim[i, j]), i, j) for i in range(len(x)) for j in range(len(y))))
+    used_l, used_r, out = set(), set(), []
+    for _, i, j in order:
+        if i not in used_l and j not in used_r:
+            used_l.add(i)
+            used_r.add(j)
+            out.append((i, j))
+            if len(out) == budget:
+                break
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_seeds_equals_all_pairs_greedy_with_full_candidates(seed):
+    rng = np.random.default_rng(seed)
+    x = l2_normalize(rng.standard_normal((25, 6)).astype(np.float32))
+    y = l2_normalize(rng.standard_normal((31, 6)).astype(np.float32))
+    l, r, _ = greedy_seeds(x, y, 20, k=31)
+    assert list(zip(l.tolist(), r.tolist())) == _brute_greedy(x, y, 20)
