@@ -59,7 +59,13 @@ def main() -> None:
                        "--method", method, "--modalities", modalities]
                 for s in args.set:
                     cmd += ["--set", s]
-                m = run_measured(cmd)
+                try:
+                    m = run_measured(cmd)
+                except SystemExit as exc:  # e.g. no modality with a cross-graph signal
+                    print(json.dumps({"pair": pair, "method": method,
+                                      "names": "name" in modalities,
+                                      "error": str(exc).strip().splitlines()[-1]}), flush=True)
+                    continue
                 rep = json.loads((out / "report.json").read_text())
                 cov = rep["coverage"]
                 print(json.dumps({

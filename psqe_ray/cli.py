@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _setup_logging(quiet: bool) -> None:
     """Progress from psqe-ray at INFO; other libraries (botocore, ...) only at WARNING."""
+    import warnings
+
+    # torch_geometric triggers torch.jit's deprecation notice at import: not the user's concern
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.WARNING if quiet else logging.INFO)

@@ -19,6 +19,7 @@ from psqe_ray import __version__
 from psqe_ray.config import PSQEConfig, fingerprint, to_dict
 from psqe_ray.core.metrics import coverage_report, judged_precision, seed_precision_recall
 from psqe_ray.core.psqe import SeedGenerator
+from psqe_ray.errors import ConfigError
 from psqe_ray.io.dataset import Dataset, DatasetWriter
 from psqe_ray.io.fs import StorageOptions
 from psqe_ray.io.load import load_pair
@@ -107,11 +108,15 @@ def run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
         t = time.perf_counter()
         pair = load_pair(ds)
         load_seconds = time.perf_counter() - t
-        gen = SeedGenerator(cfg).fit(pair)
+        try:
+            gen = SeedGenerator(cfg).fit(pair)
+        except ValueError as exc:
+            raise ConfigError(f"{dataset_url}: {exc}") from None
         quality = evaluate(gen, pair)
         report = {
             "method": cfg.method,
             "modalities": gen.modalities_,
+            "skipped_modalities": gen.skipped_,
             "dataset": dataset_url,
             "entities": counts,
             "gold": None if pair.gold is None else int(len(pair.gold[0])),

@@ -104,12 +104,20 @@ class SeedGenerator:
             else:
                 continue
             (xl, pl), (xr, pr) = f["left"], f["right"]
-            if pl.any() and pr.any():
-                out[m] = (xl, pl, xr, pr)
-            else:
+            if not (pl.any() and pr.any()):
                 log.info("modality %s: absent on one side, not used", m)
+                continue
+            if xl.shape[1] == xr.shape[1] and not (xl.any(axis=0) & xr.any(axis=0)).any():
+                # e.g. relation bags over per-side relation ids (no relation names): every
+                # cross-graph similarity is exactly 0, so the modality carries no signal here
+                log.warning("modality %s: the two graphs share no feature dimension (unnamed "
+                            "relations?); not used", m)
+                self.skipped_[m] = "no shared feature dimension between the graphs"
+                continue
+            out[m] = (xl, pl, xr, pr)
         if not out:
-            raise ValueError(f"none of the modalities {cfg.modalities} is present on both sides")
+            raise ValueError(f"none of the modalities {list(cfg.modalities)} carries a signal "
+                             f"shared by both graphs (skipped: {self.skipped_ or 'absent'})")
         return out
 
     def _prepared(self, mods, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -135,6 +143,7 @@ class SeedGenerator:
         self.stage_sets_: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.table_ = SeedTable()
         self.clusters_ = None
+        self.skipped_: dict[str, str] = {}
         t0 = time.perf_counter()
         mods = self._prepared(self._modalities(pair), rng)
         self.modalities_ = sorted(mods)

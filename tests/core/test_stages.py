@@ -189,3 +189,24 @@ def test_greedy_seeds_equals_all_pairs_greedy_with_full_candidates(seed):
     y = l2_normalize(rng.standard_normal((31, 6)).astype(np.float32))
     l, r, _ = greedy_seeds(x, y, 20, k=31)
     assert list(zip(l.tolist(), r.tolist())) == _brute_greedy(x, y, 20)
+
+
+def test_modality_without_shared_dimensions_is_skipped_with_a_reason():
+    from psqe_ray.config import load_config
+    from psqe_ray.core.graph import KGPair
+    from psqe_ray.core.psqe import SeedGenerator
+
+    def side(prefix: str) -> KGSide:
+        return KGSide(n=4, heads=np.array([0, 1, 2]), relations=np.array([0, 1, 0]),
+                      tails=np.array([1, 2, 3]),
+                      relation_keys=np.array([f"{prefix}:0", f"{prefix}:1"], dtype=object),
+                      names=["alpha", "beta", "gamma", "delta"])
+
+    pair = KGPair(side("left"), side("right"))
+    gen = SeedGenerator(load_config(None, ["stage1.budget=4"], method="uvp")).fit(pair)
+    assert gen.modalities_ == ["name"]
+    assert "relation" in gen.skipped_
+    assert sorted(zip(gen.seeds_[0].tolist(), gen.seeds_[1].tolist())) == [(0, 0), (1, 1), (2, 2), (3, 3)]
+    only_rel = load_config(None, ["stage1.budget=4"], method="uvp", modalities="relation")
+    with pytest.raises(ValueError, match="carries a signal shared by both graphs"):
+        SeedGenerator(only_rel).fit(pair)
