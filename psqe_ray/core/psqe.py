@@ -144,6 +144,8 @@ class SeedGenerator:
         self.table_ = SeedTable()
         self.clusters_ = None
         self.skipped_: dict[str, str] = {}
+        empty = np.zeros(0, np.int64)
+        self.seeds_ = (empty, empty.copy(), np.zeros(0, np.float32), np.zeros(0, object))
         t0 = time.perf_counter()
         mods = self._prepared(self._modalities(pair), rng)
         self.modalities_ = sorted(mods)
@@ -174,7 +176,7 @@ class SeedGenerator:
         return self._fit_psqe(pair, mods, weights, fused_l, fused_r, rng)
 
     def _timed(self, name: str, t: float, added: int, removed: int) -> None:
-        count = len(self.seeds_[0]) if hasattr(self, "seeds_") else 0
+        count = len(self.seeds_[0])
         self.stages_.append({"name": name, "added": int(added), "removed": int(removed),
                              "count": int(count), "seconds": round(time.perf_counter() - t, 3)})
         log.info("%-18s +%d -%d -> %d seeds (%.1f s)", name, added, removed, count,
