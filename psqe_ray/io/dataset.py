@@ -20,7 +20,7 @@ import json
 import os
 import secrets
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -343,12 +343,18 @@ class Dataset:
             table = table.select(columns)
         return table
 
-    def validate(self) -> ContractChecker:
-        """Read every table once and run the cross-table checks; raise on the first problem."""
+    def validate(self, visit: Callable[[str, pa.Table], None] | None = None) -> ContractChecker:
+        """Read every table once and run the cross-table checks; raise on the first problem.
+
+        ``visit(name, part)``, when given, sees every validated part during that single read
+        (so a caller that also summarises the tables need not read them again).
+        """
         checker = ContractChecker(self.url, require_graph="entities" in self.manifest["tables"])
         for name in self.tables:
             for part in self.iter_parts(name):
                 checker.add(name, part)
+                if visit is not None:
+                    visit(name, part)
         checker.finish()
         for name in self.tables:
             listed = {k: int(v) for k, v in self.counts(name).items()}

@@ -181,22 +181,43 @@ def _read_names(url: str, maps: dict[str, _IdMap], storage_options: StorageOptio
         raise DataError(url, f"malformed JSON: {exc}") from None
     if not isinstance(data, list):
         raise DataError(url, "expected a JSON list of [id, [tokens]] entries")
-    out: dict[str, dict[int, str]] = {s: {} for s in SIDES}
+    ids: list[int] = []
+    names: list[str] = []
+    malformed: DataError | None = None  # raised only if no unknown id comes before it
     for k, entry in enumerate(data):
-        if (not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], int)
-                or not isinstance(entry[1], (list, str))):
-            raise DataError(url, f"entry {k} is not [id, [tokens]]: {str(entry)[:80]}")
-        raw_id, tokens = entry
-        _int(raw_id, url, None, f"entry {k}: entity id")
-        name = tokens if isinstance(tokens, str) else " ".join(str(t) for t in tokens)
-        for side in SIDES:
-            new, known = maps[side].lookup(np.asarray([raw_id], dtype=np.int64))
-            if known[0]:
-                out[side][int(new[0])] = name
-                break
-        else:
-            raise DataError(url, f"entry {k}: unknown entity id {raw_id}")
+        try:
+            if (not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], int)
+                    or not isinstance(entry[1], (list, str))):
+                raise DataError(url, f"entry {k} is not [id, [tokens]]: {str(entry)[:80]}")
+            raw_id, tokens = entry
+            ids.append(_int(raw_id, url, None, f"entry {k}: entity id"))
+        except DataError as exc:
+            malformed = exc
+            break
+        names.append(tokens if isinstance(tokens, str) else " ".join(str(t) for t in tokens))
+    # one vectorised lookup for all entries instead of two per entry
+    side_of, new_ids = _locate(np.asarray(ids, dtype=np.int64), maps)
+    if (side_of < 0).any():
+        k = int(np.flatnonzero(side_of < 0)[0])
+        raise DataError(url, f"entry {k}: unknown entity id {ids[k]}")
+    if malformed is not None:
+        raise malformed
+    out: dict[str, dict[int, str]] = {s: {} for s in SIDES}
+    for side_index, new_id, name in zip(side_of.tolist(), new_ids.tolist(), names):
+        out[SIDES[side_index]][new_id] = name
     return out
+
+
+def _locate(raw: np.ndarray, maps: dict[str, _IdMap]) -> tuple[np.ndarray, np.ndarray]:
+    """For raw ids of either graph: side index (0 left, 1 right, -1 unknown) and new id."""
+    side_of = np.full(len(raw), -1, dtype=np.int64)
+    new_ids = np.zeros(len(raw), dtype=np.int64)
+    for i, side in enumerate(SIDES):
+        new, known = maps[side].lookup(raw)
+        take = known & (side_of < 0)
+        side_of[take] = i
+        new_ids[take] = new[take]
+    return side_of, new_ids
 
 
 def _read_image_features(url: str, maps: dict[str, _IdMap], storage_options: StorageOptions,

@@ -18,17 +18,39 @@ def _side_counts(ds: Dataset, name: str) -> dict[str, int]:
     return {s: int(c.get(s, 0)) for s in SIDES}
 
 
-def _covered(ds: Dataset, name: str, columns: list[str], n: dict[str, int]) -> dict[str, int]:
-    """Entities per side that occur in ``columns`` of table ``name`` at least once."""
-    seen = {s: np.zeros(n[s], dtype=bool) for s in SIDES}
-    for part in ds.iter_parts(name, columns=["side", *columns]):
-        for s in SIDES:
-            sub = part.filter(pc.equal(part.column("side"), s))
-            for col in columns:
-                ids = sub.column(col).to_numpy()
-                ids = ids[(ids >= 0) & (ids < n[s])]
-                seen[s][ids] = True
-    return {s: int(seen[s].sum()) for s in SIDES}
+class _Coverage:
+    """Per-side counts of entities that have each raw modality, fed part by part."""
+
+    # table -> (modality, id columns)
+    TABLES = {"triples": ("relation", ("head", "tail")),
+              "attributes": ("attribute", ("entity_id",)),
+              "images": ("image_file", ("entity_id",))}
+
+    def __init__(self, n: dict[str, int]) -> None:
+        self.n = n
+        self.seen: dict[str, dict[str, np.ndarray]] = {}
+        self.named = {s: 0 for s in SIDES}
+
+    def __call__(self, name: str, part) -> None:
+        if name == "entities":
+            for s in SIDES:
+                sub = part.filter(pc.equal(part.column("side"), s)).column("name")
+                empty = pc.sum(pc.equal(sub, "")).as_py() or 0
+                self.named[s] += int(len(sub) - sub.null_count - empty)
+        elif name in self.TABLES:
+            modality, columns = self.TABLES[name]
+            seen = self.seen.setdefault(modality, {s: np.zeros(self.n[s], bool) for s in SIDES})
+            for s in SIDES:
+                sub = part.filter(pc.equal(part.column("side"), s))
+                for col in columns:
+                    ids = sub.column(col).to_numpy()
+                    seen[s][ids[(ids >= 0) & (ids < self.n[s])]] = True
+
+    def modalities(self, has_entities: bool) -> dict[str, dict[str, int]]:
+        out = {"name": dict(self.named)} if has_entities else {}
+        for modality, seen in self.seen.items():
+            out[modality] = {s: int(seen[s].sum()) for s in SIDES}
+        return out
 
 
 def inspect_dataset(url: str, *, storage_options: StorageOptions = None) -> dict[str, Any]:
@@ -44,11 +66,12 @@ def inspect_dataset(url: str, *, storage_options: StorageOptions = None) -> dict
     """
     ds = Dataset(url, storage_options=storage_options)
     problems: list[str] = []
+    n = ds.entity_counts()
+    coverage = _Coverage(n)
     try:
-        ds.validate()
+        ds.validate(visit=coverage)
     except DataError as exc:
         problems.append(str(exc))
-    n = ds.entity_counts()
     out: dict[str, Any] = {
         "url": url,
         "stage": ds.manifest.get("stage"),
@@ -62,20 +85,7 @@ def inspect_dataset(url: str, *, storage_options: StorageOptions = None) -> dict
     modalities: dict[str, dict[str, int]] = {}
     dims: dict[str, int] = {}
     if not problems:
-        if ds.has("entities"):
-            named = {s: 0 for s in SIDES}
-            for part in ds.iter_parts("entities", columns=["side", "name"]):
-                for s in SIDES:
-                    sub = part.filter(pc.equal(part.column("side"), s)).column("name")
-                    empty = pc.sum(pc.equal(sub, "")).as_py() or 0
-                    named[s] += int(len(sub) - sub.null_count - empty)
-            modalities["name"] = named
-        if ds.has("triples"):
-            modalities["relation"] = _covered(ds, "triples", ["head", "tail"], n)
-        if ds.has("attributes"):
-            modalities["attribute"] = _covered(ds, "attributes", ["entity_id"], n)
-        if ds.has("images"):
-            modalities["image_file"] = _covered(ds, "images", ["entity_id"], n)
+        modalities.update(coverage.modalities(ds.has("entities")))
     for name in ds.tables:
         if is_feature_table(name):
             entry = ds.manifest["tables"][name]
