@@ -210,3 +210,75 @@ def test_modality_without_shared_dimensions_is_skipped_with_a_reason():
     only_rel = load_config(None, ["stage1.budget=4"], method="uvp", modalities="relation")
     with pytest.raises(ValueError, match="carries a signal shared by both graphs"):
         SeedGenerator(only_rel).fit(pair)
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+def test_lean_gat_equals_pyg_gatconv(heads):
+    """The aggregate-then-transform forward computes GATConv's function and gradients,
+    multi-edges included."""
+    from torch_geometric.nn import GATConv
+
+    from psqe_ray.core.gat import Adjacency, gat_transformed, gat_untransformed
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    conv = GATConv(6, 4, heads=heads, concat=heads > 1, add_self_loops=False)
+    with torch.no_grad():
+        conv.bias.normal_()
+    n_src, n_dst = 9, 4
+    src = np.concatenate([rng.integers(0, n_src, 30), [5, 5], np.arange(n_dst)])
+    dst = np.concatenate([rng.integers(0, n_dst, 30), [1, 1], np.arange(n_dst)])
+    ei = np.stack([src, dst])
+    x = torch.randn(n_src, 6, requires_grad=True)
+    shift = torch.randn(conv.lin.weight.shape[0])
+    ref = conv((x, x[:n_dst]), torch.from_numpy(ei), size=(n_src, n_dst))
+    adj = Adjacency(ei, n_src, n_dst)
+    lean = gat_untransformed(conv, x, adj, conv.lin.weight)
+    transformed = gat_transformed(conv, conv.lin(x), adj)
+    np.testing.assert_allclose(lean.detach(), ref.detach(), atol=1e-5)
+    np.testing.assert_allclose(transformed.detach(), ref.detach(), atol=1e-5)
+    # a shift inside the projection: conv(x W^T + b) (the folded input layer)
+    ref_b = gat_transformed(conv, conv.lin(x) + shift, adj)
+    lean_b = gat_untransformed(conv, x, adj, conv.lin.weight, shift)
+    np.testing.assert_allclose(lean_b.detach(), ref_b.detach(), atol=1e-5)
+    params = [x, conv.lin.weight, conv.att_src, conv.att_dst, conv.bias]
+    g_ref = torch.autograd.grad(ref.pow(2).sum(), params)
+    g_lean = torch.autograd.grad(lean.pow(2).sum(), params)
+    for a, b in zip(g_ref, g_lean):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_sparse_linear_matches_dense_with_gradients():
+    import scipy.sparse as sp
+
+    from psqe_ray.core.gat import sparse_linear
+
+    torch.manual_seed(0)
+    x = sp.random(20000, 50, density=0.05, format="csr", random_state=0, dtype=np.float32)
+    rows = np.random.default_rng(0).permutation(20000)[:9000]
+    w = torch.randn(7, 50, requires_grad=True)
+    b = torch.randn(7, requires_grad=True)
+    y = sparse_linear(x, rows, w, b)
+    dense = torch.from_numpy(x[rows].toarray())
+    ref = dense @ w.T + b
+    np.testing.assert_allclose(y.detach(), ref.detach(), rtol=1e-5, atol=1e-5)
+    g = torch.autograd.grad(y.pow(2).sum(), [w, b])
+    g_ref = torch.autograd.grad(ref.pow(2).sum(), [w, b])
+    for a, c in zip(g, g_ref):
+        np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-3)
+
+
+def test_sampler_subsets_are_uniform_and_distinct():
+    s = CSRSampler(np.zeros(1, np.int64), np.zeros(0, np.int64), np.random.default_rng(0))
+    n = np.array([5, 7, 40, 5])
+    draws = np.concatenate([s.subsets(n, 3) for _ in range(4000)])  # (16000, 3)
+    assert ((draws >= 0) & (draws < np.tile(n, 4000)[:, None])).all()
+    srt = np.sort(draws, axis=1)
+    assert (np.diff(srt, axis=1) > 0).all()  # no repeats within a subset
+    # every element of range(7) in ~3/7 of the subsets of the second row
+    counts = np.bincount(draws[1::4].ravel(), minlength=7) / 4000
+    np.testing.assert_allclose(counts, 3 / 7, atol=0.03)
+    # every 3-subset of range(5) about equally often (10 subsets)
+    codes = (srt[0::4] * [25, 5, 1]).sum(1)
+    freq = np.unique(codes, return_counts=True)[1] / 4000
+    assert len(freq) == 10 and np.abs(freq - 0.1).max() < 0.025
