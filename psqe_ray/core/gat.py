@@ -172,7 +172,10 @@ def _edge_softmax(conv: GATConv, s_src: torch.Tensor, s_dst: torch.Tensor,
     LeakyReLU(a_src . W x_s + a_dst . W x_d); float32 (E, heads)."""
     from torch_geometric.utils import softmax
 
-    e = F.leaky_relu(s_src[adj.src] + s_dst[adj.dst], conv.negative_slope)
+    # index_select, not s[idx]: advanced indexing's backward (index_put_ with accumulate) sums
+    # in a thread-dependent order on CPU, which made training non-deterministic
+    e = F.leaky_relu(torch.index_select(s_src, 0, adj.src) + torch.index_select(s_dst, 0, adj.dst),
+                     conv.negative_slope)
     return softmax(e, ptr=adj.crow, num_nodes=adj.n_dst)
 
 
