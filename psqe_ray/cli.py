@@ -71,6 +71,38 @@ def _read_config_text(url: str | None) -> str | None:
     return read_bytes(fs, path, url).decode("utf-8")
 
 
+def _encode_sets(args: argparse.Namespace) -> list[str]:
+    """``psqe-ray encode`` options as ``encode.*`` settings (after --config and --set)."""
+    image = args.modality == "image"
+    pairs = {("image_arch" if image else f"{args.modality}_model"): args.model,
+             "image_weights": args.weights if image else None,
+             ("image_batch_size" if image else "text_batch_size"): args.batch_size,
+             "pooling": args.pooling, "workers": args.workers, "device": args.device,
+             "attribute_values": True if args.attribute_values else None}
+    return [f"encode.{k}={v}" for k, v in pairs.items() if v is not None]
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from psqe_ray.config import load_config
+    from psqe_ray.distributed.encode import encode_modality
+
+    cfg = load_config(_read_config_text(args.config), (args.set or []) + _encode_sets(args))
+    result = encode_modality(args.dataset, args.modality, cfg.encode, force=args.force)
+    print(json.dumps(result.as_dict(), sort_keys=True))
+    return 0
+
+
+def encode_configured(dataset_url: str, cfg) -> list[dict]:
+    """The pipeline's first step: encode every selected modality that has a model configured
+    (each skipped when the dataset already holds it with the same settings)."""
+    todo = [m for m in cfg.modalities if cfg.encode.model_for(m)]
+    if not todo:
+        return []
+    from psqe_ray.distributed.encode import encode_modality
+
+    return [encode_modality(dataset_url, m, cfg.encode).as_dict() for m in todo]
+
+
 def _cmd_seeds(args: argparse.Namespace) -> int:
     from psqe_ray.config import load_config
     from psqe_ray.inprocess import run_seeds
@@ -79,6 +111,7 @@ def _cmd_seeds(args: argparse.Namespace) -> int:
     if args.modalities:
         overrides["modalities"] = args.modalities
     cfg = load_config(_read_config_text(args.config), args.set, **overrides)
+    encode_configured(args.dataset, cfg)
     report = run_seeds(args.dataset, args.out, cfg)
     summary = {k: report[k] for k in ("method", "modalities", "seconds_total")}
     summary["seeds"] = {k: report["seeds"][k] for k in ("count", "precision", "recall")}
@@ -142,6 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override one setting, e.g. stage1.budget=2000 (repeatable)")
     sds.add_argument("--seed", type=int, default=None, help="random seed (default 42)")
     sds.set_defaults(func=_cmd_seeds)
+
+    enc = sub.add_parser("encode", help="encode one modality with a model into "
+                         "features/<modality> of the dataset (Ray Data actor pool)")
+    enc.add_argument("dataset", metavar="DATASET_URL")
+    enc.add_argument("--modality", required=True, choices=["image", "name", "relation", "attribute"])
+    enc.add_argument("--model", required=True, metavar="PATH_OR_URL",
+                     help="text: a transformers model directory (path or URL) or 'minilm'; "
+                     "image: a torchvision ResNet name (resnet152, resnet50, resnet18...)")
+    enc.add_argument("--weights", metavar="PATH_OR_URL",
+                     help="image: state dict or checkpoint file (never downloaded from a hub)")
+    enc.add_argument("--batch-size", type=int, help="texts / images per forward pass")
+    enc.add_argument("--pooling", choices=["auto", "mean", "cls"], help="text pooling")
+    enc.add_argument("--attribute-values", action="store_true",
+                     help="attribute text is 'name value' instead of the attribute name")
+    enc.add_argument("--workers", type=int, help="encoder actors (default: one per GPU, "
+                     "else cores / 2)")
+    enc.add_argument("--device", help="auto (default), cpu or cuda")
+    enc.add_argument("--config", metavar="YAML", help="configuration file (its encode section)")
+    enc.add_argument("--set", action="append", metavar="KEY=VALUE", help="encode.KEY=VALUE")
+    enc.add_argument("--force", action="store_true", help="re-encode even if up to date")
+    enc.set_defaults(func=_cmd_encode)
 
     ins = sub.add_parser("inspect", help="counts and validation of a dataset")
     ins.add_argument("dataset", metavar="DATASET_URL")

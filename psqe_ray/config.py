@@ -91,6 +91,33 @@ class Stage3Config:
 
 
 @dataclass(frozen=True)
+class EncodeConfig:
+    """Model-based features, computed before the seeds (ours; the paper's encoders).
+
+    A modality with a model set here is encoded into ``features/<modality>`` of the dataset
+    before seed generation (skipped when the same settings already produced it).
+    """
+
+    name_model: str = ""          # transformers model dir / URL / "minilm"; "" = not encoded
+    relation_model: str = ""      # same, over relation names
+    attribute_model: str = ""     # same, over attribute names (and values, see below)
+    attribute_values: bool = False  # attribute text = "name value" instead of the name alone
+    pooling: str = "auto"         # mean | cls | auto (as the model directory declares)
+    max_length: int = 64          # tokens per text
+    text_batch_size: int = 256    # texts per forward pass
+    image_arch: str = ""          # torchvision ResNet, e.g. resnet152 (paper); "" = not encoded
+    image_weights: str = ""       # state dict / checkpoint path or URL (never a hub download)
+    image_size: int = 224         # centre crop after resizing the short side to 256/224 of it
+    image_batch_size: int = 32    # images per forward pass
+    workers: int = 0              # encoder actors; 0 = one per GPU, else cores / 2
+    device: str = "auto"          # auto | cpu | cuda
+
+    def model_for(self, modality: str) -> str:
+        return {"name": self.name_model, "relation": self.relation_model,
+                "attribute": self.attribute_model, "image": self.image_arch}.get(modality, "")
+
+
+@dataclass(frozen=True)
 class PSQEConfig:
     """Everything a seed run needs; ``fingerprint(cfg)`` identifies its output."""
 
@@ -103,6 +130,7 @@ class PSQEConfig:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     stage3: Stage3Config = field(default_factory=Stage3Config)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
 
     def check(self) -> None:
         if self.method not in ("psqe", "uvp", "multimodal-greedy"):
@@ -116,6 +144,10 @@ class PSQEConfig:
                 raise ConfigError(f"weights.{name} must be >= 0")
         if not self.modalities:
             raise ConfigError("at least one modality is required")
+        if self.encode.pooling not in ("auto", "mean", "cls"):
+            raise ConfigError("encode.pooling must be auto, mean or cls")
+        if self.encode.device not in ("auto", "cpu", "cuda") and not self.encode.device.startswith("cuda:"):
+            raise ConfigError("encode.device must be auto, cpu or cuda[:N]")
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:

@@ -66,3 +66,49 @@ def s3_bucket(s3_endpoint) -> str:
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     s3fs.S3FileSystem.clear_instance_cache()
     yield f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray cluster (2 CPUs) shared by the session's Ray tests."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_timeout():
+    """Every Ray test gets a wall-clock limit (a pool that cannot schedule hangs forever)."""
+    import signal
+
+    def _expired(signum, frame):
+        raise TimeoutError("Ray test exceeded 300 s (scheduling deadlock?)")
+
+    old = signal.signal(signal.SIGALRM, _expired)
+    signal.alarm(300)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> str:
+    from psqe_ray.testing.models import tiny_bert
+
+    return str(tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet_file(tmp_path_factory) -> str:
+    """A full checkpoint of a small ResNet (one block per stage), random weights."""
+    import torch
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-resnet.pt"
+    torch.save(ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10), path)
+    return str(path)

@@ -89,18 +89,25 @@ class SeedGenerator:
         cfg = self.config
         fc = cfg.features
         out = {}
+        self.feature_sources_ = {}
         for m in cfg.modalities:
-            if m == "relation":
+            if m in pair.left.features and m in pair.right.features:
+                # a precomputed table (encoders: images, model-based text) wins over the
+                # built-in n-gram / bag features
+                f = {s: pair.side(s).features[m] for s in ("left", "right")}
+                source = f"features/{m}"
+            elif m == "relation":
                 f = relation_features(pair.left, pair.right, fc.relation_top)
+                source = "relation bag"
             elif m == "attribute":
                 f = attribute_features(pair.left, pair.right, fc.attribute_top)
+                source = "attribute bag"
             elif m == "name":
                 if pair.left.names is None or pair.right.names is None:
                     continue
                 f = {s: name_features(pair.side(s).names, fc.name_dim, fc.name_ngram_min,
                                       fc.name_ngram_max) for s in ("left", "right")}
-            elif m in pair.left.features and m in pair.right.features:
-                f = {s: pair.side(s).features[m] for s in ("left", "right")}
+                source = "character n-grams"
             else:
                 continue
             (xl, pl), (xr, pr) = f["left"], f["right"]
@@ -115,6 +122,7 @@ class SeedGenerator:
                 self.skipped_[m] = "no shared feature dimension between the graphs"
                 continue
             out[m] = (xl, pl, xr, pr)
+            self.feature_sources_[m] = source
         if not out:
             raise ValueError(f"none of the modalities {list(cfg.modalities)} carries a signal "
                              f"shared by both graphs (skipped: {self.skipped_ or 'absent'})")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import json
+import logging
 import os
 import secrets
 import time
@@ -32,6 +33,8 @@ from psqe_ray.io.fs import StorageOptions, check_bucket, exists, is_local, join,
 from psqe_ray.schemas import SIDES, check_table_name, conform, is_feature_table, modality_of, \
     with_metadata
 from psqe_ray.validation import ContractChecker
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "_MANIFEST.json"
 FORMAT = "psqe-ray/dataset"
@@ -60,11 +63,15 @@ class DatasetWriter:
         fingerprint: fingerprint of the configuration and inputs that define the content.
         require_graph: whether the commit requires a non-empty ``entities`` table.
         entity_counts: entity counts per side for outputs that refer to another dataset.
+        update: add tables to the committed dataset at ``url`` (e.g. ``features/name``): its
+            tables stay, a table written here replaces the one of the same name, and the new
+            manifest (with ``fingerprint``) is the commit point.  Replaced parts are deleted
+            after the commit; until then readers of the old manifest still see a whole dataset.
     """
 
     def __init__(self, url: str, *, stage: str, fingerprint: str,
                  storage_options: StorageOptions = None, require_graph: bool = True,
-                 entity_counts: dict[str, int] | None = None) -> None:
+                 entity_counts: dict[str, int] | None = None, update: bool = False) -> None:
         self.url = str(url)
         self.stage = stage
         self.fingerprint = fingerprint
@@ -78,11 +85,26 @@ class DatasetWriter:
         self._created_root = False
         self._started = time.monotonic()
         self._open = False
+        self.update = update
+        self._base: dict[str, Any] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> "DatasetWriter":
         check_bucket(self.fs, self.root, self.url)
         manifest_path = join(self.root, MANIFEST)
+        if self.update:
+            if not exists(self.fs, manifest_path, self.url):
+                raise DataError(self.url, "no such dataset: nothing to add tables to")
+            old = _load_manifest(self.fs, manifest_path, join(self.url, MANIFEST))
+            if old.get("fingerprint") == self.fingerprint:
+                self.committed = True
+                return self
+            self._base = old
+            rows = old["tables"].get("entities", {}).get("rows", {})
+            self.checker = ContractChecker(self.url, entity_counts={
+                s: int(rows.get(s, 0)) for s in SIDES}, require_graph=False)
+            self._open = True
+            return self
         if exists(self.fs, manifest_path, self.url):
             old = _load_manifest(self.fs, manifest_path, join(self.url, MANIFEST))
             if old.get("fingerprint") == self.fingerprint:
@@ -210,19 +232,31 @@ class DatasetWriter:
                 entry["dim"] = self.checker.dims.get(name)
                 entry["present"] = self.checker.present.get(name, {})
             tables[name] = entry
+        base = self._base or {}
+        replaced = [rel for name, entry in base.get("tables", {}).items() if name in tables
+                    for rel in entry["parts"]]
+        tables = {**{k: v for k, v in base.get("tables", {}).items() if k not in tables},
+                  **tables}
+        files = list(base.get("files", [])) + [
+            p.removeprefix(self.root.rstrip("/") + "/") for p in self._files
+            if not p.endswith(".parquet")]
+        meta = {**base.get("meta", {}), **(meta or {})}
+        if self._base is not None:
+            meta["updates"] = list(base.get("meta", {}).get("updates", [])) + [
+                {"stage": self.stage, "fingerprint": self.fingerprint, "created": _now(),
+                 "tables": sorted(self._parts)}]
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "stage": self.stage,
+            "stage": base.get("stage", self.stage),
             "fingerprint": self.fingerprint,
             "code_version": __version__,
             "created": _now(),
             "token": self.token,
             "seconds": round(time.monotonic() - self._started, 3),
             "tables": tables,
-            "files": [p.removeprefix(self.root.rstrip("/") + "/") for p in self._files
-                      if not p.endswith(".parquet")],
-            "meta": meta or {},
+            "files": files,
+            "meta": meta,
         }
         data = json.dumps(manifest, indent=1, sort_keys=True).encode()
         path = join(self.root, MANIFEST)
@@ -237,6 +271,11 @@ class DatasetWriter:
             self._put(path, data, MANIFEST)
         self.committed = True
         self._open = False
+        for rel in replaced:  # no manifest lists them any more
+            try:
+                self.fs.rm_file(join(self.root, rel))
+            except Exception:  # noqa: BLE001 - best effort, the commit stands
+                log.warning("%s: could not delete replaced part %s", self.url, rel)
         return manifest
 
 

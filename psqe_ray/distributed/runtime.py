@@ -1,0 +1,55 @@
+"""Connecting to Ray: the cluster of ``ray job submit`` (``RAY_ADDRESS``) or an embedded local one."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator
+
+import ray
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+    """Use the running Ray (a job's driver, a test's cluster) or start a local one for the block.
+
+    ``address`` (else ``RAY_ADDRESS``) joins an existing cluster; without either, a local Ray
+    is started with ``num_cpus`` (default: every core) and shut down at the end.
+    """
+    if ray.is_initialized():
+        yield
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = {"include_dashboard": False, "logging_level": logging.WARNING,
+              "log_to_driver": False}
+    if address is None:
+        kwargs["num_cpus"] = num_cpus
+        log.info("starting a local Ray (%s CPUs)", num_cpus or os.cpu_count())
+    ray.init(address=address, **kwargs)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # our own progress lines go to the log
+        yield
+    finally:
+        ray.shutdown()
+
+
+def actor_plan(workers: int = 0, device: str = "auto") -> tuple[int, dict[str, float], int]:
+    """(pool size, per-actor resources, torch threads per actor) for an encoder pool.
+
+    One GPU per actor when the cluster has GPUs (and ``device`` allows); otherwise fractional
+    CPUs: with whole CPUs the actors can take every core and starve the tasks that feed them
+    (ENVIRONMENT.md: a 2-CPU machine deadlocks), so each actor asks for half a CPU and runs
+    ``cores / actors`` torch threads.
+    """
+    res = ray.cluster_resources()
+    gpus = int(res.get("GPU", 0))
+    cpus = max(1, int(res.get("CPU", 1)))
+    if gpus and device in ("auto", "cuda"):
+        size = min(workers or gpus, gpus)
+        return size, {"num_gpus": 1.0}, max(1, cpus // size)
+    size = workers or max(1, cpus // 2)
+    return size, {"num_cpus": 0.5}, max(1, cpus // size)

@@ -1,0 +1,136 @@
+"""Encoding on a real local Ray cluster (Ray Data actor pool) into features/<modality>."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from psqe_ray.cli import main
+from psqe_ray.config import EncodeConfig
+from psqe_ray.distributed.encode import encode_modality
+from psqe_ray.encoders.text import TextEncoder
+from psqe_ray.io.dataset import Dataset
+from psqe_ray.testing.synth import SynthConfig, synthesize
+
+pytestmark = pytest.mark.usefixtures("ray_local", "ray_timeout")
+
+
+@pytest.fixture(scope="module")
+def synth_src(tmp_path_factory) -> str:
+    url = str(tmp_path_factory.mktemp("synth") / "pair")
+    synthesize(url, SynthConfig(entities=150, seed=3, name_missing=0.1, image_files=0.4))
+    return url
+
+
+@pytest.fixture
+def dataset(synth_src, tmp_path) -> str:
+    url = str(tmp_path / "ds")
+    shutil.copytree(synth_src, url)
+    return url
+
+
+def _features(url: str, modality: str):
+    t = Dataset(url).table(f"features/{modality}")
+    out = {}
+    for s in ("left", "right"):
+        f = t.filter(pc.equal(t.column("side"), s))
+        ids = f.column("entity_id").to_numpy()
+        vec = np.stack(f.column("vector").to_numpy(zero_copy_only=False))
+        order = np.argsort(ids)
+        out[s] = (ids[order], vec[order], f.column("present").to_numpy(zero_copy_only=False)[order])
+    return out
+
+
+def test_names_encoded_per_entity_and_skipped_when_current(dataset, tiny_bert_dir):
+    cfg = EncodeConfig(name_model=tiny_bert_dir, text_batch_size=16, workers=2)
+    res = encode_modality(dataset, "name", cfg)
+    assert not res.skipped and res.dim == 32 and res.workers == 2
+    ds = Dataset(dataset)
+    assert ds.has("features/name") and ds.has("entities")
+    ent = ds.table("entities")
+    feats = _features(dataset, "name")
+    enc = TextEncoder(tiny_bert_dir)
+    for s in ("left", "right"):
+        e = ent.filter(pc.equal(ent.column("side"), s))
+        names = dict(zip(e.column("entity_id").to_pylist(), e.column("name").to_pylist()))
+        ids, vec, present = feats[s]
+        assert ids.tolist() == list(range(len(names)))
+        assert present.tolist() == [bool(names[i]) for i in ids.tolist()]
+        assert 0 < present.sum() < len(ids)  # some names are missing (name_missing=0.1)
+        assert not vec[~present].any()
+        some = ids[present][:5]
+        np.testing.assert_allclose(vec[some], enc.encode([names[i] for i in some.tolist()]),
+                                   atol=1e-5)
+    manifest = json.loads(open(os.path.join(dataset, "_MANIFEST.json")).read())
+    assert manifest["meta"]["encoded"]["name"] and manifest["tables"]["features/name"]["dim"] == 32
+    again = encode_modality(dataset, "name", cfg)
+    assert again.skipped
+    assert Dataset(dataset).manifest["fingerprint"] == manifest["fingerprint"]
+
+
+def test_relation_text_is_the_mean_over_incident_triples(dataset, tiny_bert_dir):
+    res = encode_modality(dataset, "relation", EncodeConfig(relation_model=tiny_bert_dir))
+    ds = Dataset(dataset)
+    rel = ds.table("relations", side="left")
+    tri = ds.table("triples", side="left")
+    name_of = dict(zip(rel.column("relation_id").to_pylist(), rel.column("name").to_pylist()))
+    assert res.units == len(set(ds.table("relations").column("name").to_pylist()))
+    ids, vec, present = _features(dataset, "relation")["left"]
+    heads, rels, tails = (tri.column(c).to_numpy() for c in ("head", "relation", "tail"))
+    enc = TextEncoder(tiny_bert_dir)
+    for e in np.flatnonzero(present)[:3].tolist():
+        incident = np.concatenate([rels[heads == e], rels[tails == e]])
+        expect = enc.encode([name_of[r] for r in incident.tolist()]).mean(axis=0)
+        np.testing.assert_allclose(vec[e], expect, atol=1e-5)
+    isolated = np.setdiff1d(np.arange(len(ids)), np.concatenate([heads, tails]))
+    assert not present[isolated].any()
+
+
+def test_images_encoded_corrupt_files_counted_not_fatal(dataset, tiny_resnet_file):
+    ds = Dataset(dataset)
+    img = ds.table("images")
+    urls = [u for u in img.column("url").to_pylist() if u]
+    assert len(urls) > 10
+    with open(ds.url_of(urls[0]), "wb") as fh:  # corrupt one file in place
+        fh.write(b"not a png at all")
+    os.remove(ds.url_of(urls[1]))  # and lose another
+    cfg = EncodeConfig(image_arch="resnet18", image_weights=tiny_resnet_file, image_size=64,
+                       image_batch_size=8, workers=2)
+    res = encode_modality(dataset, "image", cfg)
+    assert res.failed == 2 and len(res.failures) == 2 and res.units == len(urls)
+    assert res.present == len(urls) - 2 and res.dim == 512
+    f = _features(dataset, "image")
+    assert sum(int(p.sum()) for _, _, p in f.values()) == len(urls) - 2
+
+
+def test_cli_encode_and_bad_model_leaves_dataset_untouched(dataset, tiny_bert_dir, tmp_path, capsys):
+    before = sorted(os.listdir(dataset))
+    manifest = open(os.path.join(dataset, "_MANIFEST.json")).read()
+    rc = main(["-q", "encode", dataset, "--modality", "attribute", "--model",
+               str(tmp_path / "nowhere")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "no such directory" in err
+    assert sorted(os.listdir(dataset)) == before
+    assert open(os.path.join(dataset, "_MANIFEST.json")).read() == manifest
+    rc = main(["-q", "encode", dataset, "--modality", "attribute", "--model", tiny_bert_dir,
+               "--batch-size", "8", "--workers", "1"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["modality"] == "attribute" and out["present"] > 0
+    assert Dataset(dataset).has("features/attribute")
+
+
+def test_seeds_job_encodes_first_and_uses_the_table(dataset, tiny_bert_dir, tmp_path, capsys):
+    out = str(tmp_path / "seeds")
+    rc = main(["-q", "seeds", dataset, out, "--method", "uvp", "--modalities", "name",
+               "--set", f"encode.name_model={tiny_bert_dir}", "--set", "stage1.budget=50"])
+    assert rc == 0
+    report = json.loads(open(os.path.join(out, "report.json")).read())
+    assert report["feature_sources"] == {"name": "features/name"}
+    assert Dataset(dataset).has("features/name")
