@@ -11,8 +11,8 @@ prints one JSON line per feature kind (char n-grams, MiniLM) with
 * name Hits@1 / Hits@10: for every gold pair, is the right entity the nearest (top-10) right
   entity of the left one by cosine of the name vectors, over all right entities (exact top-k);
 * UVP on names at 1000 seeds (`psqe-ray seeds --method uvp --modalities name`): precision;
-* with --psqe, PSQE with names (+ relation / attribute features): seeds, precision, recall,
-  edge coverage, seconds.
+* with --psqe, PSQE on the model features (names + relation / attribute where encoded): seeds,
+  precision, recall, edge coverage, seconds (PSQE on the built-in features: seeds_real.py).
 Gold links are only read here, after the fact, to score.
 """
 
@@ -45,8 +45,8 @@ def name_hits(ds_url: str, use_table: bool) -> dict:
         xl = name_features(pair.left.names)[0]
         xr = name_features(pair.right.names)[0]
     gl, gr = pair.gold
-    top = topk_search(l2_normalize(xl[gl]), l2_normalize(xr), 10)
-    hit = top.ids == gr[:, None]
+    _, ids = topk_search(l2_normalize(xl[gl]), l2_normalize(xr), 10)
+    hit = ids == gr[:, None]
     return {"hits@1": round(float(hit[:, 0].mean()), 4),
             "hits@10": round(float(hit.any(axis=1).mean()), 4), "gold": int(len(gl))}
 
@@ -101,10 +101,9 @@ def main() -> None:
             row = {"pair": pair, "features": kind, **name_hits(url, use_table)}
             row["uvp_names_1000"] = seeds(url, cache / "runs" / f"{pair}-{kind}-uvp", "uvp",
                                           "name", [])
-            if args.psqe:
+            if args.psqe and use_table:  # PSQE on the built-in features: seeds_real.py
                 row["psqe"] = seeds(url, cache / "runs" / f"{pair}-{kind}-psqe", "psqe",
-                                    ",".join(mods if use_table else ["name", "relation",
-                                                                     "attribute"]), [])
+                                    ",".join(mods), [])
             print(json.dumps(row), flush=True)
 
 
