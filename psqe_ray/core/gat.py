@@ -227,11 +227,10 @@ _POOL: list = []
 
 
 def _torch_csr(m) -> torch.Tensor:
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": we use the product only
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)),
-                                       torch.from_numpy(m.indices.astype(np.int64)),
-                                       torch.from_numpy(m.data.astype(np.float32)), m.shape)
+    """A scipy CSR matrix as a PyTorch CSR tensor (float32)."""
+    return _csr(torch.from_numpy(m.indptr.astype(np.int64)),
+                torch.from_numpy(m.indices.astype(np.int64)),
+                torch.from_numpy(m.data.astype(np.float32)), m.shape)
 
 
 def _row_parts(n: int) -> list[tuple[int, int]]:
@@ -353,12 +352,14 @@ class SeedEncoder(nn.Module):
         out = {}
         chunks = [np.arange(a, min(n, a + chunk)) for a in range(0, n, chunk)]
         h = torch.cat([self.project(self.anchor, feats, rows) for rows in chunks])
+        # full neighbourhoods do not change between layers: build each chunk's block once
+        blocks = [sampler.layer(rows.astype(np.int64), None) for rows in chunks]
+        adjs = [blk.adjacency() for blk in blocks]
         for k, conv in enumerate(self.convs):
             z = conv.lin(h)
             nxt = torch.empty((n, z.shape[1] if conv.concat else conv.out_channels))
-            for rows in chunks:
-                blk = sampler.layer(rows.astype(np.int64), None)
-                y = gat_transformed(conv, z[torch.from_numpy(blk.src_nodes)], blk.adjacency())
+            for rows, blk, adj in zip(chunks, blocks, adjs):
+                y = gat_transformed(conv, z[torch.from_numpy(blk.src_nodes)], adj)
                 nxt[rows[0]:rows[-1] + 1] = F.elu(y) if k < len(self.convs) - 1 else y
             h = nxt
         out[self.anchor] = h.numpy()

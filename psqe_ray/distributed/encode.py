@@ -60,10 +60,6 @@ class EncodeResult:
 
 
 # -- what to encode -------------------------------------------------------------------------------
-def _entity_ids(ds: Dataset) -> dict[str, int]:
-    return ds.entity_counts()
-
-
 def _text_units(ds: Dataset, modality: str, cfg: EncodeConfig
                 ) -> tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """(distinct texts, side -> (entity ids, text index)) - one row per (entity, occurrence)."""
@@ -120,7 +116,7 @@ def _text_units(ds: Dataset, modality: str, cfg: EncodeConfig
 
 def _image_units(ds: Dataset) -> pa.Table:
     """(side, entity_id, url) for every entity; url null when it has no image."""
-    counts = _entity_ids(ds)
+    counts = ds.entity_counts()
     parts = []
     img = ds.table("images") if ds.has("images") else None
     for s in SIDES:
@@ -244,7 +240,7 @@ def encode_modality(dataset_url: str, modality: str, cfg: EncodeConfig, *,
     if not force and encoded.get(modality) == efp and ds.has(f"features/{modality}"):
         log.info("encode %s: already encoded with these settings; skipped", modality)
         return EncodeResult(modality, skipped=True)
-    counts = _entity_ids(ds)
+    counts = ds.entity_counts()
     new_fp = fingerprint({"base": ds.manifest["fingerprint"], "encode": {modality: efp}})
     with ray_session(), DatasetWriter(dataset_url, stage=f"encode-{modality}",
                                       fingerprint=new_fp, storage_options=storage_options,
