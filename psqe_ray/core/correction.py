@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from psqe_ray.core.matching import greedy_one_to_one
-from psqe_ray.core.topk import topk_search
+from psqe_ray.core.topk import canonical_scores, topk_search
 
 
 def mic_keep(left_vecs: np.ndarray, right_vecs: np.ndarray) -> np.ndarray:
@@ -40,6 +40,116 @@ def schedule(position: int, total: int, start: float, end: float) -> float:
     return start + (end - start) * position / (total - 1)
 
 
+def expansion_candidates(positions: np.ndarray, seed_left: np.ndarray, seed_right: np.ndarray,
+                         adj_left: tuple[np.ndarray, np.ndarray],
+                         adj_right: tuple[np.ndarray, np.ndarray],
+                         vec_left: np.ndarray, vec_right: np.ndarray,
+                         taken_left: np.ndarray, taken_right: np.ndarray, total: int, *,
+                         threshold_start: float = 0.8, threshold_end: float = 0.9,
+                         ) -> dict[str, np.ndarray]:
+    """Map step of the expansion: every neighbour pair of the seeds at ``positions`` that could
+    ever be accepted.
+
+    For seed ``p`` (entities ``seed_left[p]``, ``seed_right[p]``) these are the pairs (n, m) of an
+    unseeded left neighbour and an unseeded right neighbour (by the *initial* ``taken_*`` masks)
+    whose canonical score (:func:`~psqe_ray.core.topk.canonical_scores`) reaches the threshold
+    ``t(p)``.  Fast float32 products only shortlist (a pair whose float32 score is more than the
+    rounding bound below ``t(p)`` cannot reach it); the canonical score decides, so the result does
+    not depend on how seeds are split into partitions.
+
+    Returns columns ``position`` int64, ``left`` int64, ``right`` int64, ``score`` float32,
+    ordered by position, left, score desc, right.
+    """
+    (ipl, inl), (ipr, inr) = adj_left, adj_right
+    d = vec_left.shape[1]
+    g = (d + 2) * 2.0 ** -23
+    tiny = 4.0 * (d + 1) * float(np.finfo(np.float32).tiny)
+    out = {"position": [], "left": [], "right": [], "score": []}
+    for p in np.asarray(positions, np.int64).tolist():
+        l, r = int(seed_left[p]), int(seed_right[p])
+        nl = inl[ipl[l]:ipl[l + 1]]
+        nr = inr[ipr[r]:ipr[r + 1]]
+        nl = nl[~taken_left[nl]]
+        nr = nr[~taken_right[nr]]
+        if len(nl) == 0 or len(nr) == 0:
+            continue
+        thr = schedule(p, total, threshold_start, threshold_end)
+        q, b = vec_left[nl], vec_right[nr]
+        qn = np.sqrt(np.einsum("ij,ij->i", q, q, dtype=np.float64))
+        bmax = float(np.sqrt(np.einsum("ij,ij->i", b, b, dtype=np.float64)).max())
+        fast = q @ b.T
+        rows, cols = np.nonzero(fast.astype(np.float64) >= thr - (g * qn * bmax + tiny)[:, None])
+        if len(rows) == 0:
+            continue
+        c = canonical_scores(vec_left, vec_right, nl[rows], nr[cols])
+        ok = c.astype(np.float64) >= thr
+        rows, cols, c = rows[ok], cols[ok], c[ok]
+        order = np.lexsort((nr[cols], -c.astype(np.float64), nl[rows]))
+        out["position"].append(np.full(len(order), p, np.int64))
+        out["left"].append(nl[rows[order]])
+        out["right"].append(nr[cols[order]])
+        out["score"].append(c[order])
+    dtypes = {"position": np.int64, "left": np.int64, "right": np.int64, "score": np.float32}
+    return {k: (np.concatenate(v) if v else np.zeros(0, dtypes[k])).astype(dtypes[k], copy=False)
+            for k, v in out.items()}
+
+
+def expand_from_candidates(candidates: dict[str, np.ndarray], total: int,
+                           taken_left: np.ndarray, taken_right: np.ndarray, *,
+                           threshold_start: float = 0.8, threshold_end: float = 0.9,
+                           candidates_start: int = 6, candidates_end: int = 3,
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Reduce step: walk the seeds in confidence order over the map step's pairs.
+
+    For seed ``p``: drop pairs on an entity taken so far; each left neighbour keeps its ``c(p)``
+    best remaining right neighbours (score desc, id asc: the top-k of a search over the
+    remaining neighbours, restricted to pairs that can pass the threshold); accept greedily one
+    to one, at most ``c(p)`` pairs at or above ``t(p)``.  Sequential over seeds (each seed's
+    acceptances block the next ones) but vector work per seed; no similarity is computed here.
+    ``candidates`` must hold every position's pairs (the concatenation of all partitions).
+    """
+    taken_l, taken_r = taken_left.copy(), taken_right.copy()
+    pos = candidates["position"]
+    order = np.lexsort((candidates["right"], -candidates["score"].astype(np.float64),
+                        candidates["left"], pos))
+    pos = pos[order]
+    cl_all, cr_all, cs_all = (candidates[k][order] for k in ("left", "right", "score"))
+    bounds = np.flatnonzero(np.diff(pos)) + 1
+    starts = np.concatenate([[0], bounds]) if len(pos) else np.zeros(0, np.int64)
+    ends = np.concatenate([bounds, [len(pos)]]) if len(pos) else np.zeros(0, np.int64)
+    out_l, out_r, out_s, out_p = [], [], [], []
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        p = int(pos[a])
+        cl, cr, cs = cl_all[a:b], cr_all[a:b], cs_all[a:b]
+        live = ~taken_l[cl] & ~taken_r[cr]
+        if not live.any():
+            continue
+        cl, cr, cs = cl[live], cr[live], cs[live]
+        cap = int(round(schedule(p, total, candidates_start, candidates_end)))
+        # rank of each pair among its left neighbour's remaining pairs (rows are grouped by left)
+        first = np.concatenate([[True], cl[1:] != cl[:-1]])
+        group_start = np.maximum.accumulate(np.where(first, np.arange(len(cl)), 0))
+        keep = (np.arange(len(cl)) - group_start) < cap
+        cl, cr, cs = cl[keep], cr[keep], cs[keep]
+        thr = schedule(p, total, threshold_start, threshold_end)
+        acc = greedy_one_to_one(cl, cr, cs, limit=cap, min_score=thr,
+                                taken_left=taken_l, taken_right=taken_r)
+        if len(acc) == 0:
+            continue
+        al, ar = cl[acc], cr[acc]
+        taken_l[al] = True
+        taken_r[ar] = True
+        out_l.append(al)
+        out_r.append(ar)
+        out_s.append(cs[acc])
+        out_p.append(np.full(len(acc), p, dtype=np.int64))
+    if not out_l:
+        z = np.zeros(0, np.int64)
+        return z, z.copy(), np.zeros(0, np.float32), z.copy()
+    return (np.concatenate(out_l), np.concatenate(out_r),
+            np.concatenate(out_s).astype(np.float32), np.concatenate(out_p))
+
+
 def expand_neighbours(seed_left: np.ndarray, seed_right: np.ndarray,
                       adj_left: tuple[np.ndarray, np.ndarray],
                       adj_right: tuple[np.ndarray, np.ndarray],
@@ -48,45 +158,18 @@ def expand_neighbours(seed_left: np.ndarray, seed_right: np.ndarray,
                       threshold_start: float = 0.8, threshold_end: float = 0.9,
                       candidates_start: int = 6, candidates_end: int = 3,
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Expand seeds to neighbour pairs (PSQE eq. 7).
+    """Expand seeds to neighbour pairs (PSQE eq. 7): the map step over every seed, then the reduce.
 
     seed_left/seed_right: int64 (S,) in confidence order.  adj_*: CSR (indptr, indices) of each
     graph.  vec_*: float32 (n, d) normalised similarity vectors.  taken_*: bool (n,) masks of
     seeded entities (copied, not modified).  Returns (left ids, right ids, scores, index of the
     seed each pair was expanded from); new pairs never reuse an entity and never duplicate.
+    The distributed path runs :func:`expansion_candidates` per seed partition instead.
     """
-    taken_l, taken_r = taken_left.copy(), taken_right.copy()
-    out_l, out_r, out_s, out_p = [], [], [], []
     total = len(seed_left)
-    (ipl, inl), (ipr, inr) = adj_left, adj_right
-    for p, (l, r) in enumerate(zip(seed_left.tolist(), seed_right.tolist())):
-        nl = inl[ipl[l]:ipl[l + 1]]
-        nr = inr[ipr[r]:ipr[r + 1]]
-        nl = nl[~taken_l[nl]]
-        nr = nr[~taken_r[nr]]
-        if len(nl) == 0 or len(nr) == 0:
-            continue
-        thr = schedule(p, total, threshold_start, threshold_end)
-        cap = int(round(schedule(p, total, candidates_start, candidates_end)))
-        k = min(cap, len(nr))
-        s, j = topk_search(vec_left[nl], vec_right[nr], k)
-        cl = np.repeat(nl, k)
-        cr = nr[j.reshape(-1)]
-        cs = s.reshape(-1)
-        ok = j.reshape(-1) >= 0
-        acc = greedy_one_to_one(cl[ok], cr[ok], cs[ok], limit=cap, min_score=thr,
-                                taken_left=taken_l, taken_right=taken_r)
-        if len(acc) == 0:
-            continue
-        al, ar = cl[ok][acc], cr[ok][acc]
-        taken_l[al] = True
-        taken_r[ar] = True
-        out_l.append(al)
-        out_r.append(ar)
-        out_s.append(cs[ok][acc])
-        out_p.append(np.full(len(acc), p, dtype=np.int64))
-    if not out_l:
-        z = np.zeros(0, np.int64)
-        return z, z.copy(), np.zeros(0, np.float32), z.copy()
-    return (np.concatenate(out_l), np.concatenate(out_r),
-            np.concatenate(out_s).astype(np.float32), np.concatenate(out_p))
+    cand = expansion_candidates(np.arange(total), seed_left, seed_right, adj_left, adj_right,
+                                vec_left, vec_right, taken_left, taken_right, total,
+                                threshold_start=threshold_start, threshold_end=threshold_end)
+    return expand_from_candidates(cand, total, taken_left, taken_right,
+                                  threshold_start=threshold_start, threshold_end=threshold_end,
+                                  candidates_start=candidates_start, candidates_end=candidates_end)

@@ -224,6 +224,7 @@ def gat_untransformed(conv: GATConv, x: torch.Tensor, adj: Adjacency, weight: to
 
 
 _POOL: list = []
+_MAX_PARTS = 8
 
 
 def _torch_csr(m) -> torch.Tensor:
@@ -234,7 +235,9 @@ def _torch_csr(m) -> torch.Tensor:
 
 
 def _row_parts(n: int) -> list[tuple[int, int]]:
-    k = max(1, min(torch.get_num_threads(), n // 4096 or 1))
+    # the split depends on n only, never on the thread count: the partial sums are added in
+    # range order, so a product is bit-identical on any machine or worker size
+    k = max(1, min(_MAX_PARTS, n // 4096))
     cuts = np.linspace(0, n, k + 1).astype(int)
     return list(zip(cuts[:-1], cuts[1:]))
 

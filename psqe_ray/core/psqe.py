@@ -20,16 +20,18 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-
 from psqe_ray.config import PSQEConfig
-from psqe_ray.core.correction import expand_neighbours, mic_keep
+from psqe_ray.core.correction import (expand_from_candidates, expansion_candidates,
+                                      mic_keep)
 from psqe_ray.core.features import attribute_features, name_features, relation_features
 from psqe_ray.core.fusion import fill_missing, fuse, l2_normalize
-from psqe_ray.core.gat import CSRSampler, SeedEncoder, as_model_input, icl_loss
 from psqe_ray.core.graph import KGPair
-from psqe_ray.core.sampling import (cluster_budgets, greedy_seeds, kmeans_assign, n_clusters,
-                                    sample_cluster)
+from psqe_ray.core.matching import greedy_one_to_one
+from psqe_ray.core.sampling import (candidates_union, cluster_budgets, greedy_seeds,
+                                    kmeans_assign, n_clusters, sample_cluster)
+from psqe_ray.core.topk import topk_search
+from psqe_ray.core.train import (FEATURES, embed, joint_graph, model_inputs, pick_anchor,
+                                 stage_rng, train_encoder)
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +130,10 @@ class SeedGenerator:
                              f"shared by both graphs (skipped: {self.skipped_ or 'absent'})")
         return out
 
-    def _prepared(self, mods, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def _prepared(self, mods) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """modality -> (left, right) normalised, missing rows filled where the paper does."""
         out = {}
+        rng = stage_rng(self.config.seed, FEATURES)
         for m, (xl, pl, xr, pr) in mods.items():
             x = np.concatenate([xl, xr]).astype(np.float32, copy=False)
             present = np.concatenate([pl, pr])
@@ -145,8 +148,6 @@ class SeedGenerator:
     def fit(self, pair: KGPair) -> "SeedGenerator":
         cfg = self.config
         cfg.check()
-        rng = np.random.default_rng(cfg.seed)
-        torch.manual_seed(cfg.seed)
         self.stages_: list[dict] = []
         self.stage_sets_: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.table_ = SeedTable()
@@ -155,13 +156,8 @@ class SeedGenerator:
         empty = np.zeros(0, np.int64)
         self.seeds_ = (empty, empty.copy(), np.zeros(0, np.float32), np.zeros(0, object))
         t0 = time.perf_counter()
-        mods = self._prepared(self._modalities(pair), rng)
-        self.modalities_ = sorted(mods)
-        weights = {m: cfg.weights.get(m, 0.0) for m in mods}
-        if not any(w > 0 for w in weights.values()):
-            weights = {m: 1.0 for m in mods}
-        fused_l = fuse({m: v[0] for m, v in mods.items()}, weights)
-        fused_r = fuse({m: v[1] for m, v in mods.items()}, weights)
+        mods, weights = self.prepare(pair)
+        fused_l, fused_r = self._fuse(mods, weights)
         self._timed("features", t0, 0, 0)
         budget = cfg.stage1.budget
         if cfg.method in ("uvp", "multimodal-greedy"):
@@ -181,7 +177,59 @@ class SeedGenerator:
             name = cfg.method
             self._accept(name, l, r, s, np.full(len(l), name, dtype=object), t, added=len(l))
             return self
-        return self._fit_psqe(pair, mods, weights, fused_l, fused_r, rng)
+        return self._fit_psqe(pair, mods, weights, fused_l, fused_r)
+
+    def prepare(self, pair: KGPair) -> tuple[dict, dict[str, float]]:
+        """(modality -> (left, right) prepared vectors, fusion weights); sets ``modalities_``."""
+        mods = self._prepared(self._modalities(pair))
+        self.modalities_ = sorted(mods)
+        weights = {m: self.config.weights.get(m, 0.0) for m in mods}
+        if not any(w > 0 for w in weights.values()):
+            weights = {m: 1.0 for m in mods}
+        return mods, weights
+
+    # -- the steps the distributed path runs on Ray (same inputs, same outputs) -----------------
+    def _fuse(self, mods, weights) -> tuple[np.ndarray, np.ndarray]:
+        return (fuse({m: v[0] for m, v in mods.items()}, weights),
+                fuse({m: v[1] for m, v in mods.items()}, weights))
+
+    def _sample_clusters(self, sim_l, sim_r, lab_l, lab_r, budgets) -> list[tuple]:
+        """Stage I greedy per cluster: a list of (left ids, right ids, scores) per cluster."""
+        parts = []
+        for c in range(len(budgets)):
+            il, ir = np.flatnonzero(lab_l == c), np.flatnonzero(lab_r == c)
+            parts.append(sample_cluster(sim_l[il], sim_r[ir], il, ir, int(budgets[c]),
+                                        self.config.stage1.candidates))
+        return parts
+
+    def _learn(self, pair: KGPair, mods, seed_l, seed_r) -> dict[str, np.ndarray]:
+        """Stage II encoder trained on the seeds: learned vectors per modality, both graphs."""
+        cfg = self.config
+        feats = model_inputs(mods)
+        graph = joint_graph(pair.left.neighbours(), pair.right.neighbours(), pair.left.n)
+        model, self.losses_ = train_encoder(feats, graph, seed_l, seed_r, pair.left.n,
+                                            self.anchor_, cfg.stage2, cfg.seed)
+        return embed(model, feats, graph)
+
+    def _global_topk(self, learned_l, learned_r, k: int):
+        """(left -> right top-k, right -> left top-k) over the whole graphs."""
+        return (topk_search(learned_l, learned_r, min(k, len(learned_r))),
+                topk_search(learned_r, learned_l, min(k, len(learned_l))))
+
+    def _mic_keep(self, vec_l: np.ndarray, vec_r: np.ndarray) -> np.ndarray:
+        return mic_keep(vec_l, vec_r)
+
+    def _expansion_candidates(self, l0, r0, pair, vec_l, vec_r, taken_l, taken_r) -> dict:
+        st = self.config.stage3
+        return expansion_candidates(np.arange(len(l0)), l0, r0, pair.left.neighbours(),
+                                    pair.right.neighbours(), vec_l, vec_r, taken_l, taken_r,
+                                    len(l0), threshold_start=st.threshold_start,
+                                    threshold_end=st.threshold_end)
+
+    def _run_stage(self, name: str, run) -> dict:
+        """Run one stage (``run()`` returns its products: arrays later stages need).  The
+        distributed path commits each stage here and skips the committed ones on a rerun."""
+        return run()
 
     def _timed(self, name: str, t: float, added: int, removed: int) -> None:
         count = len(self.seeds_[0])
@@ -196,139 +244,108 @@ class SeedGenerator:
         self.stage_sets_[name] = (self.seeds_[0].copy(), self.seeds_[1].copy())
         self._timed(name, t, added, removed)
 
-    def _mic(self, name: str, fused_l: np.ndarray, fused_r: np.ndarray) -> None:
+    def _mic(self, name: str, fused_l: np.ndarray, fused_r: np.ndarray) -> dict:
         t = time.perf_counter()
         l, r, s, src = self.seeds_
-        keep = mic_keep(fused_l[l], fused_r[r])
+        keep = self._mic_keep(fused_l[l], fused_r[r])
         self.table_.add(l[~keep], r[~keep], s[~keep], src[~keep], name, False,
                         "mic: partner is not the most similar seed entity")
         self._accept(name, l[keep], r[keep], s[keep], src[keep], t, removed=int((~keep).sum()))
+        return {}
 
-    def _fit_psqe(self, pair: KGPair, mods, weights, fused_l, fused_r,
-                  rng: np.random.Generator) -> "SeedGenerator":
+    def _add(self, name: str, l, r, s, t: float) -> None:
+        """Append new seeds (already in acceptance order) to the list under source ``name``."""
+        l0, r0, s0, src0 = self.seeds_
+        self._accept(name, np.concatenate([l0, l]), np.concatenate([r0, r]),
+                     np.concatenate([s0, s]),
+                     np.concatenate([src0, np.full(len(l), name, dtype=object)]), t, added=len(l))
+
+    def _taken(self, n_left: int, n_right: int) -> tuple[np.ndarray, np.ndarray]:
+        taken_l, taken_r = np.zeros(n_left, bool), np.zeros(n_right, bool)
+        taken_l[self.seeds_[0]] = True
+        taken_r[self.seeds_[1]] = True
+        return taken_l, taken_r
+
+    def _fit_psqe(self, pair: KGPair, mods, weights, fused_l, fused_r) -> "SeedGenerator":
         cfg = self.config
         nl, nr = pair.left.n, pair.right.n
+        self.anchor_ = pick_anchor(cfg.stage2.anchor, mods)
+
         # ---- Stage I: K-means over both graphs, proportional per-cluster greedy (4.1.2)
-        t = time.perf_counter()
-        k = n_clusters(nl + nr, cfg.stage1.clusters, cfg.stage1.max_cluster_size)
-        labels = kmeans_assign(np.concatenate([fused_l, fused_r]), k, iters=cfg.stage1.kmeans_iters,
-                               seed=cfg.seed)
-        lab_l, lab_r = labels[:nl], labels[nl:]
-        self.clusters_ = (lab_l, lab_r)
-        if cfg.stage1.similarity == "relation_attribute":
-            ra = {m: mods[m] for m in ("relation", "attribute") if m in mods}
-            if not ra:
-                raise ValueError("stage1.similarity=relation_attribute needs the relation or "
-                                 "attribute modality")
-            sim_l = fuse({m: v[0] for m, v in ra.items()}, weights)
-            sim_r = fuse({m: v[1] for m, v in ra.items()}, weights)
-        else:
-            sim_l, sim_r = fused_l, fused_r
-        sizes = np.bincount(lab_l, minlength=k) + np.bincount(lab_r, minlength=k)
-        budgets = cluster_budgets(sizes, cfg.stage1.budget)
-        parts = []
-        for c in range(k):
-            il, ir = np.flatnonzero(lab_l == c), np.flatnonzero(lab_r == c)
-            parts.append(sample_cluster(sim_l[il], sim_r[ir], il, ir, int(budgets[c]),
-                                        cfg.stage1.candidates))
-        l, r, s = (np.concatenate([p[i] for p in parts]) for i in range(3))
-        order = np.lexsort((r, l, -s))
-        l, r, s = l[order], r[order], s[order]
-        self.cluster_budgets_ = budgets
-        self._accept("stage1-cluster", l, r, s, np.full(len(l), "stage1-cluster", dtype=object), t,
-                     added=len(l))
+        def stage1() -> dict:
+            t = time.perf_counter()
+            k = n_clusters(nl + nr, cfg.stage1.clusters, cfg.stage1.max_cluster_size)
+            labels = kmeans_assign(np.concatenate([fused_l, fused_r]), k,
+                                   iters=cfg.stage1.kmeans_iters, seed=cfg.seed)
+            lab_l, lab_r = labels[:nl], labels[nl:]
+            if cfg.stage1.similarity == "relation_attribute":
+                ra = {m: mods[m] for m in ("relation", "attribute") if m in mods}
+                if not ra:
+                    raise ValueError("stage1.similarity=relation_attribute needs the relation "
+                                     "or attribute modality")
+                sim_l = fuse({m: v[0] for m, v in ra.items()}, weights)
+                sim_r = fuse({m: v[1] for m, v in ra.items()}, weights)
+            else:
+                sim_l, sim_r = fused_l, fused_r
+            sizes = np.bincount(lab_l, minlength=k) + np.bincount(lab_r, minlength=k)
+            budgets = cluster_budgets(sizes, cfg.stage1.budget)
+            parts = self._sample_clusters(sim_l, sim_r, lab_l, lab_r, budgets)
+            l, r, s = (np.concatenate([p[i] for p in parts]) for i in range(3))
+            order = np.lexsort((r, l, -s))
+            self._add("stage1-cluster", l[order], r[order], s[order], t)
+            return {"cluster_left": lab_l, "cluster_right": lab_r, "cluster_budgets": budgets}
+
+        out = self._run_stage("stage1-cluster", stage1)
+        self.clusters_ = (out["cluster_left"], out["cluster_right"])
+        self.cluster_budgets_ = out["cluster_budgets"]
 
         # ---- Stage II: ICL fine-tuning, global sampling, MIC (4.2)
-        t = time.perf_counter()
-        learned_l, learned_r = self._train(pair, mods, weights, l, r, rng)
-        self.train_seconds_ = round(time.perf_counter() - t, 3)
-        taken_l = np.zeros(nl, bool)
-        taken_r = np.zeros(nr, bool)
-        taken_l[l] = True
-        taken_r[r] = True
-        g_budget = cfg.stage2.global_budget or cfg.stage1.budget
-        gl, gr, gs = greedy_seeds(learned_l, learned_r, g_budget, k=cfg.stage2.candidates,
-                                  taken_left=taken_l, taken_right=taken_r)
-        order = np.lexsort((gr, gl, -gs))
-        gl, gr, gs = gl[order], gr[order], gs[order]
-        l0, r0, s0, src0 = self.seeds_
-        self._accept("stage2-global", np.concatenate([l0, gl]), np.concatenate([r0, gr]),
-                     np.concatenate([s0, gs]),
-                     np.concatenate([src0, np.full(len(gl), "stage2-global", dtype=object)]), t,
-                     added=len(gl))
+        def train() -> dict:
+            t = time.perf_counter()
+            l, r = self.seeds_[0], self.seeds_[1]
+            learned = fuse(self._learn(pair, mods, l, r), weights)
+            self.train_seconds_ = round(time.perf_counter() - t, 3)
+            return {"learned_left": learned[:nl], "learned_right": learned[nl:]}
+
+        out = self._run_stage("stage2-train", train)
+        learned_l, learned_r = out["learned_left"], out["learned_right"]
+
+        def stage2_global() -> dict:
+            t = time.perf_counter()
+            taken_l, taken_r = self._taken(nl, nr)
+            k = cfg.stage2.candidates
+            lr, rl = self._global_topk(learned_l, learned_r, k)
+            gl, gr, gs = candidates_union(lr, rl, len(learned_r))
+            acc = greedy_one_to_one(gl, gr, gs, limit=cfg.stage2.global_budget or cfg.stage1.budget,
+                                    taken_left=taken_l, taken_right=taken_r)
+            gl, gr, gs = gl[acc], gr[acc], gs[acc]
+            order = np.lexsort((gr, gl, -gs))
+            self._add("stage2-global", gl[order], gr[order], gs[order], t)
+            return {}
+
+        self._run_stage("stage2-global", stage2_global)
         if cfg.stage2.mic:
-            self._mic("stage2-mic", fused_l, fused_r)
+            self._run_stage("stage2-mic", lambda: self._mic("stage2-mic", fused_l, fused_r))
 
         # ---- Stage III: neighbourhood expansion and recheck (4.3)
         if cfg.stage3.enabled:
-            t = time.perf_counter()
-            vec_l = l2_normalize(np.concatenate([fused_l, learned_l], axis=1))
-            vec_r = l2_normalize(np.concatenate([fused_r, learned_r], axis=1))
-            l0, r0, s0, src0 = self.seeds_
-            taken_l = np.zeros(nl, bool)
-            taken_r = np.zeros(nr, bool)
-            taken_l[l0] = True
-            taken_r[r0] = True
-            st = cfg.stage3
-            el, er, es, _ = expand_neighbours(
-                l0, r0, pair.left.neighbours(), pair.right.neighbours(), vec_l, vec_r,
-                taken_l, taken_r, threshold_start=st.threshold_start,
-                threshold_end=st.threshold_end, candidates_start=st.candidates_start,
-                candidates_end=st.candidates_end)
-            self._accept("stage3-expansion", np.concatenate([l0, el]), np.concatenate([r0, er]),
-                         np.concatenate([s0, es]),
-                         np.concatenate([src0, np.full(len(el), "stage3-expansion", dtype=object)]), t,
-                         added=len(el))
-            if st.recheck:
-                self._mic("stage3-recheck", fused_l, fused_r)
-        return self
+            def stage3() -> dict:
+                t = time.perf_counter()
+                vec_l = l2_normalize(np.concatenate([fused_l, learned_l], axis=1))
+                vec_r = l2_normalize(np.concatenate([fused_r, learned_r], axis=1))
+                l0, r0 = self.seeds_[0], self.seeds_[1]
+                taken_l, taken_r = self._taken(nl, nr)
+                st = cfg.stage3
+                cand = self._expansion_candidates(l0, r0, pair, vec_l, vec_r, taken_l, taken_r)
+                el, er, es, _ = expand_from_candidates(
+                    cand, len(l0), taken_l, taken_r, threshold_start=st.threshold_start,
+                    threshold_end=st.threshold_end, candidates_start=st.candidates_start,
+                    candidates_end=st.candidates_end)
+                self._add("stage3-expansion", el, er, es, t)
+                return {}
 
-    # -- Stage II training ------------------------------------------------------------------------
-    def _train(self, pair: KGPair, mods, weights, seed_l: np.ndarray, seed_r: np.ndarray,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Train the encoder on the Stage I seeds; return learned fused vectors per side."""
-        cfg = self.config.stage2
-        nl = pair.left.n
-        anchor = cfg.anchor
-        if anchor == "auto":
-            anchor = next(m for m in ("image", "name", "relation", "attribute", *sorted(mods))
-                          if m in mods)
-        if anchor not in mods:
-            raise ValueError(f"stage2.anchor {anchor!r} is not an available modality ({sorted(mods)})")
-        self.anchor_ = anchor
-        feats = {m: as_model_input(np.concatenate([v[0], v[1]])) for m, v in mods.items()}
-        ipl, inl = pair.left.neighbours()
-        ipr, inr = pair.right.neighbours()
-        indptr = np.concatenate([ipl, ipr[1:] + ipl[-1]])
-        indices = np.concatenate([inl, inr + nl])
-        sampler = CSRSampler(indptr, indices, rng)
-        model = SeedEncoder({m: f.shape[1] for m, f in feats.items()}, anchor, dim=cfg.dim,
-                            layers=cfg.gat_layers, heads=cfg.gat_heads)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        n_seeds = len(seed_l)
-        fanouts = tuple(cfg.fanout[:cfg.gat_layers]) + (None,) * max(0, cfg.gat_layers - len(cfg.fanout))
-        self.losses_ = []
-        if n_seeds >= 2:
-            for epoch in range(cfg.epochs):
-                perm = rng.permutation(n_seeds)
-                total = 0.0
-                for a in range(0, n_seeds, cfg.batch_size):
-                    b = perm[a:a + cfg.batch_size]
-                    if len(b) < 2:
-                        continue
-                    targets = np.concatenate([seed_l[b], seed_r[b] + nl])
-                    blocks = sampler.blocks(targets, fanouts)
-                    emb = model.embed_targets(feats, targets, blocks)
-                    loss = sum(icl_loss(z[:len(b)], z[len(b):], cfg.temperature, cfg.normalize)
-                               for z in emb.values())
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach())
-                self.losses_.append(total)
-                if epoch % 50 == 0 or epoch == cfg.epochs - 1:
-                    log.info("stage2 epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, total)
-        model.eval()
-        out = model.embed_all(feats, sampler)
-        learned = fuse(out, weights)
-        return learned[:nl], learned[nl:]
+            self._run_stage("stage3-expansion", stage3)
+            if cfg.stage3.recheck:
+                self._run_stage("stage3-recheck",
+                                lambda: self._mic("stage3-recheck", fused_l, fused_r))
+        return self

@@ -34,16 +34,24 @@ def candidate_edges(left: np.ndarray, right: np.ndarray, k: int, *,
     rid = np.arange(len(right), dtype=np.int64) if right_ids is None else right_ids
     if len(left) == 0 or len(right) == 0 or k <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    s, i = topk_search(left, right, min(k, len(right)))
-    l1, r1, v1 = candidates_from_topk(s, i)
-    s, i = topk_search(right, left, min(k, len(left)))
-    r2, l2, v2 = candidates_from_topk(s, i)
+    l, r, s = candidates_union(topk_search(left, right, min(k, len(right))),
+                               topk_search(right, left, min(k, len(left))), len(right))
+    return lid[l], rid[r], s
+
+
+def candidates_union(left_to_right, right_to_left, n_right: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Union of two top-k results (rows: left -> right, and right -> left) as deduplicated
+    (left row, right row, score) edges sorted by (left, right).  The top-k may come from one
+    search or from shards merged with :func:`psqe_ray.core.topk.merge_topk`."""
+    l1, r1, v1 = candidates_from_topk(*left_to_right)
+    r2, l2, v2 = candidates_from_topk(*right_to_left)
     lrow = np.concatenate([l1, l2])
     rrow = np.concatenate([r1, r2])
     score = np.concatenate([v1, v2])
-    key = lrow * np.int64(len(right)) + rrow
+    key = lrow * np.int64(n_right) + rrow
     _, first = np.unique(key, return_index=True)
-    return lid[lrow[first]], rid[rrow[first]], score[first].astype(np.float32)
+    return lrow[first], rrow[first], score[first].astype(np.float32)
 
 
 def greedy_seeds(left: np.ndarray, right: np.ndarray, budget: int, *, k: int = 10,

@@ -305,3 +305,67 @@ def test_gat_training_step_is_bitwise_deterministic():
         icl_loss(z[:1000], z[1000:]).backward()
         grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def _sequential_expand(seed_left, seed_right, adj_left, adj_right, vec_left, vec_right,
+                       taken_left, taken_right, *, threshold_start, threshold_end,
+                       candidates_start, candidates_end):
+    """Oracle: the paper's expansion as one sequential loop (the pre-map-reduce code)."""
+    from psqe_ray.core.matching import greedy_one_to_one
+    from psqe_ray.core.topk import topk_search
+
+    taken_l, taken_r = taken_left.copy(), taken_right.copy()
+    out = []
+    total = len(seed_left)
+    (ipl, inl), (ipr, inr) = adj_left, adj_right
+    for p, (l, r) in enumerate(zip(seed_left.tolist(), seed_right.tolist())):
+        nl = inl[ipl[l]:ipl[l + 1]]
+        nr = inr[ipr[r]:ipr[r + 1]]
+        nl, nr = nl[~taken_l[nl]], nr[~taken_r[nr]]
+        if len(nl) == 0 or len(nr) == 0:
+            continue
+        thr = schedule(p, total, threshold_start, threshold_end)
+        cap = int(round(schedule(p, total, candidates_start, candidates_end)))
+        k = min(cap, len(nr))
+        s, j = topk_search(vec_left[nl], vec_right[nr], k)
+        cl, cr, cs = np.repeat(nl, k), nr[j.reshape(-1)], s.reshape(-1)
+        acc = greedy_one_to_one(cl, cr, cs, limit=cap, min_score=thr, taken_left=taken_l,
+                                taken_right=taken_r)
+        taken_l[cl[acc]] = True
+        taken_r[cr[acc]] = True
+        out += [(int(a), int(b), float(c), p) for a, b, c in zip(cl[acc], cr[acc], cs[acc])]
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_expansion_map_reduce_matches_sequential_oracle(seed):
+    """Partitioned map + reduce == the sequential loop, on random graphs where seeds compete
+    for shared neighbours (hubs, near-tied scores, caps that bind)."""
+    from psqe_ray.core.correction import expand_from_candidates, expansion_candidates
+
+    rng = np.random.default_rng(seed)
+    n, e = 300, 1500
+    sides = [KGSide(n=n, heads=rng.integers(0, n, e), relations=np.zeros(e, np.int64),
+                    tails=(rng.zipf(1.6, e) - 1) % n) for _ in range(2)]
+    adj_l, adj_r = sides[0].neighbours(), sides[1].neighbours()
+    base = rng.standard_normal((n, 3)).astype(np.float32)
+    vec_l = l2_normalize(base + 0.3 * rng.standard_normal((n, 3)).astype(np.float32))
+    vec_r = l2_normalize(base + 0.3 * rng.standard_normal((n, 3)).astype(np.float32))
+    vec_r[5] = vec_r[6]  # exact ties
+    seeds = rng.choice(n, 60, replace=False)
+    sl, sr = seeds, rng.permutation(seeds)
+    tl, tr = np.zeros(n, bool), np.zeros(n, bool)
+    tl[sl] = tr[sr] = True
+    kw = dict(threshold_start=0.5, threshold_end=0.8, candidates_start=4, candidates_end=1)
+    oracle = _sequential_expand(sl, sr, adj_l, adj_r, vec_l, vec_r, tl, tr, **kw)
+    assert len(oracle) > 20  # the case exercises competition
+    l, r, s, p = expand_neighbours(sl, sr, adj_l, adj_r, vec_l, vec_r, tl, tr, **kw)
+    got = [(int(a), int(b), float(c), int(d)) for a, b, c, d in zip(l, r, s, p)]
+    assert got == oracle
+    # any split of the seeds into partitions, maps concatenated in any order
+    parts = np.array_split(rng.permutation(len(sl)), 4)
+    maps = [expansion_candidates(np.sort(q), sl, sr, adj_l, adj_r, vec_l, vec_r, tl, tr, len(sl),
+                                 threshold_start=0.5, threshold_end=0.8) for q in parts[::-1]]
+    cand = {k: np.concatenate([m[k] for m in maps]) for k in maps[0]}
+    l2, r2, s2, p2 = expand_from_candidates(cand, len(sl), tl, tr, **kw)
+    assert [(int(a), int(b), float(c), int(d)) for a, b, c, d in zip(l2, r2, s2, p2)] == oracle

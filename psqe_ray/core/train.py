@@ -1,0 +1,135 @@
+"""Stage II training loop (PSQE 4.2.1), shared by the in-process path and the Ray Train workers.
+
+Randomness is keyed by (seed, purpose[, rank]) with :func:`stage_rng`, never carried from one
+stage to the next: a stage gives the same result whether the stages before it ran in this
+process, in other processes, or were loaded from a committed stage output (resume).
+
+Data parallelism: with ``world`` workers every worker draws the same seed order; each batch of
+``batch_size`` seed pairs is cut into ``world`` contiguous slices, worker ``rank`` computes the
+contrastive loss on its slice (in-batch negatives from its slice) and the gradients are averaged
+by ``sync`` (an all-reduce) before every step.  ``world = 1`` is exactly the in-process loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from psqe_ray.config import Stage2Config
+from psqe_ray.core.gat import CSRSampler, SeedEncoder, as_model_input, icl_loss
+
+log = logging.getLogger(__name__)
+
+# purposes of the keyed random streams
+FEATURES, ORDER, SAMPLE = 1, 2, 3
+
+
+def stage_rng(seed: int, *key: int) -> np.random.Generator:
+    """An independent random stream for (seed, key...): the same wherever it is created."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, key)]))
+
+
+def pick_anchor(anchor: str, modalities) -> str:
+    """The modality under the GAT: ``auto`` = image, else name, relation, attribute."""
+    mods = sorted(modalities)
+    if anchor == "auto":
+        anchor = next(m for m in ("image", "name", "relation", "attribute", *mods) if m in mods)
+    if anchor not in mods:
+        raise ValueError(f"stage2.anchor {anchor!r} is not an available modality ({mods})")
+    return anchor
+
+
+def joint_graph(adj_left: tuple[np.ndarray, np.ndarray], adj_right: tuple[np.ndarray, np.ndarray],
+                n_left: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both graphs' CSR adjacency in one id space (left ids, then right ids shifted by n_left)."""
+    (ipl, inl), (ipr, inr) = adj_left, adj_right
+    return np.concatenate([ipl, ipr[1:] + ipl[-1]]), np.concatenate([inl, inr + n_left])
+
+
+def model_inputs(mods: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """modality -> model input over both graphs (left rows, then right rows)."""
+    return {m: as_model_input(np.concatenate([v[0], v[1]])) for m, v in mods.items()}
+
+
+def _fanouts(cfg: Stage2Config) -> tuple[int | None, ...]:
+    return tuple(cfg.fanout[:cfg.gat_layers]) + (None,) * max(0, cfg.gat_layers - len(cfg.fanout))
+
+
+def new_encoder(feats: dict, anchor: str, cfg: Stage2Config, seed: int) -> SeedEncoder:
+    torch.manual_seed(seed)
+    return SeedEncoder({m: f.shape[1] for m, f in feats.items()}, anchor, dim=cfg.dim,
+                       layers=cfg.gat_layers, heads=cfg.gat_heads)
+
+
+def train_encoder(feats: dict, graph: tuple[np.ndarray, np.ndarray], seed_left: np.ndarray,
+                  seed_right: np.ndarray, n_left: int, anchor: str, cfg: Stage2Config, seed: int,
+                  *, rank: int = 0, world: int = 1,
+                  sync: Callable[[SeedEncoder], None] | None = None,
+                  state: dict | None = None,
+                  on_epoch: Callable[[int, list[float], Callable[[], dict]], None] | None = None,
+                  ) -> tuple[SeedEncoder, list[float]]:
+    """Train the Stage II encoder on seed pairs; returns (model in eval mode, loss per epoch).
+
+    ``graph``: joint CSR (:func:`joint_graph`).  ``state``: a snapshot from ``on_epoch`` to
+    continue from (model, optimiser, random streams, epoch).  ``on_epoch(epochs_done, losses,
+    snapshot)`` is called after every epoch; ``snapshot()`` returns a picklable state.
+    """
+    model = new_encoder(feats, anchor, cfg, seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    order_rng = stage_rng(seed, ORDER)
+    sampler = CSRSampler(graph[0], graph[1], stage_rng(seed, SAMPLE, rank))
+    losses: list[float] = []
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        order_rng.bit_generator.state = state["order_rng"]
+        sampler.rng.bit_generator.state = state["sample_rng"]
+        losses = list(state["losses"])
+        start = int(state["epoch"])
+
+    def snapshot() -> dict:
+        return {"model": model.state_dict(), "opt": opt.state_dict(),
+                "order_rng": order_rng.bit_generator.state,
+                "sample_rng": sampler.rng.bit_generator.state,
+                "losses": list(losses), "epoch": len(losses)}
+
+    n_seeds = len(seed_left)
+    fanouts = _fanouts(cfg)
+    if n_seeds < 2 * world:
+        model.eval()
+        return model, losses
+    for epoch in range(start, cfg.epochs):
+        perm = order_rng.permutation(n_seeds)
+        total = 0.0
+        for a in range(0, n_seeds, cfg.batch_size):
+            batch = perm[a:a + cfg.batch_size]
+            if len(batch) < 2 * world:
+                continue
+            b = np.array_split(batch, world)[rank]
+            targets = np.concatenate([seed_left[b], seed_right[b] + n_left])
+            emb = model.embed_targets(feats, targets, sampler.blocks(targets, fanouts))
+            loss = sum(icl_loss(z[:len(b)], z[len(b):], cfg.temperature, cfg.normalize)
+                       for z in emb.values())
+            opt.zero_grad()
+            loss.backward()
+            if sync is not None:
+                sync(model)
+            opt.step()
+            total += float(loss.detach())
+        losses.append(total)
+        if epoch % 50 == 0 or epoch == cfg.epochs - 1:
+            log.info("stage2 epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, total)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, losses, snapshot)
+    model.eval()
+    return model, losses
+
+
+def embed(model: SeedEncoder, feats: dict, graph: tuple[np.ndarray, np.ndarray]
+          ) -> dict[str, np.ndarray]:
+    """Every entity's learned vector per modality (full neighbourhoods, no sampling)."""
+    return model.embed_all(feats, CSRSampler(graph[0], graph[1], stage_rng(0, SAMPLE)))
