@@ -104,19 +104,51 @@ def encode_configured(dataset_url: str, cfg) -> list[dict]:
 
 
 def _cmd_seeds(args: argparse.Namespace) -> int:
+    report = seeds_main(args)
+    summary = {k: report[k] for k in ("method", "modalities", "seconds_total")}
+    summary["seeds"] = {k: report["seeds"][k] for k in ("count", "precision", "recall")}
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def add_seed_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``psqe-ray seeds``, shared with ``jobs/seeds.py``."""
+    p.add_argument("dataset", metavar="DATASET_URL")
+    p.add_argument("out", metavar="OUT_URL", help="writes OUT_URL/seeds.parquet and report.json")
+    p.add_argument("--method", choices=["psqe", "uvp", "multimodal-greedy"], default=None,
+                   help="default psqe")
+    p.add_argument("--modalities", metavar="LIST",
+                   help="comma-separated subset of name,relation,attribute,image (or any "
+                        "feature table); default: all that are present")
+    p.add_argument("--config", metavar="YAML", help="configuration file (any URL)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one setting, e.g. stage1.budget=2000 (repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 42)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: in this process (default); ray: the distributed path (the "
+                        "cluster of RAY_ADDRESS, else an embedded Ray), stages committed under "
+                        "OUT_URL/stages/ and resumed on a rerun")
+
+
+def seeds_main(args: argparse.Namespace) -> dict:
+    """Run ``psqe-ray seeds`` (or the seed job) from parsed options; returns the report."""
     from psqe_ray.config import load_config
-    from psqe_ray.inprocess import run_seeds
 
     overrides = {"method": args.method, "seed": args.seed}
     if args.modalities:
         overrides["modalities"] = args.modalities
     cfg = load_config(_read_config_text(args.config), args.set, **overrides)
+    if args.engine == "ray":
+        from psqe_ray.distributed.psqe import run_seeds_on_ray
+        from psqe_ray.distributed.runtime import ray_session
+
+        with ray_session():
+            encode_configured(args.dataset, cfg)
+            return run_seeds_on_ray(args.dataset, args.out, cfg)
+    from psqe_ray.inprocess import run_seeds
+
     encode_configured(args.dataset, cfg)
-    report = run_seeds(args.dataset, args.out, cfg)
-    summary = {k: report[k] for k in ("method", "modalities", "seconds_total")}
-    summary["seeds"] = {k: report["seeds"][k] for k in ("count", "precision", "recall")}
-    print(json.dumps(summary, sort_keys=True))
-    return 0
+    return run_seeds(args.dataset, args.out, cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,17 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     syn.set_defaults(func=_cmd_synth)
 
     sds = sub.add_parser("seeds", help="generate pseudo seeds (PSQE or a UVP baseline)")
-    sds.add_argument("dataset", metavar="DATASET_URL")
-    sds.add_argument("out", metavar="OUT_URL", help="writes OUT_URL/seeds.parquet and report.json")
-    sds.add_argument("--method", choices=["psqe", "uvp", "multimodal-greedy"], default=None,
-                     help="default psqe")
-    sds.add_argument("--modalities", metavar="LIST",
-                     help="comma-separated subset of name,relation,attribute,image (or any "
-                          "feature table); default: all that are present")
-    sds.add_argument("--config", metavar="YAML", help="configuration file (any URL)")
-    sds.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="override one setting, e.g. stage1.budget=2000 (repeatable)")
-    sds.add_argument("--seed", type=int, default=None, help="random seed (default 42)")
+    add_seed_arguments(sds)
     sds.set_defaults(func=_cmd_seeds)
 
     enc = sub.add_parser("encode", help="encode one modality with a model into "
@@ -215,17 +237,22 @@ def _setup_logging(quiet: bool) -> None:
     log.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.quiet)
+def run_command(func, args: argparse.Namespace) -> int:
+    """Run a command with logging set up; our errors become one line and exit code 2."""
+    _setup_logging(getattr(args, "quiet", False))
     try:
-        return args.func(args)
+        return func(args)
     except PsqeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

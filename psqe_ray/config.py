@@ -118,6 +118,21 @@ class EncodeConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """How the Ray path spreads the work (ours).  Only ``train_workers`` > 1 and ``index=ivf``
+    change the seeds; everything else changes where and how fast they are computed."""
+
+    train_workers: int = 1        # Ray Train workers for Stage II (data parallel, all-reduce)
+    train_cpus: float = 1.0       # CPUs each training worker asks for
+    shards: int = 0               # FAISS shards (actors) per side for the global top-k; 0 = auto
+    index: str = "flat"           # flat (exact, default) | ivf (approximate, for scale)
+    nprobe: int = 16              # ivf: lists searched per query
+    partitions: int = 0           # seed-table partitions for MIC / Stage III; 0 = auto
+    fuse_workers: int = 0         # Ray Data fusion actors; 0 = cores / 2
+    checkpoint_every: int = 100   # Stage II epochs between checkpoints (and one at the end)
+
+
+@dataclass(frozen=True)
 class PSQEConfig:
     """Everything a seed run needs; ``fingerprint(cfg)`` identifies its output."""
 
@@ -131,6 +146,7 @@ class PSQEConfig:
     stage2: Stage2Config = field(default_factory=Stage2Config)
     stage3: Stage3Config = field(default_factory=Stage3Config)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def check(self) -> None:
         if self.method not in ("psqe", "uvp", "multimodal-greedy"):
@@ -146,6 +162,13 @@ class PSQEConfig:
             raise ConfigError("at least one modality is required")
         if self.encode.pooling not in ("auto", "mean", "cls"):
             raise ConfigError("encode.pooling must be auto, mean or cls")
+        d = self.distributed
+        if d.index not in ("flat", "ivf"):
+            raise ConfigError("distributed.index must be flat or ivf")
+        if d.train_workers < 1 or d.train_cpus <= 0 or d.shards < 0 or d.partitions < 0 \
+                or d.fuse_workers < 0 or d.checkpoint_every < 1 or d.nprobe < 1:
+            raise ConfigError("distributed: train_workers, checkpoint_every, nprobe must be >= 1, "
+                              "train_cpus > 0, shards / partitions / fuse_workers >= 0")
         if self.encode.device not in ("auto", "cpu", "cuda") and not self.encode.device.startswith("cuda:"):
             raise ConfigError("encode.device must be auto, cpu or cuda[:N]")
 

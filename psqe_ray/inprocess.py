@@ -87,18 +87,23 @@ def evaluate(gen: SeedGenerator, pair) -> dict[str, Any]:
 
 
 def run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
-              storage_options: StorageOptions = None) -> dict[str, Any]:
+              storage_options: StorageOptions = None, engine=None) -> dict[str, Any]:
     """Generate seeds for the dataset at ``dataset_url``; write ``out_url``/seeds.parquet and
-    ``out_url``/report.json atomically.  Returns the report (or the existing one)."""
+    ``out_url``/report.json atomically.  Returns the report (or the existing one).
+
+    ``engine(cfg, dataset_fingerprint)`` makes the generator (default: the in-process
+    :class:`SeedGenerator`; the Ray path passes its own, which commits stages under
+    ``out_url/stages/``).
+    """
     t0 = time.perf_counter()
     cfg.check()
     ds = Dataset(dataset_url, storage_options=storage_options)
     fp = fingerprint({"dataset": ds.manifest["fingerprint"], "config": to_dict(cfg),
-                      "code": __version__})
+                      "code": __version__, **({"engine": "ray"} if engine else {})})
     counts = ds.entity_counts()
     with DatasetWriter(out_url, stage=f"seeds-{cfg.method}", fingerprint=fp,
                        storage_options=storage_options, require_graph=False,
-                       entity_counts=counts) as writer:
+                       entity_counts=counts, keep=("stages",)) as writer:
         if writer.committed:
             log.info("%s already holds these seeds (fingerprint %s)", out_url, fp)
             out = Dataset(out_url, storage_options=storage_options)
@@ -108,8 +113,9 @@ def run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
         t = time.perf_counter()
         pair = load_pair(ds)
         load_seconds = time.perf_counter() - t
+        gen = engine(cfg, ds.manifest["fingerprint"]) if engine else SeedGenerator(cfg)
         try:
-            gen = SeedGenerator(cfg).fit(pair)
+            gen.fit(pair)
         except ValueError as exc:
             raise ConfigError(f"{dataset_url}: {exc}") from None
         quality = evaluate(gen, pair)
@@ -122,6 +128,7 @@ def run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
             "entities": counts,
             "gold": None if pair.gold is None else int(len(pair.gold[0])),
             **quality,
+            "engine": "ray" if engine else "in-process",
             "load_seconds": round(load_seconds, 3),
             "seconds_total": round(time.perf_counter() - t0, 3),
             "peak_rss_bytes": peak_rss_bytes(),
@@ -133,6 +140,7 @@ def run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
             report["pivot"] = gen.pivot_
         if getattr(gen, "anchor_", None):
             report["anchor"] = gen.anchor_
+        report.update(gen.report_extras())
         if gen.clusters_ is not None:
             report["clusters"] = int(len(gen.cluster_budgets_))
         writer.write("seeds", seeds_table(gen), filename="seeds.parquet")

@@ -226,6 +226,10 @@ class SeedGenerator:
                                     len(l0), threshold_start=st.threshold_start,
                                     threshold_end=st.threshold_end)
 
+    def report_extras(self) -> dict:
+        """Engine-specific entries for report.json (the Ray path: per-stage resources)."""
+        return {}
+
     def _run_stage(self, name: str, run) -> dict:
         """Run one stage (``run()`` returns its products: arrays later stages need).  The
         distributed path commits each stage here and skips the committed ones on a rerun."""

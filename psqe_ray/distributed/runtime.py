@@ -31,7 +31,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     ray.init(address=address, **kwargs)
     try:
         ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # our own progress lines go to the log
+        ctx.enable_progress_bars = True  # Ray Data's bars for the fusion and encoder pools
         yield
     finally:
         ray.shutdown()

@@ -63,6 +63,8 @@ class DatasetWriter:
         fingerprint: fingerprint of the configuration and inputs that define the content.
         require_graph: whether the commit requires a non-empty ``entities`` table.
         entity_counts: entity counts per side for outputs that refer to another dataset.
+        keep: sub-folders of ``url`` that may exist before the write (a job's committed stage
+            outputs under ``stages/``); they are neither refused nor removed.
         update: add tables to the committed dataset at ``url`` (e.g. ``features/name``): its
             tables stay, a table written here replaces the one of the same name, and the new
             manifest (with ``fingerprint``) is the commit point.  Replaced parts are deleted
@@ -71,7 +73,8 @@ class DatasetWriter:
 
     def __init__(self, url: str, *, stage: str, fingerprint: str,
                  storage_options: StorageOptions = None, require_graph: bool = True,
-                 entity_counts: dict[str, int] | None = None, update: bool = False) -> None:
+                 entity_counts: dict[str, int] | None = None, update: bool = False,
+                 keep: tuple[str, ...] = ()) -> None:
         self.url = str(url)
         self.stage = stage
         self.fingerprint = fingerprint
@@ -87,6 +90,7 @@ class DatasetWriter:
         self._open = False
         self.update = update
         self._base: dict[str, Any] | None = None
+        self.keep = keep
 
     # -- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> "DatasetWriter":
@@ -116,7 +120,8 @@ class DatasetWriter:
                 f"{self.fingerprint}); choose another destination or delete it first")
         if exists(self.fs, self.root, self.url):
             try:
-                leftover = [p for p in self.fs.find(self.root)]
+                kept = tuple(join(self.root, k).rstrip("/") + "/" for k in self.keep)
+                leftover = [p for p in self.fs.find(self.root) if not p.startswith(kept)]
             except Exception as exc:  # noqa: BLE001
                 raise DataError(self.url, f"cannot list destination: {one_line(exc)}") from None
             if leftover:

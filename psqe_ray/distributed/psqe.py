@@ -1,0 +1,514 @@
+"""PSQE on Ray: the in-process algorithm with its heavy steps spread over a cluster.
+
+:class:`RaySeedGenerator` is the in-process :class:`~psqe_ray.core.psqe.SeedGenerator` with
+its step hooks run on Ray (same ``core`` functions, same inputs, hence the same seeds):
+
+* fusion: Ray Data ``map_batches`` over entity ids on an actor pool (each actor maps the
+  prepared modality matrices from the object store);
+* Stage I: one Ray task per K-means cluster (K grows with N: clusters stay bounded);
+* Stage II: Ray Train ``TorchTrainer`` (sampled neighbourhoods, gradients all-reduced across
+  ``distributed.train_workers``; checkpoints under ``OUT_URL/stages/_train``), then one Ray task
+  embeds every entity from the final checkpoint;
+* global top-k: the base side cut into ``distributed.shards`` FAISS shards, one actor each
+  (exact flat search by default, IVF as an option), merged with the associative
+  :func:`~psqe_ray.core.topk.merge_topk`;
+* MIC and Stage III: map tasks over the seed table partitioned by left entity id (Parquet
+  between the steps, in a scratch folder of the stage), reduce on the driver.
+
+Every stage commits its output under ``OUT_URL/stages/<stage>/`` with a manifest; a rerun of
+the same job (same dataset, configuration and code) loads committed stages instead of
+recomputing them, and continues an interrupted training from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import secrets
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from psqe_ray import __version__
+from psqe_ray.config import PSQEConfig, fingerprint, to_dict
+from psqe_ray.core.psqe import SeedGenerator
+from psqe_ray.core.topk import empty_topk, merge_topk
+from psqe_ray.distributed.tasks import (Fuser, TopKShard, cluster_task, expand_map, mic_map,
+                                        parquet, put_table, read_table, rss)
+from psqe_ray.io.dataset import Dataset, DatasetWriter
+from psqe_ray.io.fs import StorageOptions, exists, join, read_bytes, resolve
+from psqe_ray.schemas import SIDES, vectors_numpy
+
+log = logging.getLogger(__name__)
+
+STAGES = "stages"
+# execution knobs that never change the seeds: not part of a stage's identity
+_NEUTRAL = ("shards", "partitions", "fuse_workers", "checkpoint_every", "train_cpus")
+
+
+def _cpus() -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+@ray.remote(num_cpus=0.5)
+def _embed_task(refs, state: dict, anchor: str, stage2: dict, seed: int, threads: int):
+    import torch
+
+    from psqe_ray.config import Stage2Config
+    from psqe_ray.core.train import embed, new_encoder
+
+    feats, graph = ray.get(refs)
+    cfg = Stage2Config(**{**stage2, "fanout": tuple(stage2["fanout"])})
+    model = new_encoder(feats, anchor, cfg, seed)
+    model.load_state_dict(state)
+    model.eval()
+    torch.set_num_threads(threads)
+    return embed(model, feats, graph), rss()
+
+
+def _train_worker(config: dict) -> None:
+    """Ray Train loop: :func:`psqe_ray.core.train.train_encoder` with all-reduced gradients."""
+    import ray.train
+    import torch
+    import torch.distributed as dist
+
+    from psqe_ray.config import Stage2Config
+    from psqe_ray.core.train import train_encoder
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(config["threads"])
+    feats, graph, seeds = ray.get(config["refs"])
+    cfg = Stage2Config(**{**config["stage2"], "fanout": tuple(config["stage2"]["fanout"])})
+    state = None
+    if config["resume"]:
+        fs, path = resolve(config["resume"], config["storage_options"])
+        state = pickle.loads(read_bytes(fs, path, config["resume"]))
+    every = config["checkpoint_every"]
+    reported = {"epoch": -1}
+
+    def sync(model) -> None:
+        if world == 1:
+            return
+        for p in model.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+    def report(done: int, losses: list[float], snapshot) -> None:
+        metrics = {"epoch": done, "loss": losses[-1] if losses else 0.0}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                with open(os.path.join(tmp, "state.pkl"), "wb") as fh:
+                    pickle.dump({**snapshot(), "rss": rss()}, fh)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+        reported["epoch"] = done
+
+    def on_epoch(done: int, losses: list[float], snapshot) -> None:
+        if done % every == 0 or done == cfg.epochs:
+            report(done, losses, snapshot)
+
+    model, losses = train_encoder(feats, graph, seeds[0], seeds[1], config["n_left"],
+                                  config["anchor"], cfg, config["seed"], rank=rank, world=world,
+                                  sync=sync, state=state, on_epoch=on_epoch)
+    if reported["epoch"] != len(losses) or reported["epoch"] < 0:  # e.g. no epoch ran
+        report(len(losses), losses, lambda: {"model": model.state_dict(), "losses": losses,
+                                            "epoch": len(losses)})
+
+
+def _pyarrow_fs(url: str, storage_options) -> tuple[Any, str]:
+    """(pyarrow filesystem or None, path) for Ray Train's storage."""
+    fs, path = resolve(url, storage_options)
+    if "://" not in url or url.startswith("file://"):
+        return None, os.path.abspath(path)
+    import pyarrow.fs as pafs
+
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+class RaySeedGenerator(SeedGenerator):
+    """:class:`SeedGenerator` with its steps on Ray and a committed output per stage.
+
+    Args:
+        config: the run's configuration (its ``distributed`` section sizes the work).
+        out_url: the run's output folder; stages go to ``out_url/stages/<name>/``.
+        dataset_fingerprint: identifies the input (with the configuration and code version it
+            names each stage, so a rerun reuses committed stages only when nothing changed).
+    """
+
+    def __init__(self, config: PSQEConfig, out_url: str, dataset_fingerprint: str, *,
+                 storage_options: StorageOptions = None) -> None:
+        super().__init__(config)
+        self.out_url = out_url
+        self.storage_options = storage_options
+        cfg = to_dict(config)
+        cfg["distributed"] = {k: v for k, v in cfg["distributed"].items() if k not in _NEUTRAL}
+        self.run_id = fingerprint({"dataset": dataset_fingerprint, "config": cfg,
+                                   "code": __version__})
+        self.resources_: dict[str, dict] = {}
+        self.resumed_: list[str] = []
+
+    def report_extras(self) -> dict:
+        return {"resources": self.resources_, "resumed_stages": self.resumed_,
+                "stages_url": join(self.out_url, STAGES)}
+
+    # -- stage commits ----------------------------------------------------------------------------
+    def _stage_url(self, name: str) -> str:
+        return join(self.out_url, STAGES, name)
+
+    def _stage_fp(self, name: str) -> str:
+        return fingerprint({"run": self.run_id, "stage": name})
+
+    def _committed(self, name: str) -> Dataset | None:
+        url = self._stage_url(name)
+        fs, path = resolve(url, self.storage_options)
+        if not exists(fs, join(path, "_MANIFEST.json"), url):
+            return None
+        ds = Dataset(url, storage_options=self.storage_options)
+        if ds.manifest.get("fingerprint") != self._stage_fp(name):
+            log.info("%s: committed by another run (different input or settings); recomputing",
+                     url)
+            return None
+        return ds
+
+    def _writer(self, name: str) -> DatasetWriter:
+        url = self._stage_url(name)
+        fs, path = resolve(url, self.storage_options)
+        if exists(fs, join(path, "_MANIFEST.json"), url):  # a stale stage of another run
+            fs.rm(path, recursive=True)
+        return DatasetWriter(url, stage=name, fingerprint=self._stage_fp(name),
+                             storage_options=self.storage_options, require_graph=False,
+                             entity_counts=self._counts)
+
+    def _vectors_table(self, x_left: np.ndarray, x_right: np.ndarray) -> pa.Table:
+        from psqe_ray.schemas import feature_schema
+
+        parts = []
+        for side, x in (("left", x_left), ("right", x_right)):
+            vec = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x).ravel()),
+                                                    x.shape[1])
+            parts.append(pa.table({"side": pa.array([side] * len(x)),
+                                   "entity_id": pa.array(np.arange(len(x), dtype=np.int64)),
+                                   "vector": vec, "present": pa.array(np.ones(len(x), bool))},
+                                  schema=feature_schema(x.shape[1])))
+        return pa.concat_tables(parts)
+
+    def _read_vectors(self, ds: Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
+        t = ds.table(name)
+        out = []
+        for side in SIDES:
+            mask = np.asarray(t.column("side").to_pylist()) == side
+            st = t.filter(pa.array(mask))
+            x = vectors_numpy(st.column("vector"))
+            order = np.argsort(st.column("entity_id").to_numpy())
+            out.append(np.ascontiguousarray(x[order], dtype=np.float32))
+        return out[0], out[1]
+
+    def fit(self, pair):
+        self._counts = {"left": pair.left.n, "right": pair.right.n}
+        self._pair = pair
+        return super().fit(pair)
+
+    def _run_stage(self, name: str, run) -> dict:
+        ds = self._committed(name)
+        if ds is not None:
+            return self._load_stage(name, ds)
+        t = time.perf_counter()
+        products = run()
+        with self._writer(name) as w:
+            from psqe_ray.inprocess import seeds_table
+
+            w.write("seeds", seeds_table(self))
+            if "learned_left" in products:
+                w.write("features/learned", self._vectors_table(products["learned_left"],
+                                                                products["learned_right"]))
+            if "cluster_left" in products:
+                w.put_file("clusters.parquet", parquet(pa.table({
+                    "side": ["left"] * len(products["cluster_left"])
+                    + ["right"] * len(products["cluster_right"]),
+                    "cluster": np.concatenate([products["cluster_left"],
+                                               products["cluster_right"]])})), fixed=True)
+            record = self.stages_[-1] if self.stages_ and self.stages_[-1]["name"] == name else None
+            res = self.resources_.setdefault(name, {})
+            res["driver_peak_rss_bytes"] = rss()
+            if record is not None:
+                record["resources"] = res
+            w.commit(meta={"stage": name, "record": record, "resources": res,
+                           "seconds": round(time.perf_counter() - t, 3),
+                           "budgets": [int(b) for b in products.get("cluster_budgets", [])],
+                           "train_seconds": getattr(self, "train_seconds_", None)})
+        return products
+
+    def _load_stage(self, name: str, ds: Dataset) -> dict:
+        """Set the generator's state to what it was right after stage ``name`` committed."""
+        t = ds.table("seeds")
+        acc = t.column("accepted").to_numpy(zero_copy_only=False)
+        col = {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
+        self.seeds_ = (col["left_id"][acc].astype(np.int64), col["right_id"][acc].astype(np.int64),
+                       col["score"][acc].astype(np.float32), col["source"][acc].astype(object))
+        from psqe_ray.core.psqe import SeedTable
+
+        self.table_ = SeedTable()
+        rej = ~acc
+        if rej.any():
+            self.table_.add(col["left_id"][rej], col["right_id"][rej], col["score"][rej],
+                            col["source"][rej].astype(object), "", False)
+            self.table_.stage[-1] = col["stage"][rej].astype(object)
+            self.table_.reason[-1] = col["reason"][rej].astype(object)
+        meta = ds.manifest["meta"]
+        if meta.get("record"):
+            self.stages_.append({**meta["record"], "resumed": True})
+            self.stage_sets_[name] = (self.seeds_[0].copy(), self.seeds_[1].copy())
+        if meta.get("train_seconds") is not None:
+            self.train_seconds_ = meta["train_seconds"]
+        self.resources_[name] = {**meta.get("resources", {}), "resumed": True}
+        self.resumed_.append(name)
+        log.info("%-18s committed earlier: %d seeds (skipped)", name, len(self.seeds_[0]))
+        products: dict[str, Any] = {}
+        if ds.has("features/learned"):
+            products["learned_left"], products["learned_right"] = self._read_vectors(
+                ds, "features/learned")
+        files = ds.manifest.get("files", [])
+        if "clusters.parquet" in files:
+            c = read_table(ds.url_of("clusters.parquet"), self.storage_options)
+            side = np.asarray(c.column("side").to_pylist())
+            lab = c.column("cluster").to_numpy()
+            products.update(cluster_left=lab[side == "left"], cluster_right=lab[side == "right"],
+                            cluster_budgets=np.asarray(meta["budgets"], np.int64))
+        return products
+
+    # -- the hooks, on Ray ------------------------------------------------------------------------
+    def _fuse(self, mods, weights):
+        ds = self._committed("features")
+        if ds is not None:
+            self.resumed_.append("features")
+            self.resources_["features"] = {**ds.manifest["meta"].get("resources", {}),
+                                           "resumed": True}
+            return self._read_vectors(ds, "features/fused")
+        t = time.perf_counter()
+        d = self.config.distributed
+        workers = d.fuse_workers or max(1, _cpus() // 2)
+        names = sorted(mods)
+        nl, nr = len(mods[names[0]][0]), len(mods[names[0]][1])
+        refs = [ray.put(mods[m][i]) for i in (0, 1) for m in names]
+        dim = sum(mods[m][0].shape[1] for m in names if weights.get(m, 0) > 0)
+        x = np.empty((nl + nr, dim), np.float32)
+        rows = ray.data.range(nl + nr, override_num_blocks=max(1, min(4 * workers,
+                                                                       (nl + nr) // 4096 or 1)))
+        fused = rows.map_batches(Fuser, fn_constructor_kwargs={
+            "refs": refs, "names": names, "weights": weights, "n_left": nl}, batch_size=4096,
+            batch_format="numpy", num_cpus=0.5, compute=ray.data.ActorPoolStrategy(size=workers))
+        for batch in fused.iter_batches(batch_size=None, batch_format="numpy"):
+            x[batch["id"]] = batch["vector"]
+        del refs
+        out = (x[:nl], x[nl:])
+        res = {"workers": workers, "gpus": 0, "driver_peak_rss_bytes": rss()}
+        self.resources_["features"] = res
+        with self._writer("features") as w:
+            w.write("features/fused", self._vectors_table(*out))
+            w.commit(meta={"stage": "features", "resources": res,
+                           "seconds": round(time.perf_counter() - t, 3)})
+        return out[0], out[1]
+
+    def _sample_clusters(self, sim_l, sim_r, lab_l, lab_r, budgets):
+        k = self.config.stage1.candidates
+        futures = []
+        for c in range(len(budgets)):
+            il, ir = np.flatnonzero(lab_l == c), np.flatnonzero(lab_r == c)
+            futures.append(cluster_task.remote(sim_l[il], sim_r[ir], il, ir, int(budgets[c]), k))
+        results = ray.get(futures)
+        self.resources_["stage1-cluster"] = {
+            "tasks": len(futures), "gpus": 0,
+            "worker_peak_rss_bytes": max((r[3] for r in results), default=0)}
+        return [r[:3] for r in results]
+
+    def _learn(self, pair, mods, seed_l, seed_r):
+        from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        from psqe_ray.core.train import joint_graph, model_inputs
+
+        cfg, d = self.config, self.config.distributed
+        feats = model_inputs(mods)
+        graph = joint_graph(pair.left.neighbours(), pair.right.neighbours(), pair.left.n)
+        refs = [ray.put(feats), ray.put(graph), ray.put((seed_l, seed_r))]
+        storage_url = join(self.out_url, STAGES, "_train")
+        run_name = f"stage2-{self.run_id}"
+        resume = self._latest_checkpoint(join(storage_url, run_name))
+        if resume:
+            log.info("stage2: continuing from checkpoint %s", resume)
+        pafs, storage_path = _pyarrow_fs(storage_url, self.storage_options)
+        cpus_per_node = max(1, int(min(n["Resources"].get("CPU", 1) for n in ray.nodes()
+                                       if n["Alive"] and n["Resources"].get("CPU", 0) > 0)))
+        threads = max(1, cpus_per_node // max(1, min(d.train_workers, len(ray.nodes()))))
+        stage2 = to_dict(cfg.stage2)
+        trainer = TorchTrainer(
+            _train_worker,
+            train_loop_config={"refs": refs, "stage2": stage2, "seed": cfg.seed,
+                               "n_left": pair.left.n, "anchor": self.anchor_,
+                               "threads": threads, "checkpoint_every": d.checkpoint_every,
+                               "resume": resume, "storage_options": self.storage_options},
+            scaling_config=ScalingConfig(num_workers=d.train_workers, use_gpu=False,
+                                         resources_per_worker={"CPU": d.train_cpus}),
+            run_config=RunConfig(name=run_name, storage_path=storage_path,
+                                 storage_filesystem=pafs,
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)))
+        result = trainer.fit()
+        if getattr(result, "error", None) is not None:
+            raise result.error
+        with result.checkpoint.as_directory() as tmp:
+            with open(os.path.join(tmp, "state.pkl"), "rb") as fh:
+                state = pickle.load(fh)
+        self.losses_ = state["losses"]
+        learned, rss = ray.get(_embed_task.remote(refs[:2], state["model"], self.anchor_, stage2,
+                                                  cfg.seed, threads))
+        self.resources_["stage2-train"] = {
+            "workers": d.train_workers, "cpus_per_worker": d.train_cpus, "threads": threads,
+            "gpus": 0, "checkpoints": join(storage_url, run_name),
+            "worker_peak_rss_bytes": max(int(state.get("rss", 0)), rss)}
+        return learned
+
+    def _latest_checkpoint(self, run_url: str) -> str | None:
+        """URL of the newest ``state.pkl`` under a Ray Train run folder (None when none)."""
+        fs, path = resolve(run_url, self.storage_options)
+        try:
+            found = [p for p in fs.find(path) if p.endswith("/state.pkl")]
+        except FileNotFoundError:
+            return None
+        if not found:
+            return None
+        best, best_epoch = None, -1
+        for p in found:
+            try:
+                epoch = pickle.loads(fs.cat_file(p))["epoch"]
+            except Exception:  # noqa: BLE001 - a checkpoint cut short by the kill: ignore it
+                continue
+            if epoch > best_epoch:
+                best, best_epoch = p, epoch
+        if best is None:
+            return None
+        rel = best[len(path.rstrip("/")) + 1:]
+        return join(run_url, rel)
+
+    def _global_topk(self, learned_l, learned_r, k):
+        d = self.config.distributed
+        shards = d.shards or max(1, _cpus() // 2)
+        rss = []
+
+        def search(query, base):
+            kk = min(k, len(base))
+            cuts = np.linspace(0, len(base), min(shards, max(1, len(base))) + 1).astype(int)
+            actors = [TopKShard.remote(base[a:b], int(a), d.index, d.nprobe, self.config.seed)
+                      for a, b in zip(cuts[:-1], cuts[1:])]
+            qref = ray.put(query)
+            results = ray.get([a.search.remote(qref, kk) for a in actors])
+            for a in actors:
+                ray.kill(a)
+            merged = empty_topk(len(query), kk)
+            for (res, r) in results:
+                merged = merge_topk(merged, res, kk)
+                rss.append(r)
+            return merged
+
+        out = search(learned_l, learned_r), search(learned_r, learned_l)
+        self.resources_["stage2-global"] = {"shards": shards, "index": d.index, "gpus": 0,
+                                            "worker_peak_rss_bytes": max(rss, default=0)}
+        return out
+
+    def _partitions(self, n_seeds: int) -> int:
+        return max(1, min(self.config.distributed.partitions or _cpus(), n_seeds))
+
+    def _write_partitions(self, scratch: str, left: np.ndarray, right: np.ndarray) -> list[str]:
+        """The seed list partitioned by left entity id (``left % P``), one Parquet part each."""
+        p = self._partitions(len(left))
+        urls = []
+        pos = np.arange(len(left), dtype=np.int64)
+        for i in range(p):
+            m = left % p == i
+            url = join(scratch, f"seeds-{i:04d}.parquet")
+            put_table(url, pa.table({"position": pos[m], "left_id": left[m], "right_id": right[m]}),
+                       self.storage_options)
+            urls.append(url)
+        return urls
+
+    def _scratch(self, name: str) -> str:
+        return join(self.out_url, STAGES, "_scratch", f"{name}-{secrets.token_hex(4)}")
+
+    def _drop(self, url: str) -> None:
+        """Remove a scratch folder (and the scratch root once empty)."""
+        fs, path = resolve(url, self.storage_options)
+        try:
+            fs.rm(path, recursive=True)
+            parent = path.rstrip("/").rsplit("/", 1)[0]
+            if fs.exists(parent) and not fs.ls(parent):
+                fs.rmdir(parent)
+        except (FileNotFoundError, OSError):
+            pass
+
+    def _mic_keep(self, vec_l, vec_r):
+        if len(vec_l) == 0:
+            return np.zeros(0, bool)
+        name = self.stages_[-1]["name"] if self.stages_ else "mic"
+        scratch = self._scratch("mic")
+        try:
+            l, r = self.seeds_[0], self.seeds_[1]
+            urls = self._write_partitions(scratch, l, r)
+            lref, rref = ray.put(vec_l), ray.put(vec_r)
+            results = ray.get([mic_map.remote(u, self.storage_options, lref, rref) for u in urls])
+        finally:
+            self._drop(scratch)
+        keep = np.zeros(len(vec_l), bool)
+        for pos, ok, _ in results:
+            keep[pos] = ok
+        self.resources_[f"mic@{name}"] = {"partitions": len(urls), "gpus": 0,
+                                          "worker_peak_rss_bytes": max(r[2] for r in results)}
+        return keep
+
+    def _expansion_candidates(self, l0, r0, pair, vec_l, vec_r, taken_l, taken_r):
+        st = self.config.stage3
+        scratch = self._scratch("expansion")
+        try:
+            urls = self._write_partitions(scratch, l0, r0)
+            shared = [ray.put(x) for x in (l0, r0, pair.left.neighbours(), pair.right.neighbours(),
+                                           vec_l, vec_r, taken_l, taken_r)]
+            outs = [join(scratch, f"candidates-{i:04d}.parquet") for i in range(len(urls))]
+            results = ray.get([expand_map.remote(u, o, self.storage_options, *shared, len(l0),
+                                                  st.threshold_start, st.threshold_end)
+                               for u, o in zip(urls, outs)])
+            parts = [read_table(o, self.storage_options) for o in outs]
+        finally:
+            self._drop(scratch)
+        t = pa.concat_tables(parts)
+        self.resources_["stage3-expansion"] = {
+            "partitions": len(urls), "gpus": 0, "candidates": t.num_rows,
+            "worker_peak_rss_bytes": max(r[1] for r in results)}
+        return {c: t.column(c).to_numpy() for c in ("position", "left", "right", "score")}
+
+
+def run_seeds_on_ray(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
+                     storage_options: StorageOptions = None, address: str | None = None,
+                     num_cpus: int | None = None) -> dict[str, Any]:
+    """The seed job: like :func:`psqe_ray.inprocess.run_seeds`, with the work on Ray (the
+    cluster of ``ray job submit`` / ``RAY_ADDRESS``, or an embedded local Ray)."""
+    from psqe_ray.distributed.runtime import ray_session
+    from psqe_ray.inprocess import run_seeds
+
+    with ray_session(address, num_cpus):
+        holder: dict[str, RaySeedGenerator] = {}
+
+        def engine(config: PSQEConfig, dataset_fp: str) -> RaySeedGenerator:
+            holder["gen"] = RaySeedGenerator(config, out_url, dataset_fp,
+                                             storage_options=storage_options)
+            return holder["gen"]
+
+        report = run_seeds(dataset_url, out_url, cfg, storage_options=storage_options,
+                           engine=engine)
+    return report

@@ -1,0 +1,128 @@
+"""Ray tasks and actors of the distributed PSQE path (light imports: no torch, no PyG, so
+that a fresh worker process starts them quickly).  Each wraps one ``core`` function."""
+
+from __future__ import annotations
+
+import io
+import os
+import resource
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from psqe_ray.core.correction import expansion_candidates
+from psqe_ray.core.fusion import fuse
+from psqe_ray.core.sampling import sample_cluster
+from psqe_ray.core.topk import canonical_scores, empty_topk, topk_search
+from psqe_ray.io.fs import is_local, read_bytes, resolve
+
+
+def rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# ---- remote functions ------------------------------------------------------------------------
+@ray.remote(num_cpus=0.5)
+def cluster_task(sim_l, sim_r, il, ir, budget, k):
+    return (*sample_cluster(sim_l, sim_r, il, ir, budget, k), rss())
+
+
+class Fuser:
+    """Ray Data UDF: fused vectors of a batch of entity rows (``row < n_left``: left entity
+    ``row``, else right entity ``row - n_left``), from the prepared modality matrices."""
+
+    def __init__(self, refs: list, names: list[str], weights: dict[str, float],
+                 n_left: int) -> None:
+        mats = ray.get(refs)
+        k = len(names)
+        self.sides = (dict(zip(names, mats[:k])), dict(zip(names, mats[k:])))
+        self.weights, self.n_left = weights, n_left
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = batch["id"]
+        parts = []
+        for side, sel in ((0, rows[rows < self.n_left]), (1, rows[rows >= self.n_left])):
+            if len(sel):
+                ids = sel - (self.n_left if side else 0)
+                parts.append(fuse({m: v[ids] for m, v in self.sides[side].items()}, self.weights))
+        order = np.concatenate([rows[rows < self.n_left], rows[rows >= self.n_left]])
+        return {"id": order, "vector": np.concatenate(parts)}
+
+
+@ray.remote(num_cpus=0.5)
+class TopKShard:
+    """One shard of a base side: rows ``[offset, offset + len(base))`` in a FAISS index."""
+
+    def __init__(self, base: np.ndarray, offset: int, index: str = "flat", nprobe: int = 16,
+                 seed: int = 0) -> None:
+        self.base, self.offset, self.kind = np.ascontiguousarray(base), int(offset), index
+        self.ivf = None
+        if index == "ivf" and len(base) > 0:
+            import faiss
+
+            d = base.shape[1]
+            nlist = max(1, min(len(base) // 39, int(4 * np.sqrt(len(base)))))
+            quantizer = faiss.IndexFlatIP(d)
+            self.ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            self.ivf.cp.seed = seed
+            self.ivf.train(self.base)
+            self.ivf.add(self.base)
+            self.ivf.nprobe = min(nprobe, nlist)
+            self._quantizer = quantizer
+
+    def search(self, query: np.ndarray, k: int):
+        if self.ivf is None:
+            return topk_search(query, self.base, k, base_offset=self.offset), rss()
+        # approximate candidates, canonical scores and (score desc, id asc) order
+        _, cand = self.ivf.search(np.ascontiguousarray(query, np.float32), k)
+        rows, cols = np.nonzero(cand >= 0)
+        ids = cand[rows, cols]
+        s = canonical_scores(query, self.base, rows, ids)
+        scores, out = empty_topk(len(query), k)
+        order = np.lexsort((ids, -s.astype(np.float64), rows))
+        rows, ids, s = rows[order], ids[order], s[order]
+        first = np.concatenate([[True], rows[1:] != rows[:-1]]) if len(rows) else rows
+        slot = np.arange(len(rows)) - np.maximum.accumulate(np.where(first, np.arange(len(rows)), 0))
+        scores[rows, slot], out[rows, slot] = s, ids + self.offset
+        return (scores, out), rss()
+
+
+@ray.remote(num_cpus=0.5)
+def mic_map(part_url: str, storage_options, left_vecs, right_vecs):
+    """Seeds of one partition: is the partner the top-1 among all seeds' right vectors?
+    (``left_vecs`` / ``right_vecs``: row i = seed i's left / right entity vector.)"""
+    pos = read_table(part_url, storage_options).column("position").to_numpy()
+    _, ids = topk_search(left_vecs[pos], right_vecs, 1)
+    return pos, ids[:, 0] == pos, rss()
+
+
+@ray.remote(num_cpus=0.5)
+def expand_map(part_url: str, out_url: str, storage_options, seed_l, seed_r, adj_l, adj_r,
+                vec_l, vec_r, taken_l, taken_r, total, threshold_start, threshold_end):
+    """Candidate pairs of one seed partition, written as Parquet for the reduce."""
+    t = read_table(part_url, storage_options)
+    cand = expansion_candidates(t.column("position").to_numpy(), seed_l, seed_r, adj_l, adj_r,
+                                vec_l, vec_r, taken_l, taken_r, total,
+                                threshold_start=threshold_start, threshold_end=threshold_end)
+    put_table(out_url, pa.table(cand), storage_options)
+    return len(cand["position"]), rss()
+
+
+def put_table(url: str, table: pa.Table, storage_options) -> None:
+    fs, path = resolve(url, storage_options)
+    if is_local(fs):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    fs.pipe_file(path, parquet(table))
+
+
+def read_table(url: str, storage_options) -> pa.Table:
+    fs, path = resolve(url, storage_options)
+    return pq.read_table(io.BytesIO(read_bytes(fs, path, url)))
+
+
+def parquet(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
