@@ -160,6 +160,12 @@ class RaySeedGenerator(SeedGenerator):
         return {"resources": self.resources_, "resumed_stages": self.resumed_,
                 "stages_url": join(self.out_url, STAGES)}
 
+    def _res(self, stage: str, **entries) -> dict:
+        """The resources record of ``stage`` (GPUs: none of these steps uses one)."""
+        res = self.resources_.setdefault(stage, {"gpus": 0})
+        res.update(entries)
+        return res
+
     # -- stage commits ----------------------------------------------------------------------------
     def _stage_url(self, name: str) -> str:
         return join(self.out_url, STAGES, name)
@@ -207,7 +213,7 @@ class RaySeedGenerator(SeedGenerator):
         for side in SIDES:
             mask = np.asarray(t.column("side").to_pylist()) == side
             st = t.filter(pa.array(mask))
-            x = vectors_numpy(st.column("vector"))
+            x = vectors_numpy(st)
             order = np.argsort(st.column("entity_id").to_numpy())
             out.append(np.ascontiguousarray(x[order], dtype=np.float32))
         return out[0], out[1]
@@ -221,6 +227,7 @@ class RaySeedGenerator(SeedGenerator):
         ds = self._committed(name)
         if ds is not None:
             return self._load_stage(name, ds)
+        self._current = name
         t = time.perf_counter()
         products = run()
         with self._writer(name) as w:
@@ -237,13 +244,13 @@ class RaySeedGenerator(SeedGenerator):
                     "cluster": np.concatenate([products["cluster_left"],
                                                products["cluster_right"]])})), fixed=True)
             record = self.stages_[-1] if self.stages_ and self.stages_[-1]["name"] == name else None
-            res = self.resources_.setdefault(name, {})
-            res["driver_peak_rss_bytes"] = rss()
+            res = self._res(name, driver_peak_rss_bytes=rss())
             if record is not None:
                 record["resources"] = res
             w.commit(meta={"stage": name, "record": record, "resources": res,
                            "seconds": round(time.perf_counter() - t, 3),
-                           "budgets": [int(b) for b in products.get("cluster_budgets", [])],
+                           **({"budgets": [int(b) for b in products["cluster_budgets"]]}
+                              if "cluster_budgets" in products else {}),
                            "train_seconds": getattr(self, "train_seconds_", None)})
         return products
 
@@ -276,8 +283,8 @@ class RaySeedGenerator(SeedGenerator):
         if ds.has("features/learned"):
             products["learned_left"], products["learned_right"] = self._read_vectors(
                 ds, "features/learned")
-        files = ds.manifest.get("files", [])
-        if "clusters.parquet" in files:
+        if "budgets" in meta and exists(ds.fs, join(ds.root, "clusters.parquet"),
+                                        ds.url_of("clusters.parquet")):
             c = read_table(ds.url_of("clusters.parquet"), self.storage_options)
             side = np.asarray(c.column("side").to_pylist())
             lab = c.column("cluster").to_numpy()
@@ -301,8 +308,10 @@ class RaySeedGenerator(SeedGenerator):
         refs = [ray.put(mods[m][i]) for i in (0, 1) for m in names]
         dim = sum(mods[m][0].shape[1] for m in names if weights.get(m, 0) > 0)
         x = np.empty((nl + nr, dim), np.float32)
-        rows = ray.data.range(nl + nr, override_num_blocks=max(1, min(4 * workers,
-                                                                       (nl + nr) // 4096 or 1)))
+        # blocks made in the driver (from_numpy), not by read tasks: a read task needs a whole
+        # CPU, which the fractional actors may leave on no node (a scheduling deadlock)
+        n_blocks = max(1, min(4 * workers, (nl + nr) // 4096 or 1))
+        rows = ray.data.from_numpy(np.array_split(np.arange(nl + nr, dtype=np.int64), n_blocks))
         fused = rows.map_batches(Fuser, fn_constructor_kwargs={
             "refs": refs, "names": names, "weights": weights, "n_left": nl}, batch_size=4096,
             batch_format="numpy", num_cpus=0.5, compute=ray.data.ActorPoolStrategy(size=workers))
@@ -310,8 +319,7 @@ class RaySeedGenerator(SeedGenerator):
             x[batch["id"]] = batch["vector"]
         del refs
         out = (x[:nl], x[nl:])
-        res = {"workers": workers, "gpus": 0, "driver_peak_rss_bytes": rss()}
-        self.resources_["features"] = res
+        res = self._res("features", workers=workers, driver_peak_rss_bytes=rss())
         with self._writer("features") as w:
             w.write("features/fused", self._vectors_table(*out))
             w.commit(meta={"stage": "features", "resources": res,
@@ -325,9 +333,8 @@ class RaySeedGenerator(SeedGenerator):
             il, ir = np.flatnonzero(lab_l == c), np.flatnonzero(lab_r == c)
             futures.append(cluster_task.remote(sim_l[il], sim_r[ir], il, ir, int(budgets[c]), k))
         results = ray.get(futures)
-        self.resources_["stage1-cluster"] = {
-            "tasks": len(futures), "gpus": 0,
-            "worker_peak_rss_bytes": max((r[3] for r in results), default=0)}
+        self._res(self._current, tasks=len(futures),
+                  worker_peak_rss_bytes=max((r[3] for r in results), default=0))
         return [r[:3] for r in results]
 
     def _learn(self, pair, mods, seed_l, seed_r):
@@ -370,10 +377,9 @@ class RaySeedGenerator(SeedGenerator):
         self.losses_ = state["losses"]
         learned, rss = ray.get(_embed_task.remote(refs[:2], state["model"], self.anchor_, stage2,
                                                   cfg.seed, threads))
-        self.resources_["stage2-train"] = {
-            "workers": d.train_workers, "cpus_per_worker": d.train_cpus, "threads": threads,
-            "gpus": 0, "checkpoints": join(storage_url, run_name),
-            "worker_peak_rss_bytes": max(int(state.get("rss", 0)), rss)}
+        self._res(self._current, workers=d.train_workers, cpus_per_worker=d.train_cpus,
+                  threads=threads, checkpoints=join(storage_url, run_name),
+                  worker_peak_rss_bytes=max(int(state.get("rss", 0)), rss))
         return learned
 
     def _latest_checkpoint(self, run_url: str) -> str | None:
@@ -419,8 +425,8 @@ class RaySeedGenerator(SeedGenerator):
             return merged
 
         out = search(learned_l, learned_r), search(learned_r, learned_l)
-        self.resources_["stage2-global"] = {"shards": shards, "index": d.index, "gpus": 0,
-                                            "worker_peak_rss_bytes": max(rss, default=0)}
+        self._res(self._current, shards=shards, index=d.index,
+                  worker_peak_rss_bytes=max(rss, default=0))
         return out
 
     def _partitions(self, n_seeds: int) -> int:
@@ -456,7 +462,6 @@ class RaySeedGenerator(SeedGenerator):
     def _mic_keep(self, vec_l, vec_r):
         if len(vec_l) == 0:
             return np.zeros(0, bool)
-        name = self.stages_[-1]["name"] if self.stages_ else "mic"
         scratch = self._scratch("mic")
         try:
             l, r = self.seeds_[0], self.seeds_[1]
@@ -468,8 +473,8 @@ class RaySeedGenerator(SeedGenerator):
         keep = np.zeros(len(vec_l), bool)
         for pos, ok, _ in results:
             keep[pos] = ok
-        self.resources_[f"mic@{name}"] = {"partitions": len(urls), "gpus": 0,
-                                          "worker_peak_rss_bytes": max(r[2] for r in results)}
+        self._res(self._current, partitions=len(urls),
+                  worker_peak_rss_bytes=max(r[2] for r in results))
         return keep
 
     def _expansion_candidates(self, l0, r0, pair, vec_l, vec_r, taken_l, taken_r):
@@ -487,9 +492,8 @@ class RaySeedGenerator(SeedGenerator):
         finally:
             self._drop(scratch)
         t = pa.concat_tables(parts)
-        self.resources_["stage3-expansion"] = {
-            "partitions": len(urls), "gpus": 0, "candidates": t.num_rows,
-            "worker_peak_rss_bytes": max(r[1] for r in results)}
+        self._res(self._current, partitions=len(urls), candidates=t.num_rows,
+                  worker_peak_rss_bytes=max(r[1] for r in results))
         return {c: t.column(c).to_numpy() for c in ("position", "left", "right", "score")}
 
 

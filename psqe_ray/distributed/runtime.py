@@ -17,7 +17,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     """Use the running Ray (a job's driver, a test's cluster) or start a local one for the block.
 
     ``address`` (else ``RAY_ADDRESS``) joins an existing cluster; without either, a local Ray
-    is started with ``num_cpus`` (default: every core) and shut down at the end.
+    is started with ``num_cpus`` (default: ``PSQE_RAY_NUM_CPUS``, else every core) and shut
+    down at the end.
     """
     if ray.is_initialized():
         yield
@@ -26,6 +27,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     kwargs = {"include_dashboard": False, "logging_level": logging.WARNING,
               "log_to_driver": False}
     if address is None:
+        num_cpus = num_cpus or int(os.environ.get("PSQE_RAY_NUM_CPUS", "0")) or None
         kwargs["num_cpus"] = num_cpus
         log.info("starting a local Ray (%s CPUs)", num_cpus or os.cpu_count())
     ray.init(address=address, **kwargs)

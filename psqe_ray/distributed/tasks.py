@@ -41,7 +41,7 @@ class Fuser:
         self.weights, self.n_left = weights, n_left
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = batch["id"]
+        rows = batch["data"]
         parts = []
         for side, sel in ((0, rows[rows < self.n_left]), (1, rows[rows >= self.n_left])):
             if len(sel):

@@ -1,0 +1,199 @@
+"""The distributed PSQE path on real Ray clusters: same seeds as in-process, resume after a
+kill, and ``ray job submit`` on a two-node local cluster with data on an S3 endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from psqe_ray.config import load_config
+from psqe_ray.distributed.psqe import run_seeds_on_ray
+from psqe_ray.inprocess import run_seeds
+from psqe_ray.io.dataset import Dataset
+from psqe_ray.io.fs import read_bytes, resolve
+from psqe_ray.testing.synth import SynthConfig, synthesize
+
+REPO = Path(__file__).resolve().parents[2]
+SETS = ["stage2.epochs=12", "stage1.budget=150", "stage3.threshold_start=0.5",
+        "stage3.threshold_end=0.6", "distributed.checkpoint_every=4", "distributed.shards=2",
+        "distributed.partitions=3", "distributed.fuse_workers=2"]
+
+
+@pytest.fixture(scope="module")
+def pair_url(tmp_path_factory) -> str:
+    url = str(tmp_path_factory.mktemp("dpsqe") / "pair")
+    synthesize(url, SynthConfig(entities=400, seed=5))
+    return url
+
+
+def _seeds(url: str) -> dict[str, list]:
+    fs, path = resolve(url)
+    t = pq.read_table(fs.open(path.rstrip("/") + "/seeds.parquet"))
+    return {c: t.column(c).to_pylist() for c in t.column_names}
+
+
+def _inprocess(pair_url: str, out: str, threads: int) -> dict[str, list]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run_seeds(pair_url, out, load_config(None, SETS))
+    finally:
+        torch.set_num_threads(old)
+    return _seeds(out)
+
+
+@pytest.fixture(scope="module")
+def reference(pair_url, tmp_path_factory) -> dict[str, list]:
+    """In-process seeds at 2 torch threads (a 2-CPU Ray node's training worker uses 2)."""
+    return _inprocess(pair_url, str(tmp_path_factory.mktemp("ref") / "out"), 2)
+
+
+def test_distributed_path_gives_the_inprocess_seeds(pair_url, reference, tmp_path, ray_local,
+                                                    ray_timeout):
+    out = str(tmp_path / "out")
+    report = run_seeds_on_ray(pair_url, out, load_config(None, SETS))
+    got = _seeds(out)
+    assert got == reference  # accepted seeds in order, scores, sources, rejections
+    stages = {s["name"]: s for s in report["stages"]}
+    # the case exercises every distributed step
+    assert stages["stage1-cluster"]["added"] > 0 and stages["stage2-global"]["added"] > 0
+    assert stages["stage2-mic"]["removed"] > 0 and stages["stage3-expansion"]["added"] > 0
+    assert report["engine"] == "ray" and report["resumed_stages"] == []
+    res = report["resources"]
+    assert res["features"]["workers"] == 2 and res["stage2-global"]["shards"] == 2
+    assert res["stage2-train"]["workers"] == 1 and res["stage3-expansion"]["partitions"] == 3
+    assert all("gpus" in r for r in res.values())
+    for name in ("features", "stage1-cluster", "stage2-train", "stage2-global", "stage2-mic",
+                 "stage3-expansion", "stage3-recheck"):
+        assert Dataset(f"{out}/stages/{name}").manifest["stage"] == name
+    assert not (Path(out) / "stages" / "_scratch").exists()
+    # Ray Train wrote its checkpoints under the run's storage
+    assert list((Path(out) / "stages" / "_train").rglob("state.pkl"))
+
+
+def test_rerun_after_kill_skips_committed_stages(pair_url, reference, tmp_path, ray_local,
+                                                 ray_timeout):
+    out = tmp_path / "out"
+    env = {**os.environ, "PSQE_RAY_NUM_CPUS": "2"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "jobs" / "seeds.py"), pair_url, str(out),
+                             *sum((["--set", s] for s in SETS), [])], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    marker = out / "stages" / "stage2-train" / "_MANIFEST.json"
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists():
+            assert proc.poll() is None, "the job ended before it could be killed"
+            assert time.monotonic() < deadline, "training never committed"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its embedded Ray
+        proc.wait()
+    assert not (out / "_MANIFEST.json").exists() and not (out / "seeds.parquet").exists()
+    report = run_seeds_on_ray(pair_url, str(out), load_config(None, SETS))
+    assert {"features", "stage1-cluster", "stage2-train"} <= set(report["resumed_stages"])
+    assert _seeds(str(out)) == reference
+
+
+def _ray(*args: str, env: dict, **kw) -> subprocess.Popen:
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    return subprocess.Popen([ray_bin, *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, **kw)
+
+
+def _stop_cluster(procs: list[subprocess.Popen]) -> None:
+    """Stop the processes of the cluster this test started (and only those)."""
+    import psutil
+
+    tree = []
+    for p in procs:
+        try:
+            tree += [p.pid] + [c.pid for c in psutil.Process(p.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        p.wait()
+
+
+def test_ray_job_submit_on_two_node_cluster_with_s3(pair_url, tmp_path, s3_bucket, ray_local,
+                                                    ray_timeout):
+    import fsspec
+
+    # the dataset goes to the bucket; the job reads it and writes its output there
+    s3 = fsspec.filesystem("s3")
+    s3.put(pair_url, f"{s3_bucket}/pair", recursive=True)
+    data, out = f"{s3_bucket}/pair", f"{s3_bucket}/runs/one"
+    expected = _inprocess(data, str(tmp_path / "ref"), 1)  # training workers: 1-CPU node -> 1 thread
+
+    def port() -> int:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    gcs, dash = port(), port()
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+
+    def agent_ports() -> list[str]:  # the session's own Ray holds the default agent ports
+        return [f"--dashboard-agent-listen-port={port()}", f"--dashboard-agent-grpc-port={port()}",
+                f"--runtime-env-agent-port={port()}", f"--metrics-export-port={port()}"]
+
+    head = _ray("start", "--head", "--block", f"--port={gcs}", "--num-cpus=1",
+                "--include-dashboard=true", f"--dashboard-port={dash}",
+                "--dashboard-host=127.0.0.1", f"--temp-dir={temp}", *agent_ports(), env=env)
+    node = None
+    try:
+        time.sleep(8)
+        node = _ray("start", "--block", f"--address=127.0.0.1:{gcs}", "--num-cpus=1",
+                    *agent_ports(), env=env)
+        ray_bin = str(Path(sys.executable).parent / "ray")
+        job = f"psqe-{os.getpid()}"
+        cmd = [ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--no-wait",
+               f"--submission-id={job}", f"--working-dir={REPO}", "--",
+               "python", "jobs/seeds.py", data, out, *sum((["--set", s] for s in SETS), [])]
+        for _ in range(60):  # the dashboard's job server and agents take a while to come up
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+            if proc.returncode == 0:
+                break
+            time.sleep(2)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        status = ""
+        deadline = time.monotonic() + 200
+        while time.monotonic() < deadline and status not in ("SUCCEEDED", "FAILED", "STOPPED"):
+            time.sleep(3)
+            st = subprocess.run([ray_bin, "job", "status", f"--address=http://127.0.0.1:{dash}",
+                                 job], env=env, capture_output=True, text=True, timeout=60)
+            status = next((w for w in ("SUCCEEDED", "FAILED", "STOPPED")
+                           if f"{job}' {w.lower()}" in st.stdout + st.stderr
+                           or f"status: {w}" in st.stdout + st.stderr), "")
+        logs = subprocess.run([ray_bin, "job", "logs", f"--address=http://127.0.0.1:{dash}", job],
+                              env=env, capture_output=True, text=True, timeout=60).stdout
+        assert status == "SUCCEEDED", f"job {status or 'still running'}: {logs[-3000:]}"
+    finally:
+        _stop_cluster([p for p in (node, head) if p is not None])
+    assert _seeds(out) == expected
+    fs, path = resolve(out)
+    report = json.loads(read_bytes(fs, f"{path}/report.json", f"{out}/report.json"))
+    assert report["engine"] == "ray" and report["seeds"]["count"] == len(
+        [a for a in expected["accepted"] if a])
+    assert s3.exists(f"{out}/stages/stage2-train/_MANIFEST.json")
