@@ -22,6 +22,7 @@ recomputing them, and continues an interrupted training from its latest checkpoi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -55,22 +56,6 @@ def _cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-@ray.remote(num_cpus=0.5)
-def _embed_task(refs, state: dict, anchor: str, stage2: dict, seed: int, threads: int):
-    import torch
-
-    from psqe_ray.config import Stage2Config
-    from psqe_ray.core.train import embed, new_encoder
-
-    feats, graph = ray.get(refs)
-    cfg = Stage2Config(**{**stage2, "fanout": tuple(stage2["fanout"])})
-    model = new_encoder(feats, anchor, cfg, seed)
-    model.load_state_dict(state)
-    model.eval()
-    torch.set_num_threads(threads)
-    return embed(model, feats, graph), rss()
-
-
 def _train_worker(config: dict) -> None:
     """Ray Train loop: :func:`psqe_ray.core.train.train_encoder` with all-reduced gradients."""
     import ray.train
@@ -78,7 +63,7 @@ def _train_worker(config: dict) -> None:
     import torch.distributed as dist
 
     from psqe_ray.config import Stage2Config
-    from psqe_ray.core.train import train_encoder
+    from psqe_ray.core.train import embed, train_encoder
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -90,7 +75,6 @@ def _train_worker(config: dict) -> None:
         fs, path = resolve(config["resume"], config["storage_options"])
         state = pickle.loads(read_bytes(fs, path, config["resume"]))
     every = config["checkpoint_every"]
-    reported = {"epoch": -1}
 
     def sync(model) -> None:
         if world == 1:
@@ -107,21 +91,28 @@ def _train_worker(config: dict) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 with open(os.path.join(tmp, "state.pkl"), "wb") as fh:
                     pickle.dump({**snapshot(), "rss": rss()}, fh)
+                with open(os.path.join(tmp, "epoch.json"), "w") as fh:
+                    json.dump({"epoch": done}, fh)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
-        reported["epoch"] = done
+
+    last = {}
 
     def on_epoch(done: int, losses: list[float], snapshot) -> None:
-        if done % every == 0 or done == cfg.epochs:
+        last["snapshot"] = snapshot
+        if done % every == 0 and done < cfg.epochs:
             report(done, losses, snapshot)
 
     model, losses = train_encoder(feats, graph, seeds[0], seeds[1], config["n_left"],
                                   config["anchor"], cfg, config["seed"], rank=rank, world=world,
                                   sync=sync, state=state, on_epoch=on_epoch)
-    if reported["epoch"] != len(losses) or reported["epoch"] < 0:  # e.g. no epoch ran
-        report(len(losses), losses, lambda: {"model": model.state_dict(), "losses": losses,
-                                            "epoch": len(losses)})
+    # the last checkpoint also holds every entity's learned vectors (rank 0 embeds them with
+    # full neighbourhoods): the driver reads them from there, a resumed run too
+    snap = last.get("snapshot") or (lambda: {"model": model.state_dict(), "losses": losses,
+                                             "epoch": len(losses)})
+    learned = embed(model, feats, graph) if rank == 0 else None
+    report(len(losses), losses, lambda: {**snap(), "learned": learned})
 
 
 def _pyarrow_fs(url: str, storage_options) -> tuple[Any, str]:
@@ -375,30 +366,30 @@ class RaySeedGenerator(SeedGenerator):
             with open(os.path.join(tmp, "state.pkl"), "rb") as fh:
                 state = pickle.load(fh)
         self.losses_ = state["losses"]
-        learned, rss = ray.get(_embed_task.remote(refs[:2], state["model"], self.anchor_, stage2,
-                                                  cfg.seed, threads))
+        learned = state["learned"]
         self._res(self._current, workers=d.train_workers, cpus_per_worker=d.train_cpus,
                   threads=threads, checkpoints=join(storage_url, run_name),
-                  worker_peak_rss_bytes=max(int(state.get("rss", 0)), rss))
+                  worker_peak_rss_bytes=int(state.get("rss", 0)))
         return learned
 
     def _latest_checkpoint(self, run_url: str) -> str | None:
         """URL of the newest ``state.pkl`` under a Ray Train run folder (None when none)."""
         fs, path = resolve(run_url, self.storage_options)
         try:
-            found = [p for p in fs.find(path) if p.endswith("/state.pkl")]
+            found = set(fs.find(path))
         except FileNotFoundError:
-            return None
-        if not found:
             return None
         best, best_epoch = None, -1
         for p in found:
+            state = p[:-len("epoch.json")] + "state.pkl"
+            if not p.endswith("/epoch.json") or state not in found:
+                continue  # a checkpoint cut short by the kill: ignore it
             try:
-                epoch = pickle.loads(fs.cat_file(p))["epoch"]
-            except Exception:  # noqa: BLE001 - a checkpoint cut short by the kill: ignore it
+                epoch = json.loads(fs.cat_file(p))["epoch"]
+            except (ValueError, KeyError, OSError):
                 continue
             if epoch > best_epoch:
-                best, best_epoch = p, epoch
+                best, best_epoch = state, epoch
         if best is None:
             return None
         rel = best[len(path.rstrip("/")) + 1:]
@@ -406,7 +397,7 @@ class RaySeedGenerator(SeedGenerator):
 
     def _global_topk(self, learned_l, learned_r, k):
         d = self.config.distributed
-        shards = d.shards or max(1, _cpus() // 2)
+        shards = d.shards or _cpus()  # one per CPU: each actor's search is single-threaded
         rss = []
 
         def search(query, base):
