@@ -209,6 +209,15 @@ def conform(name: str, table: pa.Table, where: str) -> pa.Table:
     return out
 
 
+def feature_table(side: str, ids: np.ndarray, vec: np.ndarray, present: np.ndarray) -> pa.Table:
+    """Rows of ``features/<modality>`` for one side: ids (n,), vectors (n, d), present (n,)."""
+    flat = pa.array(np.ascontiguousarray(vec, np.float32).ravel())
+    return pa.table({"side": pa.array([side] * len(ids), pa.string()),
+                     "entity_id": pa.array(ids, pa.int64()),
+                     "vector": pa.FixedSizeListArray.from_arrays(flat, vec.shape[1]),
+                     "present": pa.array(present, pa.bool_())})
+
+
 def vectors_numpy(table: pa.Table, column: str = "vector") -> np.ndarray:
     """The ``vector`` column as a (rows, d) numpy array (zero-copy when possible)."""
     col = table.column(column).combine_chunks()

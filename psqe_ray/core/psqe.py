@@ -227,8 +227,9 @@ class SeedGenerator:
                                     threshold_end=st.threshold_end)
 
     def report_extras(self) -> dict:
-        """Engine-specific entries for report.json (the Ray path: per-stage resources)."""
-        return {}
+        """Extra entries for report.json: Stage II training seconds (and, on the Ray path,
+        per-stage resources)."""
+        return {"train_seconds": getattr(self, "train_seconds_", None)}
 
     def _run_stage(self, name: str, run) -> dict:
         """Run one stage (``run()`` returns its products: arrays later stages need).  The

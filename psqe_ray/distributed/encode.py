@@ -31,7 +31,7 @@ from psqe_ray.config import EncodeConfig, fingerprint
 from psqe_ray.errors import ConfigError, DataError, PsqeError
 from psqe_ray.io.dataset import Dataset, DatasetWriter
 from psqe_ray.io.fs import StorageOptions, join, one_line
-from psqe_ray.schemas import SIDES, local_name
+from psqe_ray.schemas import SIDES, feature_table, local_name
 from psqe_ray.distributed.runtime import actor_plan, ray_session
 
 log = logging.getLogger(__name__)
@@ -276,14 +276,6 @@ class _Sink:
         self.buf, self.rows = [], 0
 
 
-def _feature_table(side: str, ids: np.ndarray, vec: np.ndarray, present: np.ndarray) -> pa.Table:
-    flat = pa.array(np.ascontiguousarray(vec, np.float32).ravel())
-    return pa.table({"side": pa.array([side] * len(ids), pa.string()),
-                     "entity_id": pa.array(ids, pa.int64()),
-                     "vector": pa.FixedSizeListArray.from_arrays(flat, vec.shape[1]),
-                     "present": pa.array(present, pa.bool_())})
-
-
 def _encode_texts(ds: Dataset, modality: str, cfg: EncodeConfig, counts: dict[str, int],
                   storage_options: StorageOptions, sink: _Sink) -> EncodeResult:
     from psqe_ray.encoders.text import TextEncoder, resolve_model_dir
@@ -321,7 +313,7 @@ def _encode_texts(ds: Dataset, modality: str, cfg: EncodeConfig, counts: dict[st
             cnt = np.asarray(m.sum(axis=1)).ravel()
             vec = np.asarray(m @ vectors, np.float32) / np.maximum(cnt, 1.0)[:, None]
             present = cnt > 0
-            sink.add(_feature_table(s, np.arange(a, b, dtype=np.int64), vec, present))
+            sink.add(feature_table(s, np.arange(a, b, dtype=np.int64), vec, present))
             n_present += int(present.sum())
             n_rows += b - a
     log.info("encode %s: %d texts in %.1f s (%.1f texts/s), %d/%d entities present",
@@ -359,7 +351,7 @@ def _encode_images(ds: Dataset, cfg: EncodeConfig, counts: dict[str, int],
         for s in SIDES:
             sel = sides == s
             if sel.any():
-                sink.add(_feature_table(s, np.asarray(b["entity_id"])[sel], vec[sel],
+                sink.add(feature_table(s, np.asarray(b["entity_id"])[sel], vec[sel],
                                         present[sel]))
         prog.add(len(vec))
     seconds = prog.seconds

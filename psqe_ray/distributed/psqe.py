@@ -43,7 +43,7 @@ from psqe_ray.distributed.tasks import (Fuser, TopKShard, cluster_task, expand_m
                                         parquet, put_table, read_table, rss)
 from psqe_ray.io.dataset import Dataset, DatasetWriter
 from psqe_ray.io.fs import StorageOptions, exists, join, read_bytes, resolve
-from psqe_ray.schemas import SIDES, vectors_numpy
+from psqe_ray.schemas import SIDES, feature_table, vectors_numpy
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,8 @@ class RaySeedGenerator(SeedGenerator):
         self.resumed_: list[str] = []
 
     def report_extras(self) -> dict:
-        return {"resources": self.resources_, "resumed_stages": self.resumed_,
+        return {**super().report_extras(), "resources": self.resources_,
+                "resumed_stages": self.resumed_,
                 "stages_url": join(self.out_url, STAGES)}
 
     def _res(self, stage: str, **entries) -> dict:
@@ -185,18 +186,11 @@ class RaySeedGenerator(SeedGenerator):
                              storage_options=self.storage_options, require_graph=False,
                              entity_counts=self._counts)
 
-    def _vectors_table(self, x_left: np.ndarray, x_right: np.ndarray) -> pa.Table:
-        from psqe_ray.schemas import feature_schema
-
-        parts = []
-        for side, x in (("left", x_left), ("right", x_right)):
-            vec = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x).ravel()),
-                                                    x.shape[1])
-            parts.append(pa.table({"side": pa.array([side] * len(x)),
-                                   "entity_id": pa.array(np.arange(len(x), dtype=np.int64)),
-                                   "vector": vec, "present": pa.array(np.ones(len(x), bool))},
-                                  schema=feature_schema(x.shape[1])))
-        return pa.concat_tables(parts)
+    @staticmethod
+    def _vectors_table(x_left: np.ndarray, x_right: np.ndarray) -> pa.Table:
+        return pa.concat_tables([feature_table(side, np.arange(len(x), dtype=np.int64), x,
+                                               np.ones(len(x), bool))
+                                 for side, x in (("left", x_left), ("right", x_right))])
 
     def _read_vectors(self, ds: Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
         t = ds.table(name)
