@@ -24,7 +24,6 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="jobs/seeds.py", description=__doc__.split("\n")[0])
     add_seed_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    p.set_defaults(engine="ray")
     args = p.parse_args(argv)
     args.engine = "ray"
 

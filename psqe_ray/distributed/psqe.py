@@ -37,7 +37,7 @@ import ray
 
 from psqe_ray import __version__
 from psqe_ray.config import PSQEConfig, fingerprint, to_dict
-from psqe_ray.core.psqe import SeedGenerator
+from psqe_ray.core.psqe import SeedGenerator, SeedTable
 from psqe_ray.core.topk import empty_topk, merge_topk
 from psqe_ray.distributed.tasks import (Fuser, TopKShard, cluster_task, expand_map, mic_map,
                                         parquet, put_table, read_table, rss)
@@ -205,7 +205,6 @@ class RaySeedGenerator(SeedGenerator):
 
     def fit(self, pair):
         self._counts = {"left": pair.left.n, "right": pair.right.n}
-        self._pair = pair
         return super().fit(pair)
 
     def _run_stage(self, name: str, run) -> dict:
@@ -246,8 +245,6 @@ class RaySeedGenerator(SeedGenerator):
         col = {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
         self.seeds_ = (col["left_id"][acc].astype(np.int64), col["right_id"][acc].astype(np.int64),
                        col["score"][acc].astype(np.float32), col["source"][acc].astype(object))
-        from psqe_ray.core.psqe import SeedTable
-
         self.table_ = SeedTable()
         rej = ~acc
         if rej.any():
