@@ -337,7 +337,9 @@ class RaySeedGenerator(SeedGenerator):
         pafs, storage_path = _pyarrow_fs(storage_url, self.storage_options)
         cpus_per_node = max(1, int(min(n["Resources"].get("CPU", 1) for n in ray.nodes()
                                        if n["Alive"] and n["Resources"].get("CPU", 0) > 0)))
-        threads = max(1, cpus_per_node // max(1, min(d.train_workers, len(ray.nodes()))))
+        nodes = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0)
+        per_node = -(-d.train_workers // max(1, nodes))  # workers sharing a node, at most
+        threads = max(1, cpus_per_node // per_node)
         stage2 = to_dict(cfg.stage2)
         trainer = TorchTrainer(
             _train_worker,

@@ -81,6 +81,23 @@ def test_distributed_path_gives_the_inprocess_seeds(pair_url, reference, tmp_pat
     assert list((Path(out) / "stages" / "_train").rglob("state.pkl"))
 
 
+def test_two_training_workers_all_reduce(pair_url, reference, tmp_path, ray_local, ray_timeout):
+    """Data-parallel Stage II (two Ray Train workers, gradients all-reduced): a different but
+    equally good seed set (each worker's slice has its own in-batch negatives)."""
+    out = str(tmp_path / "out")
+    report = run_seeds_on_ray(pair_url, out, load_config(None, SETS + [
+        "distributed.train_workers=2", "distributed.train_cpus=0.5"]))
+    res = report["resources"]["stage2-train"]
+    assert res["workers"] == 2 and res["threads"] == 1  # two workers share the 2-CPU node
+    gold = Dataset(pair_url).table("gold").to_pydict()
+    gold = set(zip(gold["left_id"], gold["right_id"]))
+    ref = [(a, b) for a, b, ok in zip(reference["left_id"], reference["right_id"],
+                                     reference["accepted"]) if ok]
+    ref_precision = sum(p in gold for p in ref) / len(ref)
+    assert report["seeds"]["count"] >= 0.8 * len(ref)
+    assert report["seeds"]["precision"] >= ref_precision - 0.05
+
+
 def test_rerun_after_kill_skips_committed_stages(pair_url, reference, tmp_path, ray_local,
                                                  ray_timeout):
     out = tmp_path / "out"
