@@ -1,0 +1,76 @@
+"""Alignment metrics on hand-made vectors with known ranks, and against brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from psqe_ray.core.evaluation import alignment_metrics, csls_penalty, field_split, gold_ranks
+from psqe_ray.core.fusion import l2_normalize
+
+
+def _brute_ranks(q, c, qi, ti, csls_k=0):
+    s = (q.astype(np.float64) @ c.astype(np.float64).T)
+    if csls_k:
+        r_q = np.sort(s, axis=1)[:, ::-1][:, :csls_k].mean(axis=1)
+        r_c = np.sort(s.T, axis=1)[:, ::-1][:, :csls_k].mean(axis=1)
+        s = 2 * s - r_q[:, None] - r_c[None, :]
+    out = []
+    for a, b in zip(qi, ti):
+        row = s[a]
+        out.append(1 + int((row > row[b] + 1e-9).sum())
+                   + int(((np.abs(row - row[b]) <= 1e-9) & (np.arange(len(row)) < b)).sum()))
+    return np.array(out)
+
+
+def test_known_ranks():
+    left = np.eye(3, dtype=np.float32)
+    right = np.array([[1, 0, 0], [0.8, 0.6, 0], [0, 0, 1]], np.float32)
+    # query 0 -> partner 0 (rank 1); query 1 -> partner 1: right 1 scores .6, right 0 scores 0 ->
+    # rank 1; query 0 -> partner 1 would be rank 2 (right 0 scores 1 > .8)
+    assert gold_ranks(left, right, [0, 1, 2, 0], [0, 1, 2, 1]).tolist() == [1, 1, 1, 2]
+    m = alignment_metrics(left, right, np.array([0, 1, 2]), np.array([0, 1, 2]), csls_k=1)
+    assert m["hits@1"] == 1.0 and m["mrr"] == 1.0
+    # right -> left: right 1 = (.8, .6, 0) is closer to left 0 than to left 1: rank 2
+    assert m["variants"]["r2l/plain/all"]["hits@1"] == pytest.approx(2 / 3)
+    assert m["variants"]["r2l/plain/all"]["mrr"] == pytest.approx((1 + 0.5 + 1) / 3)
+
+
+def test_ties_go_to_the_smaller_id():
+    left = np.array([[1, 0]], np.float32)
+    right = np.array([[1, 0], [1, 0], [1, 0]], np.float32)
+    assert gold_ranks(left, right, [0, 0, 0], [0, 1, 2]).tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("csls_k", [0, 3])
+def test_blocked_ranks_match_brute_force(csls_k):
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((400, 16)).astype(np.float32)
+    left = l2_normalize(base[:300] + 0.8 * rng.standard_normal((300, 16)).astype(np.float32))
+    right = l2_normalize(base[:350] + 0.8 * rng.standard_normal((350, 16)).astype(np.float32))
+    qi = rng.permutation(300)[:200]
+    ti = qi.copy()
+    got = gold_ranks(left, right, qi, ti, csls_k=csls_k, block=37)
+    assert (got > 1).any() and (got == 1).any()  # a case with real ranking work
+    assert got.tolist() == _brute_ranks(left, right, qi, ti, csls_k).tolist()
+
+
+def test_csls_demotes_a_hub():
+    # right 2 (a hub, the partner of left 2) beats the partners of left 0 and left 1 on plain
+    # cosine; CSLS subtracts each candidate's best similarity to the other graph, and the hub's
+    # (1.0, with its own partner) is larger than the partners' (.67)
+    left = l2_normalize(np.array([[1, 0.05], [0.05, 1], [1, 1]], np.float32))
+    right = l2_normalize(np.array([[1, -1], [-1, 1], [1, 1]], np.float32))
+    plain = gold_ranks(left, right, [0, 1, 2], [0, 1, 2])
+    csls = gold_ranks(left, right, [0, 1, 2], [0, 1, 2], csls_k=1)
+    assert plain.tolist() == [2, 2, 1] and csls.tolist() == [1, 1, 1]
+    assert csls_penalty(right, left, 1)[2] > csls_penalty(right, left, 1)[0]
+
+
+def test_field_split_is_the_seeded_last_70_percent():
+    a, b = field_split(1000, seed=1), field_split(1000, seed=1)
+    assert len(a) == 700 and a.tolist() == b.tolist() and len(set(a.tolist())) == 700
+    assert a.tolist() != field_split(1000, seed=2).tolist()
+    m = alignment_metrics(np.eye(4, dtype=np.float32), np.eye(4, dtype=np.float32),
+                          np.arange(4), np.arange(4))
+    assert m["variants"]["l2r/csls/test"]["pairs"] == 3 and m["hits@10"] == 1.0
