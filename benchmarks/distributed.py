@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import run_measured  # noqa: E402
-from seeds_real import ensure_import  # noqa: E402
+from seeds_real import PAIRS, ensure_import  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def run(engine: str, ds: str, out: Path, sets: list[str]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--pair", choices=["fr_en", "zh_en", "openea"])
+    src.add_argument("--pair", choices=sorted(PAIRS))
     src.add_argument("--synth", type=int, metavar="N", help="synthetic pair, N entities per side")
     p.add_argument("--engine", choices=["both", "ray", "local"], default="both")
     p.add_argument("--set", action="append", default=[])

@@ -157,8 +157,14 @@ class SeedGenerator:
         self.seeds_ = (empty, empty.copy(), np.zeros(0, np.float32), np.zeros(0, object))
         t0 = time.perf_counter()
         mods, weights = self.prepare(pair)
-        fused_l, fused_r = self._fuse(mods, weights)
-        self._timed("features", t0, 0, 0)
+
+        def features() -> dict:
+            fused_l, fused_r = self._fuse(mods, weights)
+            self._timed("features", t0, 0, 0)
+            return {"fused_left": fused_l, "fused_right": fused_r}
+
+        out = self._run_stage("features", features)
+        fused_l, fused_r = out["fused_left"], out["fused_right"]
         budget = cfg.stage1.budget
         if cfg.method in ("uvp", "multimodal-greedy"):
             t = time.perf_counter()

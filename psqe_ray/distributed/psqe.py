@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from psqe_ray import __version__
@@ -42,7 +43,8 @@ from psqe_ray.core.topk import empty_topk, merge_topk
 from psqe_ray.distributed.tasks import (Fuser, TopKShard, cluster_task, expand_map, mic_map,
                                         parquet, put_table, read_table, rss)
 from psqe_ray.io.dataset import Dataset, DatasetWriter
-from psqe_ray.io.fs import StorageOptions, exists, join, read_bytes, resolve
+from psqe_ray.inprocess import run_seeds, seeds_table
+from psqe_ray.io.fs import StorageOptions, exists, is_local, join, read_bytes, resolve
 from psqe_ray.schemas import SIDES, feature_table, vectors_numpy
 
 log = logging.getLogger(__name__)
@@ -118,7 +120,7 @@ def _train_worker(config: dict) -> None:
 def _pyarrow_fs(url: str, storage_options) -> tuple[Any, str]:
     """(pyarrow filesystem or None, path) for Ray Train's storage."""
     fs, path = resolve(url, storage_options)
-    if "://" not in url or url.startswith("file://"):
+    if is_local(fs):
         return None, os.path.abspath(path)
     import pyarrow.fs as pafs
 
@@ -196,8 +198,7 @@ class RaySeedGenerator(SeedGenerator):
         t = ds.table(name)
         out = []
         for side in SIDES:
-            mask = np.asarray(t.column("side").to_pylist()) == side
-            st = t.filter(pa.array(mask))
+            st = t.filter(pc.equal(t.column("side"), side))
             x = vectors_numpy(st)
             order = np.argsort(st.column("entity_id").to_numpy())
             out.append(np.ascontiguousarray(x[order], dtype=np.float32))
@@ -215,12 +216,11 @@ class RaySeedGenerator(SeedGenerator):
         t = time.perf_counter()
         products = run()
         with self._writer(name) as w:
-            from psqe_ray.inprocess import seeds_table
-
             w.write("seeds", seeds_table(self))
-            if "learned_left" in products:
-                w.write("features/learned", self._vectors_table(products["learned_left"],
-                                                                products["learned_right"]))
+            for kind in ("fused", "learned"):
+                if f"{kind}_left" in products:
+                    w.write(f"features/{kind}", self._vectors_table(
+                        products[f"{kind}_left"], products[f"{kind}_right"]))
             if "cluster_left" in products:
                 w.put_file("clusters.parquet", parquet(pa.table({
                     "side": ["left"] * len(products["cluster_left"])
@@ -232,6 +232,7 @@ class RaySeedGenerator(SeedGenerator):
             if record is not None:
                 record["resources"] = res
             w.commit(meta={"stage": name, "record": record, "resources": res,
+                           "seed_set": name in self.stage_sets_,
                            "seconds": round(time.perf_counter() - t, 3),
                            **({"budgets": [int(b) for b in products["cluster_budgets"]]}
                               if "cluster_budgets" in products else {}),
@@ -255,6 +256,7 @@ class RaySeedGenerator(SeedGenerator):
         meta = ds.manifest["meta"]
         if meta.get("record"):
             self.stages_.append({**meta["record"], "resumed": True})
+        if meta.get("seed_set"):
             self.stage_sets_[name] = (self.seeds_[0].copy(), self.seeds_[1].copy())
         if meta.get("train_seconds") is not None:
             self.train_seconds_ = meta["train_seconds"]
@@ -262,27 +264,21 @@ class RaySeedGenerator(SeedGenerator):
         self.resumed_.append(name)
         log.info("%-18s committed earlier: %d seeds (skipped)", name, len(self.seeds_[0]))
         products: dict[str, Any] = {}
-        if ds.has("features/learned"):
-            products["learned_left"], products["learned_right"] = self._read_vectors(
-                ds, "features/learned")
+        for kind in ("fused", "learned"):
+            if ds.has(f"features/{kind}"):
+                products[f"{kind}_left"], products[f"{kind}_right"] = self._read_vectors(
+                    ds, f"features/{kind}")
         if "budgets" in meta and exists(ds.fs, join(ds.root, "clusters.parquet"),
                                         ds.url_of("clusters.parquet")):
             c = read_table(ds.url_of("clusters.parquet"), self.storage_options)
-            side = np.asarray(c.column("side").to_pylist())
-            lab = c.column("cluster").to_numpy()
-            products.update(cluster_left=lab[side == "left"], cluster_right=lab[side == "right"],
+            lab = {s: c.filter(pc.equal(c.column("side"), s)).column("cluster").to_numpy()
+                   for s in SIDES}
+            products.update(cluster_left=lab["left"], cluster_right=lab["right"],
                             cluster_budgets=np.asarray(meta["budgets"], np.int64))
         return products
 
     # -- the hooks, on Ray ------------------------------------------------------------------------
     def _fuse(self, mods, weights):
-        ds = self._committed("features")
-        if ds is not None:
-            self.resumed_.append("features")
-            self.resources_["features"] = {**ds.manifest["meta"].get("resources", {}),
-                                           "resumed": True}
-            return self._read_vectors(ds, "features/fused")
-        t = time.perf_counter()
         d = self.config.distributed
         workers = d.fuse_workers or max(1, _cpus() // 2)
         names = sorted(mods)
@@ -300,13 +296,8 @@ class RaySeedGenerator(SeedGenerator):
         for batch in fused.iter_batches(batch_size=None, batch_format="numpy"):
             x[batch["id"]] = batch["vector"]
         del refs
-        out = (x[:nl], x[nl:])
-        res = self._res("features", workers=workers, driver_peak_rss_bytes=rss())
-        with self._writer("features") as w:
-            w.write("features/fused", self._vectors_table(*out))
-            w.commit(meta={"stage": "features", "resources": res,
-                           "seconds": round(time.perf_counter() - t, 3)})
-        return out[0], out[1]
+        self._res(self._current, workers=workers)
+        return x[:nl], x[nl:]
 
     def _sample_clusters(self, sim_l, sim_r, lab_l, lab_r, budgets):
         k = self.config.stage1.candidates
@@ -335,11 +326,10 @@ class RaySeedGenerator(SeedGenerator):
         if resume:
             log.info("stage2: continuing from checkpoint %s", resume)
         pafs, storage_path = _pyarrow_fs(storage_url, self.storage_options)
-        cpus_per_node = max(1, int(min(n["Resources"].get("CPU", 1) for n in ray.nodes()
-                                       if n["Alive"] and n["Resources"].get("CPU", 0) > 0)))
-        nodes = sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0)
-        per_node = -(-d.train_workers // max(1, nodes))  # workers sharing a node, at most
-        threads = max(1, cpus_per_node // per_node)
+        node_cpus = [n["Resources"]["CPU"] for n in ray.nodes()
+                     if n["Alive"] and n["Resources"].get("CPU", 0) > 0] or [1]
+        per_node = -(-d.train_workers // len(node_cpus))  # workers sharing a node, at most
+        threads = max(1, int(min(node_cpus)) // per_node)
         stage2 = to_dict(cfg.stage2)
         trainer = TorchTrainer(
             _train_worker,
@@ -487,16 +477,10 @@ def run_seeds_on_ray(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
     """The seed job: like :func:`psqe_ray.inprocess.run_seeds`, with the work on Ray (the
     cluster of ``ray job submit`` / ``RAY_ADDRESS``, or an embedded local Ray)."""
     from psqe_ray.distributed.runtime import ray_session
-    from psqe_ray.inprocess import run_seeds
+
+    def engine(config: PSQEConfig, dataset_fp: str) -> RaySeedGenerator:
+        return RaySeedGenerator(config, out_url, dataset_fp, storage_options=storage_options)
 
     with ray_session(address, num_cpus):
-        holder: dict[str, RaySeedGenerator] = {}
-
-        def engine(config: PSQEConfig, dataset_fp: str) -> RaySeedGenerator:
-            holder["gen"] = RaySeedGenerator(config, out_url, dataset_fp,
-                                             storage_options=storage_options)
-            return holder["gen"]
-
-        report = run_seeds(dataset_url, out_url, cfg, storage_options=storage_options,
-                           engine=engine)
-    return report
+        return run_seeds(dataset_url, out_url, cfg, storage_options=storage_options,
+                         engine=engine)
