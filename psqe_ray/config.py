@@ -132,6 +132,35 @@ class DistributedConfig:
     checkpoint_every: int = 100   # Stage II epochs between checkpoints (and one at the end)
 
 
+RECIPES = ("eva", "mclea", "meaformer", "pcmea")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """The downstream aligner trained on the seeds (``psqe_ray.align``; ours unless marked).
+
+    The recipes' papers train 500-1000 full-graph epochs on a GPU; here a step is a batch of
+    seed pairs over sampled neighbourhoods, and the defaults are sized so one recipe trains and
+    evaluates on a 20k-entity pair within minutes on two CPU cores.
+    """
+
+    recipe: str = "meaformer"     # eva | mclea | meaformer | pcmea
+    dim: int = 128                # per-branch width (EVA / MCLEA / MEAformer: 300; CPU budget)
+    epochs: int = 30              # epochs on the seeds before the first iterative round
+    round_epochs: int = 5         # epochs after each iterative round
+    rounds: int = -1              # iterative rounds; -1 = the recipe's default (0 for mclea)
+    lr: float = 0.005             # AdamW
+    weight_decay: float = 0.01
+    batch_size: int = 1024        # seed pairs per step (in-batch negatives)
+    temperature: float = 0.1      # ICL temperature (MCLEA / MEAformer)
+    gat_layers: int = 2           # GAT over the learned structure embedding
+    fanout: tuple[int, ...] = (10, 5)  # sampled neighbours per hop while training
+    momentum: float = 0.99        # pcmea: EMA rate of the target encoder
+    topk: int = 10                # candidates per left entity in alignment.parquet
+    csls_k: int = 3               # evaluation: CSLS neighbourhood (field: 3)
+    split_seed: int = 0           # evaluation: seed of the field's 30 / 70 split
+
+
 @dataclass(frozen=True)
 class PSQEConfig:
     """Everything a seed run needs; ``fingerprint(cfg)`` identifies its output."""
@@ -147,6 +176,7 @@ class PSQEConfig:
     stage3: Stage3Config = field(default_factory=Stage3Config)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
 
     def check(self) -> None:
         if self.method not in ("psqe", "uvp", "multimodal-greedy"):
@@ -169,6 +199,15 @@ class PSQEConfig:
                 or d.fuse_workers < 0 or d.checkpoint_every < 1 or d.nprobe < 1:
             raise ConfigError("distributed: train_workers, checkpoint_every, nprobe must be >= 1, "
                               "train_cpus > 0, shards / partitions / fuse_workers >= 0")
+        a = self.align
+        if a.recipe not in RECIPES:
+            raise ConfigError(f"align.recipe must be one of {', '.join(RECIPES)}, got {a.recipe!r}")
+        if min(a.dim, a.batch_size, a.topk, a.gat_layers) < 1 or a.epochs < 0 \
+                or a.round_epochs < 0 or a.rounds < -1 or a.temperature <= 0 or a.csls_k < 0 \
+                or not 0.0 <= a.momentum < 1.0 or a.lr <= 0:
+            raise ConfigError("align: dim, batch_size, topk, gat_layers >= 1; epochs, "
+                              "round_epochs, csls_k >= 0; rounds >= -1; temperature, lr > 0; "
+                              "0 <= momentum < 1")
         if self.encode.device not in ("auto", "cpu", "cuda") and not self.encode.device.startswith("cuda:"):
             raise ConfigError("encode.device must be auto, cpu or cuda[:N]")
 
@@ -259,3 +298,9 @@ def load_config(yaml_text_or_none: str | None = None, sets: list[str] | None = N
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def seed_settings(cfg: PSQEConfig) -> dict[str, Any]:
+    """The configuration that decides the seeds (the aligner's section left out, so changing
+    an aligner knob never invalidates committed seeds)."""
+    return {k: v for k, v in to_dict(cfg).items() if k != "align"}

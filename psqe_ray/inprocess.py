@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from psqe_ray import __version__
-from psqe_ray.config import PSQEConfig, fingerprint, to_dict
+from psqe_ray.config import PSQEConfig, fingerprint, seed_settings
 from psqe_ray.core.metrics import coverage_report, judged_precision, seed_precision_recall
 from psqe_ray.core.psqe import SeedGenerator
 from psqe_ray.errors import ConfigError
@@ -98,7 +98,7 @@ def run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
     t0 = time.perf_counter()
     cfg.check()
     ds = Dataset(dataset_url, storage_options=storage_options)
-    fp = fingerprint({"dataset": ds.manifest["fingerprint"], "config": to_dict(cfg),
+    fp = fingerprint({"dataset": ds.manifest["fingerprint"], "config": seed_settings(cfg),
                       "code": __version__, **({"engine": "ray"} if engine else {})})
     counts = ds.entity_counts()
     with DatasetWriter(out_url, stage=f"seeds-{cfg.method}", fingerprint=fp,
@@ -132,7 +132,7 @@ def run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
             "load_seconds": round(load_seconds, 3),
             "seconds_total": round(time.perf_counter() - t0, 3),
             "peak_rss_bytes": peak_rss_bytes(),
-            "config": to_dict(cfg),
+            "config": seed_settings(cfg),
             "fingerprint": fp,
             "code_version": __version__,
         }

@@ -314,11 +314,7 @@ class SeedEncoder(nn.Module):
         inputs (hashed n-grams, relation / attribute bags) go through an embedding-bag sum,
         which is what makes a CPU step cheap (nnz per row is tens, d is a thousand).
         """
-        f = feats[m]
-        layer = self.inp[m]
-        if isinstance(f, torch.Tensor):
-            return layer(f[torch.from_numpy(np.asarray(rows))])
-        return sparse_linear(f, rows, layer.weight, layer.bias)
+        return project(self.inp[m], feats[m], rows)
 
     def gat(self, feats: dict, blocks: list[Block]) -> torch.Tensor:
         """Anchor input rows ``blocks[0].src_nodes`` -> (blocks[-1].n_dst, dim) through every
@@ -355,21 +351,46 @@ class SeedEncoder(nn.Module):
         out = {}
         chunks = [np.arange(a, min(n, a + chunk)) for a in range(0, n, chunk)]
         h = torch.cat([self.project(self.anchor, feats, rows) for rows in chunks])
-        # full neighbourhoods do not change between layers: build each chunk's block once
-        blocks = [sampler.layer(rows.astype(np.int64), None) for rows in chunks]
-        adjs = [blk.adjacency() for blk in blocks]
-        for k, conv in enumerate(self.convs):
-            z = conv.lin(h)
-            nxt = torch.empty((n, z.shape[1] if conv.concat else conv.out_channels))
-            for rows, blk, adj in zip(chunks, blocks, adjs):
-                y = gat_transformed(conv, z[torch.from_numpy(blk.src_nodes)], adj)
-                nxt[rows[0]:rows[-1] + 1] = F.elu(y) if k < len(self.convs) - 1 else y
-            h = nxt
-        out[self.anchor] = h.numpy()
+        out[self.anchor] = propagate_full(self.convs, h, sampler, chunk).numpy()
         for m in self.modalities:
             if m != self.anchor:
                 out[m] = torch.cat([self.project(m, feats, rows) for rows in chunks]).numpy()
         return out
+
+
+def project(layer: nn.Linear, f, rows: np.ndarray) -> torch.Tensor:
+    """``layer(f[rows])`` for a dense tensor or a scipy CSR ``f`` (sparse rows never densified)."""
+    if isinstance(f, torch.Tensor):
+        return layer(f[torch.from_numpy(np.asarray(rows))])
+    return sparse_linear(f, rows, layer.weight, layer.bias)
+
+
+def gat_blocks(convs, x: torch.Tensor, blocks: list[Block]) -> torch.Tensor:
+    """``x`` (rows ``blocks[0].src_nodes``, already at the convs' input width) through every
+    layer (ELU between layers) -> (blocks[-1].n_dst, out)."""
+    h = x
+    for k, (blk, conv) in enumerate(zip(blocks, convs)):
+        h = gat_untransformed(conv, F.elu(h) if k else h, blk.adjacency(), conv.lin.weight)
+    return h
+
+
+@torch.no_grad()
+def propagate_full(convs, h: torch.Tensor, sampler: CSRSampler, chunk: int = 8192) -> torch.Tensor:
+    """Every node through ``convs`` with full neighbourhoods (no sampling): layer by layer over
+    chunks of destination nodes, each layer's projection once per node.  ``h``: (N, d_in)."""
+    n = h.shape[0]
+    chunks = [np.arange(a, min(n, a + chunk)) for a in range(0, n, chunk)]
+    # full neighbourhoods do not change between layers: build each chunk's block once
+    blocks = [sampler.layer(rows.astype(np.int64), None) for rows in chunks]
+    adjs = [blk.adjacency() for blk in blocks]
+    for k, conv in enumerate(convs):
+        z = conv.lin(h)
+        nxt = torch.empty((n, z.shape[1] if conv.concat else conv.out_channels))
+        for rows, blk, adj in zip(chunks, blocks, adjs):
+            y = gat_transformed(conv, z[torch.from_numpy(blk.src_nodes)], adj)
+            nxt[rows[0]:rows[-1] + 1] = F.elu(y) if k < len(convs) - 1 else y
+        h = nxt
+    return h
 
 
 def as_model_input(x: np.ndarray, max_density: float = 0.1):

@@ -152,7 +152,6 @@ class SeedGenerator:
         self.stage_sets_: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.table_ = SeedTable()
         self.clusters_ = None
-        self.skipped_: dict[str, str] = {}
         empty = np.zeros(0, np.int64)
         self.seeds_ = (empty, empty.copy(), np.zeros(0, np.float32), np.zeros(0, object))
         t0 = time.perf_counter()
@@ -186,7 +185,9 @@ class SeedGenerator:
         return self._fit_psqe(pair, mods, weights, fused_l, fused_r)
 
     def prepare(self, pair: KGPair) -> tuple[dict, dict[str, float]]:
-        """(modality -> (left, right) prepared vectors, fusion weights); sets ``modalities_``."""
+        """(modality -> (left, right) prepared vectors, fusion weights); sets ``modalities_``
+        and ``skipped_`` (modality -> why it was left out)."""
+        self.skipped_: dict[str, str] = {}
         mods = self._prepared(self._modalities(pair))
         self.modalities_ = sorted(mods)
         weights = {m: self.config.weights.get(m, 0.0) for m in mods}

@@ -37,11 +37,12 @@ import pyarrow.compute as pc
 import ray
 
 from psqe_ray import __version__
-from psqe_ray.config import PSQEConfig, fingerprint, to_dict
+from psqe_ray.config import PSQEConfig, fingerprint, seed_settings, to_dict
 from psqe_ray.core.psqe import SeedGenerator, SeedTable
 from psqe_ray.core.topk import empty_topk, merge_topk
 from psqe_ray.distributed.tasks import (Fuser, TopKShard, cluster_task, expand_map, mic_map,
                                         parquet, put_table, read_table, rss)
+from psqe_ray.distributed.runtime import allreduce_gradients, train_threads
 from psqe_ray.io.dataset import Dataset, DatasetWriter
 from psqe_ray.inprocess import run_seeds, seeds_table
 from psqe_ray.io.fs import StorageOptions, exists, is_local, join, read_bytes, resolve
@@ -62,7 +63,6 @@ def _train_worker(config: dict) -> None:
     """Ray Train loop: :func:`psqe_ray.core.train.train_encoder` with all-reduced gradients."""
     import ray.train
     import torch
-    import torch.distributed as dist
 
     from psqe_ray.config import Stage2Config
     from psqe_ray.core.train import embed, train_encoder
@@ -79,13 +79,7 @@ def _train_worker(config: dict) -> None:
     every = config["checkpoint_every"]
 
     def sync(model) -> None:
-        if world == 1:
-            return
-        for p in model.parameters():
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad)
-            p.grad /= world
+        allreduce_gradients(model, world)
 
     def report(done: int, losses: list[float], snapshot) -> None:
         metrics = {"epoch": done, "loss": losses[-1] if losses else 0.0}
@@ -142,7 +136,7 @@ class RaySeedGenerator(SeedGenerator):
         super().__init__(config)
         self.out_url = out_url
         self.storage_options = storage_options
-        cfg = to_dict(config)
+        cfg = seed_settings(config)
         cfg["distributed"] = {k: v for k, v in cfg["distributed"].items() if k not in _NEUTRAL}
         self.run_id = fingerprint({"dataset": dataset_fingerprint, "config": cfg,
                                    "code": __version__})
@@ -326,10 +320,7 @@ class RaySeedGenerator(SeedGenerator):
         if resume:
             log.info("stage2: continuing from checkpoint %s", resume)
         pafs, storage_path = _pyarrow_fs(storage_url, self.storage_options)
-        node_cpus = [n["Resources"]["CPU"] for n in ray.nodes()
-                     if n["Alive"] and n["Resources"].get("CPU", 0) > 0] or [1]
-        per_node = -(-d.train_workers // len(node_cpus))  # workers sharing a node, at most
-        threads = max(1, int(min(node_cpus)) // per_node)
+        threads = train_threads(d.train_workers)
         stage2 = to_dict(cfg.stage2)
         trainer = TorchTrainer(
             _train_worker,

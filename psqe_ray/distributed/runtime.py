@@ -55,3 +55,26 @@ def actor_plan(workers: int = 0, device: str = "auto") -> tuple[int, dict[str, f
         return size, {"num_gpus": 1.0}, max(1, cpus // size)
     size = workers or max(1, cpus // 2)
     return size, {"num_cpus": 0.5}, max(1, cpus // size)
+
+
+def train_threads(workers: int) -> int:
+    """torch threads per Ray Train worker: the smallest node's CPUs shared by the workers that
+    may land on it (more threads than cores made the all-reduce steps crawl)."""
+    node_cpus = [n["Resources"]["CPU"] for n in ray.nodes()
+                 if n["Alive"] and n["Resources"].get("CPU", 0) > 0] or [1]
+    per_node = -(-workers // len(node_cpus))
+    return max(1, int(min(node_cpus)) // per_node)
+
+
+def allreduce_gradients(module, world: int) -> None:
+    """Average every parameter's gradient over the ``world`` Ray Train workers (in place)."""
+    if world == 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    for p in module.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= world

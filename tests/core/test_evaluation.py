@@ -74,3 +74,28 @@ def test_field_split_is_the_seeded_last_70_percent():
     m = alignment_metrics(np.eye(4, dtype=np.float32), np.eye(4, dtype=np.float32),
                           np.arange(4), np.arange(4))
     assert m["variants"]["l2r/csls/test"]["pairs"] == 3 and m["hits@10"] == 1.0
+
+
+def test_test_split_ranks_among_test_entities_only():
+    # a right entity outside the test pairs that beats every partner: it lowers "all" ranks
+    # but is no candidate under the field's protocol
+    rng = np.random.default_rng(0)
+    n = 40
+    left = np.abs(rng.normal(size=(n, 8))).astype(np.float32)
+    left /= np.linalg.norm(left, axis=1, keepdims=True)
+    hub = np.full((1, 8), 100.0, np.float32)  # right id n: nobody's partner, everyone's best
+    right = np.concatenate([left + 0.01, hub]).astype(np.float32)
+    gl, gr = np.arange(n), np.arange(n)
+    m = alignment_metrics(left, right, gl, gr, split_seed=3)
+    test = field_split(n, seed=3)
+    brute = []
+    for i in test:
+        s = left[i] @ right[gr[test]].T
+        brute.append(1 + int((s > s[list(test).index(i)]).sum()))
+    brute = np.asarray(brute)
+    assert m["variants"]["l2r/plain/test"]["hits@1"] == pytest.approx((brute == 1).mean())
+    assert m["variants"]["l2r/plain/test"]["pairs"] == len(test)
+    full = gold_ranks(left, right, gl, gr)
+    assert (full >= 1).all() and m["variants"]["l2r/plain/all"]["hits@1"] == pytest.approx((full == 1).mean())
+    assert m["variants"]["l2r/plain/all"]["hits@1"] == 0.0
+    assert m["variants"]["l2r/plain/test"]["hits@1"] > 0.5
