@@ -1,0 +1,101 @@
+"""The aligners' shared network: modality encoders, a GAT over a learned structure embedding,
+and a fusion into one joint vector per entity (EVA / MCLEA / MEAformer / PCMEA skeleton,
+``shared/PSQE.md`` "Downstream aligners").
+
+Branches, each to ``dim``:
+    structure: a learned embedding per entity (both graphs, one id space) -> ``layers`` x GATConv
+        over the joint graph (no relation or attribute input: structure only);
+    every feature modality (name, relation, attribute, image): one linear layer.
+Fusion: the L2-normalised branch vectors, each scaled by a modality weight, concatenated::
+
+    joint(e) = concat_m  w_m(e) * z_m(e) / ||z_m(e)||        (M * dim,)
+
+with ``w`` a softmax over the modalities of either global learned logits (EVA, MCLEA, PCMEA) or
+per-entity scores from a one-layer transformer over the entity's M modality tokens (MEAformer).
+Training runs the GAT on sampled neighbourhoods (:class:`psqe_ray.core.gat.CSRSampler`), and
+inference on full neighbourhoods (:func:`psqe_ray.core.gat.propagate_full`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.nn import GATConv
+
+from psqe_ray.core.gat import Block, CSRSampler, gat_blocks, project, propagate_full
+
+STRUCTURE = "structure"
+
+
+class AlignModel(nn.Module):
+    """Args:
+        dims: input width per feature modality (the structure branch is always added).
+        n_nodes: entities of both graphs (left ids, then right ids shifted by the left count).
+        dim: width of every branch.
+        layers: GAT layers over the structure embedding.
+        fusion: ``global`` (learned weight per modality) or ``entity`` (transformer weights).
+        mi: add the projection heads of PCMEA's mutual-information term (joint -> dim).
+    """
+
+    def __init__(self, dims: dict[str, int], n_nodes: int, dim: int = 300, layers: int = 2,
+                 fusion: str = "global", mi: bool = False) -> None:
+        super().__init__()
+        if fusion not in ("global", "entity"):
+            raise ValueError(f"fusion must be global or entity, got {fusion!r}")
+        self.modalities = [STRUCTURE, *sorted(dims)]
+        self.fusion = fusion
+        self.structure = nn.Parameter(torch.randn(n_nodes, dim) / dim ** 0.5)
+        self.convs = nn.ModuleList(GATConv(dim, dim, heads=1, add_self_loops=False)
+                                   for _ in range(layers))
+        self.inp = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in sorted(dims.items())})
+        self.logits = nn.Parameter(torch.zeros(len(self.modalities)))
+        if fusion == "entity":
+            self.fuser = nn.TransformerEncoderLayer(dim, nhead=1, dim_feedforward=dim,
+                                                    dropout=0.0, batch_first=True)
+            self.score = nn.Linear(dim, 1)
+        self.mi_heads = nn.ModuleDict({m: nn.Linear(len(self.modalities) * dim, dim)
+                                       for m in self.modalities}) if mi else None
+
+    def encode(self, feats: dict, targets: np.ndarray, blocks: list[Block]) -> dict[str, torch.Tensor]:
+        """Branch vectors of ``targets`` (global node ids): modality -> float32 (T, dim)."""
+        x = torch.index_select(self.structure, 0, torch.from_numpy(blocks[0].src_nodes))
+        out = {STRUCTURE: gat_blocks(self.convs, x, blocks)}
+        for m in self.inp:
+            out[m] = project(self.inp[m], feats[m], targets)
+        return out
+
+    @torch.no_grad()
+    def encode_all(self, feats: dict, sampler: CSRSampler, chunk: int = 8192) -> dict[str, torch.Tensor]:
+        """Branch vectors of every node (full neighbourhoods): modality -> (N, dim)."""
+        n = self.structure.shape[0]
+        out = {STRUCTURE: propagate_full(self.convs, self.structure.detach(), sampler, chunk)}
+        for m in self.inp:
+            out[m] = torch.cat([project(self.inp[m], feats[m], np.arange(a, min(n, a + chunk)))
+                                for a in range(0, n, chunk)])
+        return out
+
+    def fuse(self, emb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(joint float32 (T, M * dim), modality weights float32 (T, M), rows sum to 1)."""
+        zs = [F.normalize(emb[m], dim=1) for m in self.modalities]
+        if self.fusion == "global":
+            w = torch.softmax(self.logits, 0).expand(zs[0].shape[0], -1)
+        else:
+            h = self.fuser(torch.stack(zs, dim=1))
+            w = torch.softmax(self.score(h).squeeze(-1), dim=1)
+        return torch.cat([w[:, i:i + 1] * z for i, z in enumerate(zs)], dim=1), w
+
+    @torch.no_grad()
+    def joint_all(self, feats: dict, sampler: CSRSampler, chunk: int = 8192
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """(joint vectors of every node, L2-normalised, float32 (N, M * dim); mean modality
+        weights float32 (M,))."""
+        emb = self.encode_all(feats, sampler, chunk)
+        n = emb[STRUCTURE].shape[0]
+        joints, wsum = [], torch.zeros(len(self.modalities))
+        for a in range(0, n, chunk):
+            j, w = self.fuse({m: v[a:a + chunk] for m, v in emb.items()})
+            joints.append(F.normalize(j, dim=1))
+            wsum += w.sum(0)
+        return torch.cat(joints).numpy(), (wsum / max(n, 1)).numpy()

@@ -1,0 +1,224 @@
+"""One trainer for the four recipes: seed pairs in, a joint vector per entity out.
+
+Schedule: ``epochs`` over the seed pairs, then ``rounds`` iterative rounds, each a check and
+``round_epochs`` more epochs.  A check embeds every entity and takes the mutual nearest
+neighbours (MNN) among the entities no pair holds yet; a recipe adds them at once (EVA) or only
+those that were MNN at the previous check too (MEAformer's stability filter, PCMEA's
+calibration, which also asks the momentum encoder to agree).  Gold links never enter: the
+trainer does not receive them.
+
+Data parallelism is :mod:`psqe_ray.core.train`'s: every worker draws the same batch order, works
+on its slice of each batch and ``sync`` averages the gradients, so all workers hold the same
+parameters and make the same iterative choices.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from psqe_ray.align.losses import ial_loss, mi_loss, momentum_icl, nca_loss
+from psqe_ray.align.model import STRUCTURE, AlignModel
+from psqe_ray.align.recipes import Recipe, get_recipe
+from psqe_ray.config import AlignConfig
+from psqe_ray.core.gat import CSRSampler, icl_loss
+from psqe_ray.core.topk import topk_search
+from psqe_ray.core.train import stage_rng
+
+log = logging.getLogger(__name__)
+
+# purposes of the aligner's random streams (psqe_ray.core.train.stage_rng)
+ALIGN_INIT, ALIGN_ORDER, ALIGN_SAMPLE = 11, 12, 13
+
+
+def mutual_nearest(left: np.ndarray, right: np.ndarray, free_left: np.ndarray,
+                   free_right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (l, r) of free entities that are each other's nearest neighbour among the free
+    entities of the other graph (inner products; ties to the smaller id).  int64 (P,) each."""
+    fl, fr = np.flatnonzero(free_left), np.flatnonzero(free_right)
+    if len(fl) == 0 or len(fr) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    l2r = fr[topk_search(left[fl], right[fr], 1)[1][:, 0]]
+    r2l = fl[topk_search(right[fr], left[fl], 1)[1][:, 0]]
+    back = np.full(len(free_right), -1, np.int64)
+    back[fr] = r2l
+    keep = back[l2r] == fl
+    return fl[keep], l2r[keep]
+
+
+class Aligner:
+    """A recipe's aligner (scikit-learn style: settings in ``__init__``, ``fit`` returns self).
+
+    Args:
+        config: the ``align`` section (``config.recipe`` names the recipe).
+        random_state: seed of every random stream (initialisation, batch order, sampling).
+
+    After ``fit``:
+        embeddings_: (left float32 (n_left, D), right float32 (n_right, D)), L2-normalised
+            joint vectors.
+        modality_weights_: modality -> mean fusion weight over all entities.
+        pairs_: (left int64, right int64) the training pairs at the end (seeds + added).
+        added_: pairs added per iterative round; losses_: loss per epoch.
+    """
+
+    def __init__(self, config: AlignConfig | None = None, random_state: int = 42) -> None:
+        self.config = config or AlignConfig()
+        self.recipe: Recipe = get_recipe(self.config.recipe)
+        self.random_state = random_state
+
+    def _rounds(self) -> int:
+        return self.recipe.rounds if self.config.rounds < 0 else self.config.rounds
+
+    def fit(self, feats: dict, graph: tuple[np.ndarray, np.ndarray], n_left: int,
+            seed_left: np.ndarray, seed_right: np.ndarray, *, rank: int = 0, world: int = 1,
+            sync: Callable[[torch.nn.Module], None] | None = None,
+            on_epoch: Callable[[int, float], None] | None = None) -> "Aligner":
+        """Train on seed pairs.
+
+        Args:
+            feats: modality -> model input over both graphs (left rows, then right rows), as
+                :func:`psqe_ray.core.train.model_inputs` makes them.
+            graph: the joint CSR adjacency (:func:`psqe_ray.core.train.joint_graph`).
+            n_left: left entity count (right ids are shifted by it in ``feats`` and ``graph``).
+            seed_left, seed_right: int64 (S,) the pseudo seeds, left and right ids.
+            rank, world, sync: data parallelism (module docstring).
+            on_epoch: called with (epochs done, loss) after every epoch.
+        """
+        cfg, rec = self.config, self.recipe
+        n_nodes = len(graph[0]) - 1
+        n_right = n_nodes - n_left
+        torch.manual_seed(int(stage_rng(self.random_state, ALIGN_INIT).integers(2 ** 31)))
+        dims = {m: f.shape[1] for m, f in feats.items()}
+        model = AlignModel(dims, n_nodes, cfg.dim, cfg.gat_layers, rec.fusion, mi=rec.mi > 0)
+        terms = 1 + (len(model.modalities) if rec.per_modality else 0)
+        log_var = torch.nn.Parameter(torch.zeros(terms)) if rec.uncertainty else None
+        params = list(model.parameters()) + ([log_var] if log_var is not None else [])
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        target = None
+        if rec.loss == "momentum":
+            target = copy.deepcopy(model)
+            for p in target.parameters():
+                p.requires_grad_(False)
+        holder = torch.nn.Module()  # what sync sees: the model and the uncertainty weights
+        holder.model = model
+        if log_var is not None:
+            holder.log_var = log_var
+        order_rng = stage_rng(self.random_state, ALIGN_ORDER)
+        sampler = CSRSampler(graph[0], graph[1], stage_rng(self.random_state, ALIGN_SAMPLE, rank))
+        full = CSRSampler(graph[0], graph[1], stage_rng(self.random_state, ALIGN_SAMPLE))
+        fanouts = tuple(cfg.fanout[:cfg.gat_layers]) + (None,) * max(0, cfg.gat_layers - len(cfg.fanout))
+        pairs_l = np.asarray(seed_left, np.int64)
+        pairs_r = np.asarray(seed_right, np.int64)
+        self.losses_: list[float] = []
+        self.added_: list[int] = []
+        t0 = time.perf_counter()
+
+        def step_loss(b: np.ndarray) -> torch.Tensor:
+            targets = np.concatenate([pairs_l[b], pairs_r[b] + n_left])
+            blocks = sampler.blocks(targets, fanouts)
+            emb = model.encode(feats, targets, blocks)
+            joint, _ = model.fuse(emb)
+            k = len(b)
+            if rec.loss == "nca":
+                losses = [nca_loss(joint[:k], joint[k:])]
+            elif rec.loss == "icl":
+                losses = [icl_loss(joint[:k], joint[k:], cfg.temperature, True)]
+            else:
+                with torch.no_grad():
+                    tj, _ = target.fuse(target.encode(feats, targets, blocks))
+                losses = [momentum_icl(joint[:k], joint[k:], tj[:k], tj[k:], cfg.temperature)]
+            if rec.per_modality:
+                losses += [icl_loss(emb[m][:k], emb[m][k:], cfg.temperature, True)
+                           for m in model.modalities]
+            if log_var is not None:  # Kendall et al.: sum exp(-s) L + s
+                loss = sum(torch.exp(-log_var[i]) * x + log_var[i] for i, x in enumerate(losses))
+            else:
+                loss = sum(losses)
+            if rec.ial:
+                loss = loss + sum(ial_loss(joint[:k], joint[k:], emb[m][:k], emb[m][k:])
+                                  for m in model.modalities)
+            if rec.mi > 0:  # per graph: in-batch negatives from the entity's own graph
+                loss = loss + rec.mi * sum(mi_loss(emb[m][s], model.mi_heads[m](joint[s]),
+                                                   cfg.temperature)
+                                           for m in model.modalities
+                                           for s in (slice(0, k), slice(k, None)))
+            return loss
+
+        def train(epochs: int) -> None:
+            model.train()
+            n = len(pairs_l)
+            for _ in range(epochs):
+                perm = order_rng.permutation(n)
+                total = 0.0
+                for a in range(0, n, cfg.batch_size):
+                    batch = perm[a:a + cfg.batch_size]
+                    if len(batch) < 2 * world:
+                        continue
+                    loss = step_loss(np.array_split(batch, world)[rank])
+                    opt.zero_grad()
+                    loss.backward()
+                    if sync is not None:
+                        sync(holder)
+                    opt.step()
+                    if target is not None:
+                        with torch.no_grad():
+                            for pt, p in zip(target.parameters(), model.parameters()):
+                                pt.mul_(cfg.momentum).add_(p.detach(), alpha=1 - cfg.momentum)
+                    total += float(loss.detach())
+                self.losses_.append(total)
+                done = len(self.losses_)
+                if done % 20 == 0 or done == 1:
+                    log.info("align %s epoch %d loss %.4f (%.0f s)", rec.name, done, total,
+                             time.perf_counter() - t0)
+                if on_epoch is not None:
+                    on_epoch(done, total)
+            model.eval()
+
+        if len(pairs_l) >= 2 * world:
+            train(cfg.epochs)
+        previous: set[tuple[int, int]] | None = None
+        for rnd in range(self._rounds()):
+            cand = self._check(model, target, feats, full, n_left, n_right, pairs_l, pairs_r)
+            keys = set(zip(cand[0].tolist(), cand[1].tolist()))
+            accept = keys if rec.agree <= 1 else (keys & previous if previous is not None else set())
+            previous = keys
+            new = sorted(accept)
+            self.added_.append(len(new))
+            log.info("align %s round %d: %d mutual nearest pairs, %d added", rec.name, rnd + 1,
+                     len(keys), len(new))
+            if new:
+                arr = np.asarray(new, np.int64)
+                pairs_l = np.concatenate([pairs_l, arr[:, 0]])
+                pairs_r = np.concatenate([pairs_r, arr[:, 1]])
+            if len(pairs_l) >= 2 * world:
+                train(cfg.round_epochs)
+        joint, weights = model.joint_all(feats, full)
+        self.embeddings_ = (joint[:n_left], joint[n_left:])
+        self.modality_weights_ = {m: float(w) for m, w in zip(model.modalities, weights)}
+        self.pairs_ = (pairs_l, pairs_r)
+        self.train_seconds_ = time.perf_counter() - t0
+        self.model_ = model
+        return self
+
+    @staticmethod
+    def _check(model, target, feats, full, n_left, n_right, pairs_l, pairs_r):
+        free_l = np.ones(n_left, bool)
+        free_r = np.ones(n_right, bool)
+        free_l[pairs_l] = False
+        free_r[pairs_r] = False
+        joint, _ = model.joint_all(feats, full)
+        l, r = mutual_nearest(joint[:n_left], joint[n_left:], free_l, free_r)
+        if target is not None:  # calibration: the momentum encoder must pick the same pairs
+            tj, _ = target.joint_all(feats, full)
+            tl, tr = mutual_nearest(tj[:n_left], tj[n_left:], free_l, free_r)
+            both = np.isin(l * n_right + r, tl * n_right + tr)
+            l, r = l[both], r[both]
+        return l, r
+
+
+__all__ = ["Aligner", "STRUCTURE", "mutual_nearest"]

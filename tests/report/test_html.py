@@ -1,0 +1,218 @@
+"""render_html: a well-formed, self-contained, escaped page whose plots scale with the report."""
+
+from __future__ import annotations
+
+import copy
+from html.parser import HTMLParser
+
+import pytest
+
+from psqe_ray.report.html import render_html
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+        "track", "wbr"}
+
+
+class PageParser(HTMLParser):
+    """Records every element and checks that each non-void tag is closed, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.elements: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, dict(attrs)))
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, dict(attrs)))
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1] if self.stack else 'nothing'}")
+        else:
+            self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parse(page: str) -> PageParser:
+    p = PageParser()
+    p.feed(page)
+    p.close()
+    assert p.errors == []
+    assert p.stack == [], f"unclosed tags: {p.stack}"
+    return p
+
+
+def rects(p: PageParser, **match: str) -> list[dict[str, str | None]]:
+    return [a for t, a in p.elements
+            if t == "rect" and all(a.get(k) == v for k, v in match.items())]
+
+
+def stage(name: str, count: int, precision: float | None, added: int = 0) -> dict:
+    return {"name": name, "added": added, "removed": 0, "count": count, "seconds": 1.5,
+            "precision": precision}
+
+
+def bucket(degrees: str, frac: float | None) -> dict:
+    return {"degrees": degrees, "entities": 100, "entity_share": 0.1, "seeds": 10,
+            "seed_share": 0.05, "seeded_fraction": frac}
+
+
+def metrics(h1: float, h10: float, mrr: float) -> dict:
+    return {"hits@1": h1, "hits@10": h10, "mrr": mrr, "pairs": 15000}
+
+
+FULL = {
+    "pipeline": "psqe-ray run",
+    "dataset": "s3://bucket/DBP15K/zh_en", "out": "/tmp/out", "recipe": "meaformer",
+    "seconds": {"encode": 0.0, "seeds": 104.6, "align": 80.2, "total": 190.1},
+    "seeds": {
+        "method": "psqe", "modalities": ["name", "image"],
+        "entities": {"left": 19661, "right": 19993}, "gold": 15000,
+        "seeds": {"count": 5340, "precision": 0.854, "recall": 0.304},
+        "stages": [stage("features", 0, None), stage("stage1-cluster", 1000, 0.8, 1000),
+                   stage("stage2-global", 2000, 0.4, 1000), stage("stage2-mic", 3000, None, 1000),
+                   stage("stage3-expansion", 5340, 0.85, 2340)],
+        "coverage": {"edge_coverage": {"left": 0.58, "right": 0.60, "mean": 0.59},
+                     "degree_buckets": {
+                         "left": [bucket("1-1", 0.2), bucket("2-3", 0.4), bucket("4-7", None)],
+                         "right": [bucket("1-1", 0.1), bucket("2-3", 0.3), bucket("4-7", 0.6),
+                                   bucket("8-15", 0.7)]}},
+    },
+    "align": {"recipe": "meaformer", "hits@1": 0.81, "hits@10": 0.93, "mrr": 0.86,
+              "seconds_total": 80.2, "seeds_used": 5340, "pairs_added": 1200,
+              "variants": {"l2r/plain/all": metrics(0.8, 0.9, 0.85),
+                           "l2r/csls/test": metrics(0.4, 0.6, 0.5),
+                           "r2l/plain/all": metrics(0.7, 0.88, 0.8)}},
+    "config": {"seeds": {"k": 10, "stages": ["a", "b"]}, "align": {"epochs": 50}},
+}
+
+
+def no_gold_report() -> dict:
+    r = copy.deepcopy(FULL)
+    r["seeds"]["gold"] = None
+    r["seeds"]["seeds"].update(precision=None, recall=None)
+    for s in r["seeds"]["stages"]:
+        s["precision"] = None
+    r["align"] = None
+    return r
+
+
+def test_full_report_is_well_formed_with_three_plots() -> None:
+    page = render_html(FULL)
+    p = parse(page)
+    assert page.startswith("<!DOCTYPE html>")
+    assert page.count("<svg") == 3
+    assert [t for t, _ in p.elements].count("svg") == 3
+    # self-contained: nothing fetched, nothing scripted
+    low = page.lower()
+    for banned in ("<script", "<link", "http://cdn", "https://", "@import", "url("):
+        assert banned not in low
+    assert "<details>" in page
+
+
+def test_headline_numbers_are_formatted() -> None:
+    text = "".join(parse(render_html(FULL)).text)
+    for expected in ("Hits@1 0.810", "Hits@10 0.930", "MRR 0.860", "5,340", "precision 0.854",
+                     "recall 0.304", "19,661 left", "19,993 right", "15,000", "seeds 104.6 s",
+                     "total 190.1 s", "meaformer", "name, image", "mean 0.590",
+                     "s3://bucket/DBP15K/zh_en"):
+        assert expected in text, expected
+
+
+def test_no_gold_and_no_align_renders_notes_instead_of_plots() -> None:
+    page = render_html(no_gold_report())
+    p = parse(page)
+    assert "no gold links: precision not measured" in page
+    assert "Hits@k not measured" in page
+    # stage counts and coverage still drawn; the Hits@k plot is not
+    assert page.count("<svg") == 2
+    assert rects(p, **{"data-panel": "precision"}) == []
+    assert len(rects(p, **{"data-panel": "seeds (cumulative)"})) == 4
+
+
+def test_align_without_variants_or_hits_says_no_gold() -> None:
+    r = copy.deepcopy(FULL)
+    r["align"] = {"recipe": "meaformer", "hits@1": None, "hits@10": None, "mrr": None}
+    page = render_html(r)
+    parse(page)
+    assert "no gold links: Hits@k not measured" in page
+    assert page.count("<svg") == 2
+
+
+@pytest.mark.parametrize("report", [{}, {"seeds": None, "align": None, "config": None},
+                                    {"seeds": {"stages": None, "coverage": None}},
+                                    {"seeds": {"stages": [stage("features", 0, None)]}}])
+def test_sparse_reports_render(report: dict) -> None:
+    page = render_html(report)
+    parse(page)
+    assert page.count("<svg") == 0
+    assert 'class="note"' in page
+
+
+def test_report_text_is_escaped() -> None:
+    evil = "<script>alert(1)</script>"
+    r = copy.deepcopy(FULL)
+    r["dataset"] = evil
+    r["pipeline"] = evil
+    r["seeds"]["method"] = evil
+    r["seeds"]["modalities"] = [evil]
+    r["seeds"]["stages"][1]["name"] = evil
+    r["seeds"]["coverage"]["degree_buckets"]["left"][0]["degrees"] = evil
+    r["align"]["variants"][evil] = metrics(0.1, 0.2, 0.3)
+    r["config"][evil] = evil
+    r["seconds"][evil] = 1.0
+    page = render_html(r)
+    parse(page)
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_count_and_precision_bars_scale_with_values() -> None:
+    p = parse(render_html(FULL))
+    count = {a["data-label"]: float(a["width"])
+             for a in rects(p, **{"data-panel": "seeds (cumulative)"})}
+    # the features stage has produced nothing and is left out
+    assert list(count) == ["stage1-cluster", "stage2-global", "stage2-mic", "stage3-expansion"]
+    assert count["stage2-global"] == pytest.approx(2 * count["stage1-cluster"], rel=1e-3)
+    assert count["stage2-mic"] == pytest.approx(3 * count["stage1-cluster"], rel=1e-3)
+    assert count["stage3-expansion"] > count["stage2-mic"]
+    prec = {a["data-label"]: float(a["width"]) for a in rects(p, **{"data-panel": "precision"})}
+    assert set(prec) == {"stage1-cluster", "stage2-global", "stage3-expansion"}
+    assert prec["stage1-cluster"] == pytest.approx(2 * prec["stage2-global"], rel=1e-3)
+    assert "n/a" in p.text
+
+
+def test_grouped_bars_scale_and_cover_every_variant() -> None:
+    p = parse(render_html(FULL))
+    h1 = {a["data-group"]: float(a["height"]) for a in rects(p, **{"data-series": "Hits@1"})}
+    assert set(h1) == set(FULL["align"]["variants"])
+    assert h1["l2r/plain/all"] == pytest.approx(2 * h1["l2r/csls/test"], rel=1e-3)
+    mrr = {a["data-group"]: float(a["height"]) for a in rects(p, **{"data-series": "MRR"})}
+    assert mrr["l2r/plain/all"] == pytest.approx(0.85 / 0.5 * mrr["l2r/csls/test"], rel=1e-3)
+    # bars stand on a common baseline: y + height is the same for all
+    bottoms = {round(float(a["y"]) + float(a["height"]), 2)
+               for a in rects(p, **{"data-series": "Hits@10"})}
+    assert len(bottoms) == 1
+
+
+def test_coverage_groups_left_and_right_per_bucket() -> None:
+    p = parse(render_html(FULL))
+    left = {a["data-group"]: float(a["height"]) for a in rects(p, **{"data-series": "left"})}
+    right = {a["data-group"]: float(a["height"]) for a in rects(p, **{"data-series": "right"})}
+    assert set(right) == {"deg 1-1", "deg 2-3", "deg 4-7", "deg 8-15"}
+    # None on the left for 4-7 and a bucket missing on the left: no bar, an n/a label instead
+    assert set(left) == {"deg 1-1", "deg 2-3"}
+    assert left["deg 2-3"] == pytest.approx(2 * left["deg 1-1"], rel=1e-3)
+    assert right["deg 8-15"] == pytest.approx(7 * right["deg 1-1"], rel=1e-3)
+    assert [t.strip() for t in p.text].count("n/a") >= 3
+    # bucket labels read in degree order, 8-15 after 4-7 despite string order
+    labels = [t for t in p.text if t.startswith("deg ")]
+    assert labels == ["deg 1-1", "deg 2-3", "deg 4-7", "deg 8-15"]
