@@ -6,6 +6,8 @@ Sub-commands (``psqe-ray <command> --help`` for options):
 * ``synth``   synthetic KG pair with a planted alignment -> dataset
 * ``inspect`` counts per table, side and modality, plus validation
 * ``seeds``   pseudo seeds (PSQE, UVP, multimodal greedy) -> seeds.parquet + report.json
+* ``align``   downstream aligner on seeds -> alignment.parquet + metrics.json
+* ``run``     encode -> seeds -> aligner -> report.json + report.html
 
 Errors in the input are printed as one line ``error: <where>: <problem>`` with exit status 2.
 """
@@ -111,12 +113,7 @@ def _cmd_seeds(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_seed_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``psqe-ray seeds``, shared with ``jobs/seeds.py``."""
-    p.add_argument("dataset", metavar="DATASET_URL")
-    p.add_argument("out", metavar="OUT_URL", help="writes OUT_URL/seeds.parquet and report.json")
-    p.add_argument("--method", choices=["psqe", "uvp", "multimodal-greedy"], default=None,
-                   help="default psqe")
+def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modalities", metavar="LIST",
                    help="comma-separated subset of name,relation,attribute,image (or any "
                         "feature table); default: all that are present")
@@ -126,18 +123,67 @@ def add_seed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (default 42)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: in this process (default); ray: the distributed path (the "
-                        "cluster of RAY_ADDRESS, else an embedded Ray), stages committed under "
-                        "OUT_URL/stages/ and resumed on a rerun")
+                        "cluster of RAY_ADDRESS, else an embedded Ray)")
+
+
+def _add_method(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=["psqe", "uvp", "multimodal-greedy"], default=None,
+                   help="seed method (default psqe)")
+
+
+def _add_recipe(p: argparse.ArgumentParser) -> None:
+    from psqe_ray.config import RECIPES
+
+    p.add_argument("--recipe", choices=RECIPES, default=None,
+                   help="downstream aligner (default meaformer)")
+
+
+def add_seed_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``psqe-ray seeds``, shared with ``jobs/seeds.py``."""
+    p.add_argument("dataset", metavar="DATASET_URL")
+    p.add_argument("out", metavar="OUT_URL", help="writes OUT_URL/seeds.parquet and report.json "
+                   "(with --engine ray, stages under OUT_URL/stages/, resumed on a rerun)")
+    _add_method(p)
+    _add_common(p)
+
+
+def add_align_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``psqe-ray align``, shared with ``jobs/align.py``."""
+    p.add_argument("dataset", metavar="DATASET_URL")
+    p.add_argument("seeds", metavar="SEEDS_URL",
+                   help="the output folder of `psqe-ray seeds`, or a seeds Parquet file "
+                        "(left_id, right_id[, accepted])")
+    p.add_argument("out", metavar="OUT_URL", help="writes OUT_URL/alignment.parquet and "
+                   "metrics.json")
+    _add_recipe(p)
+    _add_common(p)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``psqe-ray run``, shared with ``jobs/run.py``."""
+    p.add_argument("dataset", metavar="DATASET_URL")
+    p.add_argument("out", metavar="OUT_URL", help="writes OUT_URL/seeds/, OUT_URL/align/, "
+                   "OUT_URL/report.json and OUT_URL/report.html")
+    _add_method(p)
+    _add_recipe(p)
+    _add_common(p)
+
+
+def _config(args: argparse.Namespace):
+    from psqe_ray.config import load_config
+
+    overrides = {"method": getattr(args, "method", None), "seed": args.seed}
+    if args.modalities:
+        overrides["modalities"] = args.modalities
+    sets = list(args.set or [])
+    if getattr(args, "recipe", None):
+        sets.append(f"align.recipe={args.recipe}")
+    return load_config(_read_config_text(args.config), sets, **overrides)
 
 
 def seeds_main(args: argparse.Namespace) -> dict:
     """Run ``psqe-ray seeds`` (or the seed job) from parsed options; returns the report."""
-    from psqe_ray.config import load_config
-
-    overrides = {"method": args.method, "seed": args.seed}
-    if args.modalities:
-        overrides["modalities"] = args.modalities
-    cfg = load_config(_read_config_text(args.config), args.set, **overrides)
+    cfg = _config(args)
     if args.engine == "ray":
         from psqe_ray.distributed.psqe import run_seeds_on_ray
         from psqe_ray.distributed.runtime import ray_session
@@ -149,6 +195,62 @@ def seeds_main(args: argparse.Namespace) -> dict:
 
     encode_configured(args.dataset, cfg)
     return run_seeds(args.dataset, args.out, cfg)
+
+
+def align_main(args: argparse.Namespace) -> dict:
+    """Run ``psqe-ray align`` (or the align job); returns the metrics."""
+    cfg = _config(args)
+    if args.engine == "ray":
+        from psqe_ray.distributed.align import run_align_on_ray
+
+        return run_align_on_ray(args.dataset, args.seeds, args.out, cfg)
+    from psqe_ray.pipeline import run_align
+
+    return run_align(args.dataset, args.seeds, args.out, cfg)
+
+
+def run_main(args: argparse.Namespace) -> dict:
+    """Run ``psqe-ray run`` (or the pipeline job); returns the report."""
+    import time
+
+    cfg = _config(args)
+
+    def encode() -> float:
+        t = time.perf_counter()
+        encode_configured(args.dataset, cfg)
+        return time.perf_counter() - t
+
+    if args.engine == "ray":
+        from psqe_ray.distributed.align import run_pipeline_on_ray
+
+        return run_pipeline_on_ray(args.dataset, args.out, cfg, encode=encode)
+    from psqe_ray.pipeline import run_pipeline
+
+    return run_pipeline(args.dataset, args.out, cfg, encode=encode)
+
+
+def align_summary(metrics: dict) -> dict:
+    return {k: metrics.get(k) for k in ("recipe", "hits@1", "hits@10", "mrr", "seeds_used",
+                                         "seconds_total")}
+
+
+def run_summary(report: dict) -> dict:
+    seeds = report.get("seeds") or {}
+    return {"seeds": seeds.get("seeds", {}).get("count"),
+            "seed_precision": seeds.get("seeds", {}).get("precision"),
+            **align_summary(report.get("align") or {}),
+            "seconds_total": report["seconds"]["total"],
+            "report": report["out"].rstrip("/") + "/report.html"}
+
+
+def _cmd_align(args: argparse.Namespace) -> int:
+    print(json.dumps(align_summary(align_main(args)), sort_keys=True))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    print(json.dumps(run_summary(run_main(args)), sort_keys=True))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     sds = sub.add_parser("seeds", help="generate pseudo seeds (PSQE or a UVP baseline)")
     add_seed_arguments(sds)
     sds.set_defaults(func=_cmd_seeds)
+
+    aln = sub.add_parser("align", help="train a downstream aligner (eva, mclea, meaformer, "
+                         "pcmea) on seeds -> alignment.parquet + metrics.json")
+    add_align_arguments(aln)
+    aln.set_defaults(func=_cmd_align)
+
+    run = sub.add_parser("run", help="the whole pipeline: encode (when configured) -> seeds "
+                         "-> aligner -> report.json + report.html")
+    add_run_arguments(run)
+    run.set_defaults(func=_cmd_run)
 
     enc = sub.add_parser("encode", help="encode one modality with a model into "
                          "features/<modality> of the dataset (Ray Data actor pool)")

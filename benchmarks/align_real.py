@@ -1,0 +1,102 @@
+"""Downstream aligners on the real pairs: every recipe x {UVP, PSQE seeds} x {with, without names}.
+
+    python benchmarks/align_real.py [--pair fr_en ...] [--recipe meaformer ...]
+                                    [--names with|without|both] [--set KEY=VALUE ...]
+
+Per (pair, names): PSQE seeds (`psqe-ray seeds`; an existing PSQE output of
+benchmarks/seeds_real.py in CACHE/runs is reused), then UVP seeds with the same budget as the
+PSQE seed count (same number of seeds, so the comparison is about which seeds).  Then one
+`psqe-ray align` child process per (recipe, seeds); one JSON line per run: Hits@1/10/MRR
+(left-to-right, all gold pairs, every entity a candidate), the field's test split, CSLS,
+seconds (train + evaluation, in the child) and peak RSS.  Without names, UVP's pivot is the
+first available modality (attribute bags on OpenEA); DBP15K has no signal without names here
+(relations are unnamed ids) and the seed step says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import run_measured  # noqa: E402
+from import_real import PAIRS  # noqa: E402
+from seeds_real import WITH_NAMES, WITHOUT_NAMES, ensure_import  # noqa: E402
+
+RECIPES = ["eva", "mclea", "meaformer", "pcmea"]
+CLI = [sys.executable, "-m", "psqe_ray.cli", "-q"]
+
+
+def seeds(ds: str, out: Path, method: str, modalities: str, sets: list[str]) -> dict:
+    if not (out / "_MANIFEST.json").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = CLI + ["seeds", ds, str(out), "--method", method, "--modalities", modalities]
+        for s in sets:
+            cmd += ["--set", s]
+        run_measured(cmd)
+    return json.loads((out / "report.json").read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--pair", action="append", choices=sorted(PAIRS))
+    p.add_argument("--recipe", action="append", choices=RECIPES)
+    p.add_argument("--seeds", action="append", choices=["uvp", "psqe"])
+    p.add_argument("--names", choices=["with", "without", "both"], default="both")
+    p.add_argument("--set", action="append", default=[], help="aligner settings (align.*)")
+    p.add_argument("--cache", default="/tmp/psqe-bench")
+    args = p.parse_args()
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    mods = {"with": [WITH_NAMES], "without": [WITHOUT_NAMES],
+            "both": [WITH_NAMES, WITHOUT_NAMES]}[args.names]
+    for pair in args.pair or ["fr_en", "zh_en", "openea"]:
+        ds = ensure_import(pair, cache)
+        for modalities in mods:
+            tag = "names" if "name" in modalities else "nonames"
+            runs = cache / "align-runs" / f"{pair}-{tag}"
+            try:
+                old = cache / "runs" / f"{pair}-psqe-{tag}"
+                psqe_url = old if (old / "_MANIFEST.json").exists() else runs / "seeds-psqe"
+                psqe = seeds(ds, psqe_url, "psqe", modalities, [])
+                budget = psqe["seeds"]["count"]
+                uvp = seeds(ds, runs / f"seeds-uvp-{budget}", "uvp", modalities,
+                            [f"stage1.budget={budget}"])
+            except SystemExit as exc:  # e.g. no modality with a cross-graph signal
+                print(json.dumps({"pair": pair, "names": tag == "names",
+                                  "error": str(exc).strip().splitlines()[-1][-300:]}), flush=True)
+                continue
+            seed_sets = {"uvp": (runs / f"seeds-uvp-{budget}", uvp),
+                         "psqe": (psqe_url, psqe)}
+            for recipe in args.recipe or RECIPES:
+                for kind in args.seeds or ["uvp", "psqe"]:
+                    url, rep = seed_sets[kind]
+                    out = runs / f"align-{recipe}-{kind}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    cmd = CLI + ["align", ds, str(url), str(out), "--recipe", recipe,
+                                 "--modalities", modalities]
+                    for s in args.set:
+                        cmd += ["--set", s]
+                    m = run_measured(cmd)
+                    met = json.loads((out / "metrics.json").read_text())
+                    v = met["variants"]
+                    print(json.dumps({
+                        "pair": pair, "names": tag == "names", "recipe": recipe, "seeds": kind,
+                        "seed_count": rep["seeds"]["count"],
+                        "seed_precision": rep["seeds"]["precision"],
+                        "hits@1": met["hits@1"], "hits@10": met["hits@10"], "mrr": met["mrr"],
+                        "test_hits@1": v["l2r/plain/test"]["hits@1"],
+                        "csls_test_hits@1": v["l2r/csls/test"]["hits@1"],
+                        "r2l_hits@1": v["r2l/plain/all"]["hits@1"],
+                        "pairs_added": met["pairs_added"],
+                        "modality_weights": met["modality_weights"],
+                        "train_seconds": met["train_seconds"],
+                        "seconds": m["seconds"], "peak_rss_mib": round(m["peak_rss_bytes"] / 2**20),
+                    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()

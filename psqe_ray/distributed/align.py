@@ -1,0 +1,124 @@
+"""The downstream aligner on Ray Train: :class:`psqe_ray.align.trainer.Aligner` in
+``distributed.train_workers`` data-parallel workers (gradients all-reduced every step), and the
+align / pipeline jobs that use it.
+
+Rank 0 embeds every entity with the trained model and hands the joint vectors back through its
+final Ray Train checkpoint (under ``OUT_URL/_train``, removed once the alignment is committed;
+any fsspec URL works, so a multi-node cluster with ``s3://`` storage shares it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import tempfile
+from typing import Any
+
+import numpy as np
+import ray
+
+from psqe_ray.align.trainer import Aligner
+from psqe_ray.config import PSQEConfig, to_dict
+from psqe_ray.distributed.psqe import _pyarrow_fs, run_seeds_on_ray
+from psqe_ray.distributed.runtime import allreduce_gradients, ray_session, train_threads
+from psqe_ray.distributed.tasks import rss
+from psqe_ray.io.fs import StorageOptions, join, resolve
+from psqe_ray.pipeline import run_align, run_pipeline
+
+log = logging.getLogger(__name__)
+
+TRAIN = "_train"
+_RESULT = ("embeddings_", "modality_weights_", "added_", "losses_", "train_seconds_")
+
+
+def _align_worker(config: dict) -> None:
+    """Ray Train loop: the aligner's ``fit`` with all-reduced gradients; rank 0 reports the
+    result in a checkpoint."""
+    import ray.train
+    import torch
+
+    from psqe_ray.config import AlignConfig
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(config["threads"])
+    feats, graph, seeds = ray.get(config["refs"])
+    cfg = AlignConfig(**{**config["align"], "fanout": tuple(config["align"]["fanout"])})
+    aligner = Aligner(cfg, config["seed"]).fit(
+        feats, graph, config["n_left"], seeds[0], seeds[1], rank=rank, world=world,
+        sync=lambda m: allreduce_gradients(m, world))
+    if rank == 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(os.path.join(tmp, "result.pkl"), "wb") as fh:
+                pickle.dump({**{k: getattr(aligner, k) for k in _RESULT}, "rss": rss()}, fh)
+            ray.train.report({"epochs": len(aligner.losses_)},
+                             checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    else:
+        ray.train.report({"epochs": len(aligner.losses_)})
+
+
+def ray_align_engine(cfg: PSQEConfig, out_url: str, storage_options: StorageOptions = None):
+    """An ``engine`` for :func:`psqe_ray.pipeline.run_align` that trains on Ray Train."""
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    def fit(feats, graph, n_left: int, seed_l: np.ndarray, seed_r: np.ndarray) -> Aligner:
+        d = cfg.distributed
+        threads = train_threads(d.train_workers)
+        refs = [ray.put(feats), ray.put(graph), ray.put((seed_l, seed_r))]
+        storage_url = join(out_url, TRAIN)
+        pafs, storage_path = _pyarrow_fs(storage_url, storage_options)
+        trainer = TorchTrainer(
+            _align_worker,
+            train_loop_config={"refs": refs, "align": to_dict(cfg.align), "seed": cfg.seed,
+                               "n_left": n_left, "threads": threads},
+            scaling_config=ScalingConfig(num_workers=d.train_workers, use_gpu=False,
+                                         resources_per_worker={"CPU": d.train_cpus}),
+            run_config=RunConfig(name=f"align-{cfg.align.recipe}", storage_path=storage_path,
+                                 storage_filesystem=pafs,
+                                 checkpoint_config=CheckpointConfig(num_to_keep=1)))
+        try:
+            result = trainer.fit()
+            if getattr(result, "error", None) is not None:
+                raise result.error
+            with result.checkpoint.as_directory() as tmp:
+                with open(os.path.join(tmp, "result.pkl"), "rb") as fh:
+                    state = pickle.load(fh)
+        finally:
+            fs, path = resolve(storage_url, storage_options)
+            try:
+                fs.rm(path, recursive=True)
+            except (FileNotFoundError, OSError):
+                pass
+        aligner = Aligner(cfg.align, cfg.seed)
+        for k in _RESULT:
+            setattr(aligner, k, state[k])
+        aligner.report_extras_ = {"engine": "ray", "train_workers": d.train_workers,
+                                  "threads_per_worker": threads,
+                                  "worker_peak_rss_bytes": int(state["rss"])}
+        return aligner
+
+    return fit
+
+
+def run_align_on_ray(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *,
+                     storage_options: StorageOptions = None) -> dict[str, Any]:
+    """The align job: :func:`psqe_ray.pipeline.run_align` with the training on Ray Train."""
+    with ray_session():
+        return run_align(dataset_url, seeds_url, out_url, cfg, storage_options=storage_options,
+                         engine=ray_align_engine(cfg, out_url, storage_options))
+
+
+def run_pipeline_on_ray(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
+                        storage_options: StorageOptions = None, encode=None) -> dict[str, Any]:
+    """The pipeline job: seeds on the distributed path (stages committed and resumable), the
+    aligner on Ray Train, the report on the driver."""
+    with ray_session():
+        return run_pipeline(
+            dataset_url, out_url, cfg, storage_options=storage_options, encode=encode,
+            seeds=lambda out: run_seeds_on_ray(dataset_url, out, cfg,
+                                               storage_options=storage_options),
+            align=lambda s, out: run_align(dataset_url, s, out, cfg,
+                                           storage_options=storage_options,
+                                           engine=ray_align_engine(cfg, out, storage_options)))

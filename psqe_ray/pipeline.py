@@ -1,0 +1,216 @@
+"""Align and run: seeds -> downstream aligner -> ``alignment.parquet`` + ``metrics.json``, and the
+one-command pipeline (encode -> seeds -> aligner -> ``report.json`` + ``report.html``).
+
+Gold links are read only after the aligner is trained, to evaluate it; no setting or checkpoint
+is chosen on them (there is one checkpoint: the last).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from psqe_ray import __version__
+from psqe_ray.align.trainer import Aligner
+from psqe_ray.config import PSQEConfig, fingerprint, to_dict
+from psqe_ray.core.evaluation import alignment_metrics
+from psqe_ray.core.psqe import SeedGenerator
+from psqe_ray.core.topk import topk_search
+from psqe_ray.core.train import joint_graph, model_inputs
+from psqe_ray.errors import ConfigError, DataError
+from psqe_ray.io.dataset import Dataset, DatasetWriter
+from psqe_ray.io.fs import StorageOptions, exists, join, read_bytes, resolve
+from psqe_ray.io.load import load_pair
+
+log = logging.getLogger(__name__)
+
+# fit(feats, graph, n_left, seed_left, seed_right) -> a fitted Aligner (the Ray Train path
+# passes its own)
+AlignEngine = Callable[..., Aligner]
+
+
+def read_seeds(seeds_url: str, counts: dict[str, int], *,
+               storage_options: StorageOptions = None) -> tuple[np.ndarray, np.ndarray]:
+    """Accepted seed pairs from a ``psqe-ray seeds`` output folder or a seeds Parquet file.
+
+    A file needs ``left_id`` and ``right_id`` (int); ``accepted`` (bool) is honoured when
+    present.  Ids must lie in the dataset and appear once per side (seeds are one-to-one).
+    """
+    fs, path = resolve(seeds_url, storage_options)
+    if fs.isdir(path):
+        if not exists(fs, join(path, "seeds.parquet"), seeds_url):
+            raise DataError(seeds_url, "a folder without seeds.parquet (expected the output of "
+                                       "`psqe-ray seeds`, or a seeds Parquet file)")
+        path, seeds_url = join(path, "seeds.parquet"), join(seeds_url, "seeds.parquet")
+    elif not exists(fs, path, seeds_url):
+        raise DataError(seeds_url, "no such file or folder")
+    try:
+        with fs.open(path, "rb") as fh:
+            t = pq.read_table(fh)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(seeds_url, f"not a readable Parquet file: {' '.join(str(exc).split())}") from None
+    missing = [c for c in ("left_id", "right_id") if c not in t.column_names]
+    if missing:
+        raise DataError(seeds_url, f"missing column(s) {missing}; has {t.column_names}")
+    if "accepted" in t.column_names:
+        t = t.filter(pc.fill_null(t.column("accepted"), False))
+    out = []
+    for col, side in (("left_id", "left"), ("right_id", "right")):
+        c = t.column(col)
+        if not pa.types.is_integer(c.type):
+            raise DataError(seeds_url, f"column {col} must be integer, is {c.type}")
+        if c.null_count:
+            raise DataError(seeds_url, f"column {col} has {c.null_count} null(s)")
+        ids = c.to_numpy().astype(np.int64)
+        bad = (ids < 0) | (ids >= counts[side])
+        if bad.any():
+            raise DataError(seeds_url, f"{col} {int(ids[bad][0])} is not a {side} entity of the "
+                                       f"dataset (ids 0..{counts[side] - 1}); {int(bad.sum())} "
+                                       "such row(s)")
+        uniq, n = np.unique(ids, return_counts=True)
+        if (n > 1).any():
+            raise DataError(seeds_url, f"duplicate {col} {int(uniq[n > 1][0])} among the accepted "
+                                       "seeds (seeds are one-to-one)")
+        out.append(ids)
+    if len(out[0]) < 2:
+        raise DataError(seeds_url, f"{len(out[0])} accepted seed pair(s); the aligner needs at "
+                                   "least 2")
+    return out[0], out[1]
+
+
+def alignment_table(left: np.ndarray, right: np.ndarray, k: int) -> pa.Table:
+    """Every left entity's top-``k`` right candidates (exact blocked search, FAISS when
+    importable), rank 1 first."""
+    scores, ids = topk_search(left, right, min(k, len(right)))
+    n, kk = ids.shape
+    return pa.table({
+        "left_id": pa.array(np.repeat(np.arange(n, dtype=np.int64), kk)),
+        "right_id": pa.array(ids.ravel().astype(np.int64)),
+        "rank": pa.array(np.tile(np.arange(1, kk + 1, dtype=np.int32), n)),
+        "score": pa.array(scores.ravel().astype(np.float32)),
+    })
+
+
+def _read_json(url: str, storage_options: StorageOptions) -> dict:
+    fs, path = resolve(url, storage_options)
+    return json.loads(read_bytes(fs, path, url))
+
+
+def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *,
+              storage_options: StorageOptions = None,
+              engine: AlignEngine | None = None) -> dict[str, Any]:
+    """Train ``cfg.align.recipe`` on the seeds at ``seeds_url``; write ``out_url``/
+    alignment.parquet and metrics.json atomically.  Returns the metrics (or the existing ones
+    when ``out_url`` already holds this exact result)."""
+    t0 = time.perf_counter()
+    cfg.check()
+    ds = Dataset(dataset_url, storage_options=storage_options)
+    counts = ds.entity_counts()
+    seed_l, seed_r = read_seeds(seeds_url, counts, storage_options=storage_options)
+    fp = fingerprint({"dataset": ds.manifest["fingerprint"], "config": to_dict(cfg),
+                      "seeds": fingerprint([seed_l.tolist(), seed_r.tolist()]),
+                      "code": __version__, **({"engine": "ray"} if engine else {})})
+    with DatasetWriter(out_url, stage=f"align-{cfg.align.recipe}", fingerprint=fp,
+                       storage_options=storage_options, require_graph=False,
+                       entity_counts=counts, keep=("_train",)) as writer:
+        if writer.committed:
+            log.info("%s already holds this alignment (fingerprint %s)", out_url, fp)
+            return _read_json(join(out_url, "metrics.json"), storage_options)
+        pair = load_pair(ds)
+        gen = SeedGenerator(cfg)
+        try:
+            mods, _ = gen.prepare(pair)
+        except ValueError as exc:
+            raise ConfigError(f"{dataset_url}: {exc}") from None
+        feats = model_inputs(mods)
+        graph = joint_graph(pair.left.neighbours(), pair.right.neighbours(), pair.left.n)
+        log.info("align %s: %d seeds, modalities %s + structure", cfg.align.recipe, len(seed_l),
+                 gen.modalities_)
+        if engine is not None:
+            aligner = engine(feats, graph, pair.left.n, seed_l, seed_r)
+        else:
+            aligner = Aligner(cfg.align, cfg.seed).fit(feats, graph, pair.left.n, seed_l, seed_r)
+        left, right = aligner.embeddings_
+        t = time.perf_counter()
+        table = alignment_table(left, right, cfg.align.topk)
+        search_seconds = time.perf_counter() - t
+        metrics: dict[str, Any] = {"hits@1": None, "hits@10": None, "mrr": None}
+        if pair.gold is not None:  # evaluation only: after training, nothing chosen on it
+            metrics = alignment_metrics(left, right, pair.gold[0], pair.gold[1],
+                                        csls_k=cfg.align.csls_k, split_seed=cfg.align.split_seed)
+        metrics.update({
+            "recipe": cfg.align.recipe,
+            "dataset": dataset_url, "seeds": seeds_url,
+            "seeds_used": int(len(seed_l)),
+            "pairs_added": [int(x) for x in aligner.added_],
+            "modalities": list(aligner.modality_weights_),
+            "modality_weights": aligner.modality_weights_,
+            "gold": None if pair.gold is None else int(len(pair.gold[0])),
+            "entities": counts,
+            "train_seconds": round(aligner.train_seconds_, 3),
+            "search_seconds": round(search_seconds, 3),
+            "seconds_total": round(time.perf_counter() - t0, 3),
+            "align_config": to_dict(cfg.align),
+            "fingerprint": fp, "code_version": __version__,
+            **getattr(aligner, "report_extras_", {}),
+        })
+        writer.write("alignment", table, filename="alignment.parquet")
+        writer.put_file("metrics.json", json.dumps(metrics, indent=1).encode(), fixed=True)
+        writer.commit(meta={"dataset": dataset_url, "seeds": seeds_url,
+                            "recipe": cfg.align.recipe})
+    log.info("align %s: hits@1 %s, hits@10 %s, mrr %s, %.1f s", cfg.align.recipe,
+             metrics["hits@1"], metrics["hits@10"], metrics["mrr"], metrics["seconds_total"])
+    return metrics
+
+
+def run_pipeline(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
+                 storage_options: StorageOptions = None,
+                 encode: Callable[[], float] | None = None,
+                 seeds: Callable[[str], dict] | None = None,
+                 align: Callable[[str, str], dict] | None = None) -> dict[str, Any]:
+    """encode (``encode()`` -> seconds, when given) -> seeds into ``out_url``/seeds ->
+    aligner into ``out_url``/align -> ``report.json`` + ``report.html`` at ``out_url``.
+
+    ``seeds(out)`` / ``align(seeds_url, out)`` run those steps (default: in-process
+    :func:`psqe_ray.inprocess.run_seeds` and :func:`run_align`; the job passes the Ray ones).
+    A rerun reuses the committed seeds and alignment.
+    """
+    from psqe_ray.inprocess import run_seeds
+    from psqe_ray.report.html import render_html
+
+    t0 = time.perf_counter()
+    cfg.check()
+    seeds = seeds or (lambda out: run_seeds(dataset_url, out, cfg,
+                                            storage_options=storage_options))
+    align = align or (lambda s, out: run_align(dataset_url, s, out, cfg,
+                                               storage_options=storage_options))
+    fp = fingerprint({"dataset": dataset_url, "config": to_dict(cfg), "code": __version__})
+    with DatasetWriter(out_url, stage="run", fingerprint=fp, storage_options=storage_options,
+                       require_graph=False, keep=("seeds", "align")) as writer:
+        if writer.committed:
+            return _read_json(join(out_url, "report.json"), storage_options)
+        seconds = {"encode": round(encode(), 3) if encode else 0.0}
+        t = time.perf_counter()
+        seed_report = seeds(join(out_url, "seeds"))
+        seconds["seeds"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        metrics = align(join(out_url, "seeds"), join(out_url, "align"))
+        seconds["align"] = round(time.perf_counter() - t, 3)
+        seconds["total"] = round(time.perf_counter() - t0, 3)
+        report = {"pipeline": "psqe-ray run", "dataset": dataset_url, "out": out_url,
+                  "recipe": cfg.align.recipe, "seconds": seconds, "seeds": seed_report,
+                  "align": metrics, "config": to_dict(cfg), "code_version": __version__,
+                  "outputs": {"seeds": join(out_url, "seeds", "seeds.parquet"),
+                              "alignment": join(out_url, "align", "alignment.parquet")}}
+        writer.put_file("report.json", json.dumps(report, indent=1, default=str).encode(),
+                        fixed=True)
+        writer.put_file("report.html", render_html(report).encode(), fixed=True)
+        writer.commit(meta={"dataset": dataset_url, "recipe": cfg.align.recipe})
+    return report

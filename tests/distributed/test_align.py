@@ -1,0 +1,70 @@
+"""The aligner on Ray Train and the pipeline job on a real local Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from psqe_ray.config import load_config
+from psqe_ray.distributed.align import run_align_on_ray
+from psqe_ray.pipeline import run_align
+from psqe_ray.testing.synth import SynthConfig, synthesize
+
+REPO = Path(__file__).resolve().parents[2]
+SETS = ["align.dim=16", "align.epochs=5", "align.round_epochs=2", "align.batch_size=64",
+        "align.recipe=meaformer", "stage2.epochs=8", "stage1.budget=60"]
+
+
+@pytest.fixture(scope="module")
+def pair_and_seeds(tmp_path_factory) -> tuple[str, str]:
+    from psqe_ray.cli import main
+
+    root = tmp_path_factory.mktemp("dalign")
+    synthesize(str(root / "pair"), SynthConfig(entities=200, seed=6))
+    assert main(["-q", "seeds", str(root / "pair"), str(root / "seeds"), "--method", "uvp",
+                 "--set", "stage1.budget=60"]) == 0
+    return str(root / "pair"), str(root / "seeds")
+
+
+def test_ray_train_aligner_equals_inprocess(pair_and_seeds, tmp_path, ray_local, ray_timeout):
+    pair, seeds = pair_and_seeds
+    cfg = load_config(None, SETS)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)  # a 2-CPU node's single training worker runs 2 threads
+    try:
+        local = run_align(pair, seeds, str(tmp_path / "local"), cfg)
+    finally:
+        torch.set_num_threads(old)
+    on_ray = run_align_on_ray(pair, seeds, str(tmp_path / "ray"), cfg)
+    assert on_ray["engine"] == "ray" and on_ray["train_workers"] == 1
+    assert on_ray["pairs_added"] == local["pairs_added"]
+    assert on_ray["variants"] == local["variants"]
+    a = pq.read_table(tmp_path / "local" / "alignment.parquet")
+    b = pq.read_table(tmp_path / "ray" / "alignment.parquet")
+    assert a.column("right_id").equals(b.column("right_id"))
+    assert not (tmp_path / "ray" / "_train").exists()  # the hand-over checkpoint is removed
+
+
+def test_pipeline_job_on_ray(pair_and_seeds, tmp_path, ray_local, ray_timeout, capsys):
+    sys.path.insert(0, str(REPO / "jobs"))
+    try:
+        import run as job
+    finally:
+        sys.path.pop(0)
+    pair, _ = pair_and_seeds
+    out = tmp_path / "job"
+    # UVP seeds keep the job short: the PSQE stages on Ray have their own tests
+    argv = [pair, str(out), "-q", "--method", "uvp"] + [x for s in SETS for x in ("--set", s)]
+    assert job.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["recipe"] == "meaformer" and summary["hits@1"] is not None
+    report = json.loads((out / "report.json").read_text())
+    assert report["seeds"]["engine"] == "ray" and report["align"]["engine"] == "ray"
+    assert report["seeds"]["method"] == "uvp"
+    assert (out / "seeds" / "stages").is_dir()  # the seed stages are committed for a resume
+    assert "<svg" in (out / "report.html").read_text()
