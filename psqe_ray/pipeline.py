@@ -36,6 +36,14 @@ log = logging.getLogger(__name__)
 AlignEngine = Callable[..., Aligner]
 
 
+def align_settings(cfg: PSQEConfig) -> dict[str, Any]:
+    """The configuration an alignment depends on: its features (modalities, feature settings,
+    the seed of the missing-value fill), the ``align`` section and the training workers."""
+    d = to_dict(cfg)
+    return {k: d[k] for k in ("modalities", "features", "seed", "align")} | {
+        "train_workers": cfg.distributed.train_workers}
+
+
 def read_seeds(seeds_url: str, counts: dict[str, int], *,
                storage_options: StorageOptions = None) -> tuple[np.ndarray, np.ndarray]:
     """Accepted seed pairs from a ``psqe-ray seeds`` output folder or a seeds Parquet file.
@@ -114,7 +122,7 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
     ds = Dataset(dataset_url, storage_options=storage_options)
     counts = ds.entity_counts()
     seed_l, seed_r = read_seeds(seeds_url, counts, storage_options=storage_options)
-    fp = fingerprint({"dataset": ds.manifest["fingerprint"], "config": to_dict(cfg),
+    fp = fingerprint({"dataset": ds.manifest["fingerprint"], "config": align_settings(cfg),
                       "seeds": fingerprint([seed_l.tolist(), seed_r.tolist()]),
                       "code": __version__, **({"engine": "ray"} if engine else {})})
     with DatasetWriter(out_url, stage=f"align-{cfg.align.recipe}", fingerprint=fp,
@@ -191,12 +199,16 @@ def run_pipeline(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
                                             storage_options=storage_options))
     align = align or (lambda s, out: run_align(dataset_url, s, out, cfg,
                                                storage_options=storage_options))
-    fp = fingerprint({"dataset": dataset_url, "config": to_dict(cfg), "code": __version__})
+    # encoding first (it updates the dataset, and is skipped when up to date): the run is
+    # named by the dataset as the seeds will read it
+    seconds = {"encode": round(encode(), 3) if encode else 0.0}
+    ds = Dataset(dataset_url, storage_options=storage_options)
+    fp = fingerprint({"dataset": ds.manifest["fingerprint"], "config": to_dict(cfg),
+                      "code": __version__})
     with DatasetWriter(out_url, stage="run", fingerprint=fp, storage_options=storage_options,
                        require_graph=False, keep=("seeds", "align")) as writer:
         if writer.committed:
             return _read_json(join(out_url, "report.json"), storage_options)
-        seconds = {"encode": round(encode(), 3) if encode else 0.0}
         t = time.perf_counter()
         seed_report = seeds(join(out_url, "seeds"))
         seconds["seeds"] = round(time.perf_counter() - t, 3)
