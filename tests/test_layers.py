@@ -38,3 +38,16 @@ def test_layer_rule_detects_violations(tmp_path):
     probe = tmp_path / "x.py"
     probe.write_text("import ray.data\nfrom fsspec import core\n")
     assert _imports(probe) >= {"ray", "fsspec"}
+
+
+def test_align_imports_only_core_and_config():
+    """align/ sits between core/ and distributed/: no Ray, no storage, no jobs."""
+    files = list((PKG / "align").rglob("*.py"))
+    assert files
+    for f in files:
+        tree = ast.parse(f.read_text(), filename=str(f))
+        mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        inner = {m for m in mods if m.startswith("psqe_ray.")}
+        bad = {m for m in inner if not m.startswith(("psqe_ray.core", "psqe_ray.config",
+                                                     "psqe_ray.align"))}
+        assert not bad and not _imports(f) & {"ray", "fsspec", "s3fs"}, f"{f}: {bad}"
