@@ -21,7 +21,7 @@ from psqe_ray.core.metrics import coverage_report, judged_precision, seed_precis
 from psqe_ray.core.psqe import SeedGenerator
 from psqe_ray.errors import ConfigError
 from psqe_ray.io.dataset import Dataset, DatasetWriter
-from psqe_ray.io.fs import StorageOptions
+from psqe_ray.io.fs import StorageOptions, join, read_json
 from psqe_ray.io.load import load_pair
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,7 @@ def run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
                        entity_counts=counts, keep=("stages",)) as writer:
         if writer.committed:
             log.info("%s already holds these seeds (fingerprint %s)", out_url, fp)
-            out = Dataset(out_url, storage_options=storage_options)
-            from psqe_ray.io.fs import read_bytes, join
-            return json.loads(read_bytes(out.fs, join(out.root, "report.json"),
-                                         join(out_url, "report.json")))
+            return read_json(join(out_url, "report.json"), storage_options)
         t = time.perf_counter()
         pair = load_pair(ds)
         load_seconds = time.perf_counter() - t

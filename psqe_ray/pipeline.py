@@ -26,7 +26,7 @@ from psqe_ray.core.topk import topk_search
 from psqe_ray.core.train import joint_graph, model_inputs
 from psqe_ray.errors import ConfigError, DataError
 from psqe_ray.io.dataset import Dataset, DatasetWriter
-from psqe_ray.io.fs import StorageOptions, exists, join, read_bytes, resolve
+from psqe_ray.io.fs import StorageOptions, exists, join, read_json, resolve
 from psqe_ray.io.load import load_pair
 
 log = logging.getLogger(__name__)
@@ -106,11 +106,6 @@ def alignment_table(left: np.ndarray, right: np.ndarray, k: int) -> pa.Table:
     })
 
 
-def _read_json(url: str, storage_options: StorageOptions) -> dict:
-    fs, path = resolve(url, storage_options)
-    return json.loads(read_bytes(fs, path, url))
-
-
 def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *,
               storage_options: StorageOptions = None,
               engine: AlignEngine | None = None) -> dict[str, Any]:
@@ -130,7 +125,7 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
                        entity_counts=counts, keep=("_train",)) as writer:
         if writer.committed:
             log.info("%s already holds this alignment (fingerprint %s)", out_url, fp)
-            return _read_json(join(out_url, "metrics.json"), storage_options)
+            return read_json(join(out_url, "metrics.json"), storage_options)
         pair = load_pair(ds)
         gen = SeedGenerator(cfg)
         try:
@@ -208,7 +203,7 @@ def run_pipeline(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
     with DatasetWriter(out_url, stage="run", fingerprint=fp, storage_options=storage_options,
                        require_graph=False, keep=("seeds", "align")) as writer:
         if writer.committed:
-            return _read_json(join(out_url, "report.json"), storage_options)
+            return read_json(join(out_url, "report.json"), storage_options)
         t = time.perf_counter()
         seed_report = seeds(join(out_url, "seeds"))
         seconds["seeds"] = round(time.perf_counter() - t, 3)

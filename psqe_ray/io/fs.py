@@ -77,6 +77,14 @@ def read_bytes(fs: fsspec.AbstractFileSystem, path: str, url: str) -> bytes:
         raise DataError(url, f"cannot read: {one_line(exc)}") from None
 
 
+def read_json(url: str, storage_options: StorageOptions = None):
+    """The JSON document at ``url`` (e.g. a committed output's report)."""
+    import json
+
+    fs, path = resolve(url, storage_options)
+    return json.loads(read_bytes(fs, path, url))
+
+
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     proto = fs.protocol
     return (proto,) if isinstance(proto, str) else tuple(proto)
