@@ -8,8 +8,6 @@ Ray Train -> ``OUT_URL/report.json`` and ``OUT_URL/report.html``.  Started direc
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -17,21 +15,12 @@ from pathlib import Path
 # image does not have it installed
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from psqe_ray.cli import add_run_arguments, run_command, run_main, run_summary  # noqa: E402
+from psqe_ray.cli import add_run_arguments, job_main, run_main, run_summary  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="jobs/run.py", description=__doc__.split("\n")[0])
-    add_run_arguments(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    args = p.parse_args(argv)
-    args.engine = "ray"
-
-    def run(a: argparse.Namespace) -> int:
-        print(json.dumps(run_summary(run_main(a)), sort_keys=True))
-        return 0
-
-    return run_command(run, args)
+    return job_main(argv, prog="jobs/run.py", doc=__doc__, add_arguments=add_run_arguments,
+                    main=run_main, summary=run_summary)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ when started directly (``python jobs/seeds.py ...``).  Committed stages under
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -17,25 +15,16 @@ from pathlib import Path
 # image does not have it installed
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from psqe_ray.cli import add_seed_arguments, run_command, seeds_main  # noqa: E402
+from psqe_ray.cli import add_seed_arguments, job_main, seeds_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="jobs/seeds.py", description=__doc__.split("\n")[0])
-    add_seed_arguments(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    args = p.parse_args(argv)
-    args.engine = "ray"
-
-    def run(a: argparse.Namespace) -> int:
-        report = seeds_main(a)
-        print(json.dumps({"seeds": report["seeds"]["count"],
-                          "precision": report["seeds"]["precision"],
-                          "resumed_stages": report.get("resumed_stages", []),
-                          "seconds_total": report["seconds_total"]}, sort_keys=True))
-        return 0
-
-    return run_command(run, args)
+    return job_main(argv, prog="jobs/seeds.py", doc=__doc__, add_arguments=add_seed_arguments,
+                    main=seeds_main,
+                    summary=lambda r: {"seeds": r["seeds"]["count"],
+                                       "precision": r["seeds"]["precision"],
+                                       "resumed_stages": r.get("resumed_stages", []),
+                                       "seconds_total": r["seconds_total"]})
 
 
 if __name__ == "__main__":

@@ -362,6 +362,23 @@ def run_command(func, args: argparse.Namespace) -> int:
         return 130
 
 
+def job_main(argv: Sequence[str] | None, *, prog: str, doc: str, add_arguments,
+             main, summary) -> int:
+    """A Ray job's entry point (``jobs/*.py``): the command's options plus ``-q``, always on
+    the distributed engine; prints ``summary(main(args))`` as one JSON line."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    add_arguments(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    args = p.parse_args(argv)
+    args.engine = "ray"
+
+    def run(a: argparse.Namespace) -> int:
+        print(json.dumps(summary(main(a)), sort_keys=True))
+        return 0
+
+    return run_command(run, args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return run_command(args.func, args)
