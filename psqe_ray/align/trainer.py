@@ -28,7 +28,7 @@ from psqe_ray.align.recipes import Recipe, get_recipe
 from psqe_ray.config import AlignConfig
 from psqe_ray.core.gat import CSRSampler, icl_loss
 from psqe_ray.core.topk import topk_search
-from psqe_ray.core.train import stage_rng
+from psqe_ray.core.train import layer_fanouts, rank_batches, stage_rng
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Aligner:
         order_rng = stage_rng(self.random_state, ALIGN_ORDER)
         sampler = CSRSampler(graph[0], graph[1], stage_rng(self.random_state, ALIGN_SAMPLE, rank))
         full = CSRSampler(graph[0], graph[1], stage_rng(self.random_state, ALIGN_SAMPLE))
-        fanouts = tuple(cfg.fanout[:cfg.gat_layers]) + (None,) * max(0, cfg.gat_layers - len(cfg.fanout))
+        fanouts = layer_fanouts(cfg.fanout, cfg.gat_layers)
         pairs_l = np.asarray(seed_left, np.int64)
         pairs_r = np.asarray(seed_right, np.int64)
         self.losses_: list[float] = []
@@ -155,11 +155,8 @@ class Aligner:
             for _ in range(epochs):
                 perm = order_rng.permutation(n)
                 total = 0.0
-                for a in range(0, n, cfg.batch_size):
-                    batch = perm[a:a + cfg.batch_size]
-                    if len(batch) < 2 * world:
-                        continue
-                    loss = step_loss(np.array_split(batch, world)[rank])
+                for b in rank_batches(perm, cfg.batch_size, world, rank):
+                    loss = step_loss(b)
                     opt.zero_grad()
                     loss.backward()
                     if sync is not None:

@@ -54,8 +54,18 @@ def model_inputs(mods: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, An
     return {m: as_model_input(np.concatenate([v[0], v[1]])) for m, v in mods.items()}
 
 
-def _fanouts(cfg: Stage2Config) -> tuple[int | None, ...]:
-    return tuple(cfg.fanout[:cfg.gat_layers]) + (None,) * max(0, cfg.gat_layers - len(cfg.fanout))
+def layer_fanouts(fanout: tuple[int, ...], layers: int) -> tuple[int | None, ...]:
+    """Sampled neighbours per hop for ``layers`` GAT layers (None = all, past the list's end)."""
+    return tuple(fanout[:layers]) + (None,) * max(0, layers - len(fanout))
+
+
+def rank_batches(perm: np.ndarray, batch_size: int, world: int, rank: int):
+    """This worker's slice of each batch of ``perm`` (batches too small to give every worker
+    two pairs are skipped by all workers alike)."""
+    for a in range(0, len(perm), batch_size):
+        batch = perm[a:a + batch_size]
+        if len(batch) >= 2 * world:
+            yield np.array_split(batch, world)[rank]
 
 
 def new_encoder(feats: dict, anchor: str, cfg: Stage2Config, seed: int) -> SeedEncoder:
@@ -98,18 +108,14 @@ def train_encoder(feats: dict, graph: tuple[np.ndarray, np.ndarray], seed_left: 
                 "losses": list(losses), "epoch": len(losses)}
 
     n_seeds = len(seed_left)
-    fanouts = _fanouts(cfg)
+    fanouts = layer_fanouts(cfg.fanout, cfg.gat_layers)
     if n_seeds < 2 * world:
         model.eval()
         return model, losses
     for epoch in range(start, cfg.epochs):
         perm = order_rng.permutation(n_seeds)
         total = 0.0
-        for a in range(0, n_seeds, cfg.batch_size):
-            batch = perm[a:a + cfg.batch_size]
-            if len(batch) < 2 * world:
-                continue
-            b = np.array_split(batch, world)[rank]
+        for b in rank_batches(perm, cfg.batch_size, world, rank):
             targets = np.concatenate([seed_left[b], seed_right[b] + n_left])
             emb = model.embed_targets(feats, targets, sampler.blocks(targets, fanouts))
             loss = sum(icl_loss(z[:len(b)], z[len(b):], cfg.temperature, cfg.normalize)
