@@ -20,8 +20,9 @@ import ray
 
 from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import PSQEConfig, to_dict
-from psqe_ray.distributed.psqe import _pyarrow_fs, run_seeds_on_ray
-from psqe_ray.distributed.runtime import allreduce_gradients, ray_session, train_threads
+from psqe_ray.distributed.psqe import run_seeds_on_ray
+from psqe_ray.distributed.runtime import (allreduce_gradients, fit_on_cpus, ray_session,
+                                          train_threads)
 from psqe_ray.distributed.tasks import rss
 from psqe_ray.io.fs import StorageOptions, join, resolve
 from psqe_ray.pipeline import run_align, run_pipeline
@@ -60,31 +61,19 @@ def _align_worker(config: dict) -> None:
 
 def ray_align_engine(cfg: PSQEConfig, out_url: str, storage_options: StorageOptions = None):
     """An ``engine`` for :func:`psqe_ray.pipeline.run_align` that trains on Ray Train."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     def fit(feats, graph, n_left: int, seed_l: np.ndarray, seed_r: np.ndarray) -> Aligner:
         d = cfg.distributed
         threads = train_threads(d.train_workers)
         refs = [ray.put(feats), ray.put(graph), ray.put((seed_l, seed_r))]
         storage_url = join(out_url, TRAIN)
-        pafs, storage_path = _pyarrow_fs(storage_url, storage_options)
-        trainer = TorchTrainer(
-            _align_worker,
-            train_loop_config={"refs": refs, "align": to_dict(cfg.align), "seed": cfg.seed,
-                               "n_left": n_left, "threads": threads},
-            scaling_config=ScalingConfig(num_workers=d.train_workers, use_gpu=False,
-                                         resources_per_worker={"CPU": d.train_cpus}),
-            run_config=RunConfig(name=f"align-{cfg.align.recipe}", storage_path=storage_path,
-                                 storage_filesystem=pafs,
-                                 checkpoint_config=CheckpointConfig(num_to_keep=1)))
         try:
-            result = trainer.fit()
-            if getattr(result, "error", None) is not None:
-                raise result.error
-            with result.checkpoint.as_directory() as tmp:
-                with open(os.path.join(tmp, "result.pkl"), "rb") as fh:
-                    state = pickle.load(fh)
+            state = fit_on_cpus(
+                _align_worker,
+                {"refs": refs, "align": to_dict(cfg.align), "seed": cfg.seed, "n_left": n_left,
+                 "threads": threads},
+                workers=d.train_workers, cpus=d.train_cpus, name=f"align-{cfg.align.recipe}",
+                storage_url=storage_url, storage_options=storage_options,
+                result_file="result.pkl")
         finally:
             fs, path = resolve(storage_url, storage_options)
             try:

@@ -42,10 +42,10 @@ from psqe_ray.core.psqe import SeedGenerator, SeedTable
 from psqe_ray.core.topk import empty_topk, merge_topk
 from psqe_ray.distributed.tasks import (Fuser, TopKShard, cluster_task, expand_map, mic_map,
                                         parquet, put_table, read_table, rss)
-from psqe_ray.distributed.runtime import allreduce_gradients, train_threads
+from psqe_ray.distributed.runtime import allreduce_gradients, fit_on_cpus, train_threads
 from psqe_ray.io.dataset import Dataset, DatasetWriter
 from psqe_ray.inprocess import run_seeds, seeds_table
-from psqe_ray.io.fs import StorageOptions, exists, is_local, join, read_bytes, resolve
+from psqe_ray.io.fs import StorageOptions, exists, join, read_bytes, resolve
 from psqe_ray.schemas import SIDES, feature_table, vectors_numpy
 
 log = logging.getLogger(__name__)
@@ -109,16 +109,6 @@ def _train_worker(config: dict) -> None:
                                              "epoch": len(losses)})
     learned = embed(model, feats, graph) if rank == 0 else None
     report(len(losses), losses, lambda: {**snap(), "learned": learned})
-
-
-def _pyarrow_fs(url: str, storage_options) -> tuple[Any, str]:
-    """(pyarrow filesystem or None, path) for Ray Train's storage."""
-    fs, path = resolve(url, storage_options)
-    if is_local(fs):
-        return None, os.path.abspath(path)
-    import pyarrow.fs as pafs
-
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
 class RaySeedGenerator(SeedGenerator):
@@ -305,9 +295,6 @@ class RaySeedGenerator(SeedGenerator):
         return [r[:3] for r in results]
 
     def _learn(self, pair, mods, seed_l, seed_r):
-        from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
-
         from psqe_ray.core.train import joint_graph, model_inputs
 
         cfg, d = self.config, self.config.distributed
@@ -319,26 +306,15 @@ class RaySeedGenerator(SeedGenerator):
         resume = self._latest_checkpoint(join(storage_url, run_name))
         if resume:
             log.info("stage2: continuing from checkpoint %s", resume)
-        pafs, storage_path = _pyarrow_fs(storage_url, self.storage_options)
         threads = train_threads(d.train_workers)
-        stage2 = to_dict(cfg.stage2)
-        trainer = TorchTrainer(
+        state = fit_on_cpus(
             _train_worker,
-            train_loop_config={"refs": refs, "stage2": stage2, "seed": cfg.seed,
-                               "n_left": pair.left.n, "anchor": self.anchor_,
-                               "threads": threads, "checkpoint_every": d.checkpoint_every,
-                               "resume": resume, "storage_options": self.storage_options},
-            scaling_config=ScalingConfig(num_workers=d.train_workers, use_gpu=False,
-                                         resources_per_worker={"CPU": d.train_cpus}),
-            run_config=RunConfig(name=run_name, storage_path=storage_path,
-                                 storage_filesystem=pafs,
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2)))
-        result = trainer.fit()
-        if getattr(result, "error", None) is not None:
-            raise result.error
-        with result.checkpoint.as_directory() as tmp:
-            with open(os.path.join(tmp, "state.pkl"), "rb") as fh:
-                state = pickle.load(fh)
+            {"refs": refs, "stage2": to_dict(cfg.stage2), "seed": cfg.seed,
+             "n_left": pair.left.n, "anchor": self.anchor_, "threads": threads,
+             "checkpoint_every": d.checkpoint_every, "resume": resume,
+             "storage_options": self.storage_options},
+            workers=d.train_workers, cpus=d.train_cpus, name=run_name, storage_url=storage_url,
+            storage_options=self.storage_options, keep=2, result_file="state.pkl")
         self.losses_ = state["losses"]
         learned = state["learned"]
         self._res(self._current, workers=d.train_workers, cpus_per_worker=d.train_cpus,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import ray
 
@@ -78,3 +78,41 @@ def allreduce_gradients(module, world: int) -> None:
             p.grad = torch.zeros_like(p)
         dist.all_reduce(p.grad)
         p.grad /= world
+
+
+def _train_storage(url: str, storage_options) -> tuple[Any, str]:
+    """(pyarrow filesystem or None, path) for Ray Train's storage at any fsspec URL."""
+    from psqe_ray.io.fs import is_local, resolve
+
+    fs, path = resolve(url, storage_options)
+    if is_local(fs):
+        return None, os.path.abspath(path)
+    import pyarrow.fs as pafs
+
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def fit_on_cpus(loop: Callable[[dict], None], config: dict, *, workers: int, cpus: float,
+                name: str, storage_url: str, storage_options=None, keep: int = 1,
+                result_file: str) -> Any:
+    """Run ``loop`` on Ray Train (``workers`` data-parallel CPU workers of ``cpus`` each;
+    checkpoints under ``storage_url/name``, the newest ``keep``) and return the unpickled
+    ``result_file`` of the final checkpoint (written by rank 0)."""
+    import pickle
+
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    pafs, storage_path = _train_storage(storage_url, storage_options)
+    trainer = TorchTrainer(
+        loop, train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=False,
+                                     resources_per_worker={"CPU": cpus}),
+        run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=pafs,
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep)))
+    result = trainer.fit()
+    if getattr(result, "error", None) is not None:
+        raise result.error
+    with result.checkpoint.as_directory() as tmp:
+        with open(os.path.join(tmp, result_file), "rb") as fh:
+            return pickle.load(fh)
