@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import run_measured  # noqa: E402
 from import_real import PAIRS  # noqa: E402
-from seeds_real import WITH_NAMES, WITHOUT_NAMES, ensure_import  # noqa: E402
+from seeds_real import ensure_import, modality_sets  # noqa: E402
 
 RECIPES = ["eva", "mclea", "meaformer", "pcmea"]
 CLI = [sys.executable, "-m", "psqe_ray.cli", "-q"]
@@ -51,8 +51,7 @@ def main() -> None:
     args = p.parse_args()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    mods = {"with": [WITH_NAMES], "without": [WITHOUT_NAMES],
-            "both": [WITH_NAMES, WITHOUT_NAMES]}[args.names]
+    mods = modality_sets(args.names)
     for pair in args.pair or ["fr_en", "zh_en", "openea"]:
         ds = ensure_import(pair, cache)
         for modalities in mods:

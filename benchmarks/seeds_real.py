@@ -25,6 +25,12 @@ WITH_NAMES = "name,relation,attribute,image"
 WITHOUT_NAMES = "relation,attribute,image"
 
 
+def modality_sets(names: str) -> list[str]:
+    """``--modalities`` lists for ``--names with|without|both``."""
+    return {"with": [WITH_NAMES], "without": [WITHOUT_NAMES],
+            "both": [WITH_NAMES, WITHOUT_NAMES]}[names]
+
+
 def ensure_import(pair: str, cache: Path) -> str:
     fmt, src, names = PAIRS[pair]
     url = cache / pair
@@ -45,8 +51,7 @@ def main() -> None:
     args = p.parse_args()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    mods = {"with": [WITH_NAMES], "without": [WITHOUT_NAMES],
-            "both": [WITH_NAMES, WITHOUT_NAMES]}[args.names]
+    mods = modality_sets(args.names)
     for pair in args.pair or ["fr_en", "zh_en", "openea"]:
         ds = ensure_import(pair, cache)
         for modalities in mods:
