@@ -118,15 +118,28 @@ class EncodeConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """The one search layer behind every top-k (``psqe_ray.core.search``; ours).  The plan
+    depends on the base size only, never on the machine: exact blocked search up to
+    ``exact_below`` base rows, FAISS IVF above it (nlist / nprobe by the rule in the README)."""
+
+    exact_below: int = 50000      # base rows searched exactly at or below this
+    index: str = "auto"           # auto (exact, then IVF above exact_below) | flat | ivf
+    nlist: int = 0                # ivf lists per shard; 0 = round(4 sqrt(rows)), >= 39 rows each
+    nprobe: int = 0               # ivf lists probed; 0 = max(16, nlist / 8)
+    shard_rows: int = 1000000     # ivf: rows per index shard (one actor each on Ray)
+    depth: int = 50               # evaluation above exact_below: candidates ranked per query
+
+
+@dataclass(frozen=True)
 class DistributedConfig:
-    """How the Ray path spreads the work (ours).  Only ``train_workers`` > 1 and ``index=ivf``
-    change the seeds; everything else changes where and how fast they are computed."""
+    """How the Ray path spreads the work (ours).  Only ``train_workers`` > 1 changes the seeds;
+    everything else changes where and how fast they are computed."""
 
     train_workers: int = 1        # Ray Train workers for Stage II (data parallel, all-reduce)
     train_cpus: float = 1.0       # CPUs each training worker asks for
-    shards: int = 0               # FAISS shards (actors) per side for the global top-k; 0 = auto
-    index: str = "flat"           # flat (exact, default) | ivf (approximate, for scale)
-    nprobe: int = 16              # ivf: lists searched per query
+    shards: int = 0               # exact search: base shards (actors) per side; 0 = one per CPU
+    device: str = "auto"          # auto (cuda when the cluster has GPUs) | cpu | cuda
     partitions: int = 0           # seed-table partitions for MIC / Stage III; 0 = auto
     fuse_workers: int = 0         # Ray Data fusion actors; 0 = cores / 2
     checkpoint_every: int = 100   # Stage II epochs between checkpoints (and one at the end)
@@ -175,6 +188,7 @@ class PSQEConfig:
     stage2: Stage2Config = field(default_factory=Stage2Config)
     stage3: Stage3Config = field(default_factory=Stage3Config)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
 
@@ -193,12 +207,17 @@ class PSQEConfig:
         if self.encode.pooling not in ("auto", "mean", "cls"):
             raise ConfigError("encode.pooling must be auto, mean or cls")
         d = self.distributed
-        if d.index not in ("flat", "ivf"):
-            raise ConfigError("distributed.index must be flat or ivf")
+        if d.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"distributed.device must be auto, cpu or cuda, got {d.device!r}")
         if d.train_workers < 1 or d.train_cpus <= 0 or d.shards < 0 or d.partitions < 0 \
-                or d.fuse_workers < 0 or d.checkpoint_every < 1 or d.nprobe < 1:
-            raise ConfigError("distributed: train_workers, checkpoint_every, nprobe must be >= 1, "
+                or d.fuse_workers < 0 or d.checkpoint_every < 1:
+            raise ConfigError("distributed: train_workers, checkpoint_every must be >= 1, "
                               "train_cpus > 0, shards / partitions / fuse_workers >= 0")
+        s = self.search
+        if s.index not in ("auto", "flat", "ivf"):
+            raise ConfigError(f"search.index must be auto, flat or ivf, got {s.index!r}")
+        if min(s.exact_below, s.nlist, s.nprobe) < 0 or s.shard_rows < 1 or s.depth < 1:
+            raise ConfigError("search: exact_below, nlist, nprobe >= 0; shard_rows, depth >= 1")
         a = self.align
         if a.recipe not in RECIPES:
             raise ConfigError(f"align.recipe must be one of {', '.join(RECIPES)}, got {a.recipe!r}")

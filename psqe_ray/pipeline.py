@@ -22,7 +22,7 @@ from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import PSQEConfig, fingerprint, to_dict
 from psqe_ray.core.evaluation import alignment_metrics
 from psqe_ray.core.psqe import SeedGenerator
-from psqe_ray.core.topk import topk_search
+from psqe_ray.core.search import Searcher
 from psqe_ray.core.train import joint_graph, model_inputs
 from psqe_ray.errors import ConfigError, DataError
 from psqe_ray.io.dataset import Dataset, DatasetWriter
@@ -40,7 +40,7 @@ def align_settings(cfg: PSQEConfig) -> dict[str, Any]:
     """The configuration an alignment depends on: its features (modalities, feature settings,
     the seed of the missing-value fill), the ``align`` section and the training workers."""
     d = to_dict(cfg)
-    return {k: d[k] for k in ("modalities", "features", "seed", "align")} | {
+    return {k: d[k] for k in ("modalities", "features", "seed", "align", "search")} | {
         "train_workers": cfg.distributed.train_workers}
 
 
@@ -93,10 +93,11 @@ def read_seeds(seeds_url: str, counts: dict[str, int], *,
     return out[0], out[1]
 
 
-def alignment_table(left: np.ndarray, right: np.ndarray, k: int) -> pa.Table:
-    """Every left entity's top-``k`` right candidates (exact blocked search, FAISS when
-    importable), rank 1 first."""
-    scores, ids = topk_search(left, right, min(k, len(right)))
+def alignment_table(left: np.ndarray, right: np.ndarray, k: int,
+                    searcher: Searcher | None = None) -> pa.Table:
+    """Every left entity's top-``k`` right candidates from the search layer (exact up to its
+    threshold, IVF above), rank 1 first."""
+    scores, ids = (searcher or Searcher()).topk(left, right, k)
     n, kk = ids.shape
     return pa.table({
         "left_id": pa.array(np.repeat(np.arange(n, dtype=np.int64), kk)),
@@ -139,15 +140,17 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
         if engine is not None:
             aligner = engine(feats, graph, pair.left.n, seed_l, seed_r)
         else:
-            aligner = Aligner(cfg.align, cfg.seed).fit(feats, graph, pair.left.n, seed_l, seed_r)
+            aligner = Aligner(cfg.align, cfg.seed, gen.searcher).fit(feats, graph, pair.left.n,
+                                                                     seed_l, seed_r)
         left, right = aligner.embeddings_
         t = time.perf_counter()
-        table = alignment_table(left, right, cfg.align.topk)
+        table = alignment_table(left, right, cfg.align.topk, gen.searcher)
         search_seconds = time.perf_counter() - t
         metrics: dict[str, Any] = {"hits@1": None, "hits@10": None, "mrr": None}
         if pair.gold is not None:  # evaluation only: after training, nothing chosen on it
             metrics = alignment_metrics(left, right, pair.gold[0], pair.gold[1],
-                                        csls_k=cfg.align.csls_k, split_seed=cfg.align.split_seed)
+                                        csls_k=cfg.align.csls_k, split_seed=cfg.align.split_seed,
+                                        searcher=gen.searcher)
         metrics.update({
             "recipe": cfg.align.recipe,
             "dataset": dataset_url, "seeds": seeds_url,

@@ -27,7 +27,7 @@ from psqe_ray.align.model import STRUCTURE, AlignModel
 from psqe_ray.align.recipes import Recipe, get_recipe
 from psqe_ray.config import AlignConfig
 from psqe_ray.core.gat import CSRSampler, icl_loss
-from psqe_ray.core.topk import topk_search
+from psqe_ray.core.search import Searcher
 from psqe_ray.core.train import layer_fanouts, rank_batches, stage_rng
 
 log = logging.getLogger(__name__)
@@ -37,14 +37,17 @@ ALIGN_INIT, ALIGN_ORDER, ALIGN_SAMPLE = 11, 12, 13
 
 
 def mutual_nearest(left: np.ndarray, right: np.ndarray, free_left: np.ndarray,
-                   free_right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                   free_right: np.ndarray, searcher: Searcher | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (l, r) of free entities that are each other's nearest neighbour among the free
-    entities of the other graph (inner products; ties to the smaller id).  int64 (P,) each."""
+    entities of the other graph (inner products; ties to the smaller id), found by the search
+    layer (``searcher``; approximate above its exact threshold).  int64 (P,) each."""
     fl, fr = np.flatnonzero(free_left), np.flatnonzero(free_right)
     if len(fl) == 0 or len(fr) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    l2r = fr[topk_search(left[fl], right[fr], 1)[1][:, 0]]
-    r2l = fl[topk_search(right[fr], left[fl], 1)[1][:, 0]]
+    searcher = searcher or Searcher()
+    l2r = fr[searcher.topk(left[fl], right[fr], 1)[1][:, 0]]
+    r2l = fl[searcher.topk(right[fr], left[fl], 1)[1][:, 0]]
     back = np.full(len(free_right), -1, np.int64)
     back[fr] = r2l
     keep = back[l2r] == fl
@@ -66,10 +69,12 @@ class Aligner:
         added_: pairs added per iterative round; losses_: loss per epoch.
     """
 
-    def __init__(self, config: AlignConfig | None = None, random_state: int = 42) -> None:
+    def __init__(self, config: AlignConfig | None = None, random_state: int = 42,
+                 searcher: Searcher | None = None) -> None:
         self.config = config or AlignConfig()
         self.recipe: Recipe = get_recipe(self.config.recipe)
         self.random_state = random_state
+        self.searcher = searcher or Searcher(seed=random_state)
 
     def _rounds(self) -> int:
         return self.recipe.rounds if self.config.rounds < 0 else self.config.rounds
@@ -202,17 +207,16 @@ class Aligner:
         self.model_ = model
         return self
 
-    @staticmethod
-    def _check(model, target, feats, full, n_left, n_right, pairs_l, pairs_r):
+    def _check(self, model, target, feats, full, n_left, n_right, pairs_l, pairs_r):
         free_l = np.ones(n_left, bool)
         free_r = np.ones(n_right, bool)
         free_l[pairs_l] = False
         free_r[pairs_r] = False
         joint, _ = model.joint_all(feats, full)
-        l, r = mutual_nearest(joint[:n_left], joint[n_left:], free_l, free_r)
+        l, r = mutual_nearest(joint[:n_left], joint[n_left:], free_l, free_r, self.searcher)
         if target is not None:  # calibration: the momentum encoder must pick the same pairs
             tj, _ = target.joint_all(feats, full)
-            tl, tr = mutual_nearest(tj[:n_left], tj[n_left:], free_l, free_r)
+            tl, tr = mutual_nearest(tj[:n_left], tj[n_left:], free_l, free_r, self.searcher)
             both = np.isin(l * n_right + r, tl * n_right + tr)
             l, r = l[both], r[both]
         return l, r

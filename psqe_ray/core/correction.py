@@ -19,17 +19,20 @@ from __future__ import annotations
 import numpy as np
 
 from psqe_ray.core.matching import greedy_one_to_one
-from psqe_ray.core.topk import canonical_scores, topk_search
+from psqe_ray.core.search import Searcher
+from psqe_ray.core.topk import canonical_scores
 
 
-def mic_keep(left_vecs: np.ndarray, right_vecs: np.ndarray) -> np.ndarray:
+def mic_keep(left_vecs: np.ndarray, right_vecs: np.ndarray,
+             searcher: Searcher | None = None) -> np.ndarray:
     """bool (S,): seed i survives iff right row i is the top-1 of left row i.
 
     left_vecs, right_vecs: float32 (S, d), row i = seed i's left / right entity's raw fused vector.
+    ``searcher``: the search layer (exact at the seed counts PSQE produces).
     """
     if len(left_vecs) == 0:
         return np.zeros(0, dtype=bool)
-    _, ids = topk_search(left_vecs, right_vecs, 1)
+    _, ids = (searcher or Searcher()).topk(left_vecs, right_vecs, 1)
     return ids[:, 0] == np.arange(len(left_vecs))
 
 

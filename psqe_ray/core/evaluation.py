@@ -22,32 +22,45 @@ field's protocol: the gold pairs are shuffled with a seed, the last 70 % are the
 (:func:`field_split`), and each test entity is ranked among the other graph's test entities only
 (CSLS neighbourhoods within the test entities too).  Nothing
 here chooses anything: evaluation reads gold links and only reports.
+
+Every neighbour question goes through the search layer (:class:`~psqe_ray.core.search.Searcher`).
+While its plan for the candidate set is exact (up to ``search.exact_below`` candidates), ranks
+are counted exactly over every candidate as above.  Above it, each query's ``depth`` (default
+50) best candidates come from the approximate search; the partner's rank is 1 + the number of
+listed candidates that beat it (CSLS: the listed candidates and the partner rescored by CSLS,
+penalties from the same search).  Hits@1 / Hits@10 are then exact up to the search's recall;
+a partner ranked beyond ``depth`` counts as rank ``depth + 1`` (its reciprocal rank is
+over-stated by at most ``1 / (depth + 1)``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from psqe_ray.core.topk import topk_search
+from psqe_ray.core.search import Searcher
 
 __all__ = ["alignment_metrics", "csls_penalty", "field_split", "gold_ranks"]
 
 
-def csls_penalty(x: np.ndarray, others: np.ndarray, k: int = 3) -> np.ndarray:
+def csls_penalty(x: np.ndarray, others: np.ndarray, k: int = 3,
+                 searcher: Searcher | None = None) -> np.ndarray:
     """float64 (n,): mean of each row of ``x``'s ``k`` best inner products with ``others``."""
     if k <= 0 or len(others) == 0:
         return np.zeros(len(x))
-    s, _ = topk_search(x, others, min(k, len(others)))
+    s, _ = (searcher or Searcher()).topk(x, others, k)
     return s.astype(np.float64).mean(axis=1)
 
 
 def gold_ranks(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids: np.ndarray, *,
-               csls_k: int = 0, block: int = 4096) -> np.ndarray:
+               csls_k: int = 0, block: int = 4096,
+               searcher: Searcher | None = None) -> np.ndarray:
     """int64 (P,): rank of candidate ``t_ids[p]`` for query ``q_ids[p]`` (see module docstring).
 
     query (n, d), cand (m, d) float32; q_ids / t_ids int64 (P,) rows of query / cand.
-    ``csls_k > 0`` ranks by CSLS with that k.
+    ``csls_k > 0`` ranks by CSLS with that k.  ``searcher`` (default: exact up to 50,000
+    candidates) decides between exact counting and the approximate shortlist.
     """
+    searcher = searcher or Searcher()
     query = np.ascontiguousarray(query, np.float32)
     cand = np.ascontiguousarray(cand, np.float32)
     q_ids = np.asarray(q_ids, np.int64)
@@ -58,6 +71,8 @@ def gold_ranks(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids: np
         raise ValueError("q_ids and t_ids must have one length")
     if len(q_ids) == 0:
         return np.zeros(0, np.int64)
+    if not searcher.is_exact(len(cand)):
+        return _listed_ranks(query, cand, q_ids, t_ids, csls_k, searcher)
     qv = query[q_ids]
     true = np.einsum("ij,ij->i", qv, cand[t_ids], dtype=np.float64)
     # float32 tiles differ from the exact score by rounding: scores within this bound of the
@@ -67,8 +82,8 @@ def gold_ranks(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids: np
         np.linalg.norm(cand, axis=1).max(initial=0.0)) + 1e-30
     r_q = r_c = None
     if csls_k > 0:
-        r_q = csls_penalty(qv, cand, csls_k)
-        r_c = csls_penalty(cand, query, csls_k)
+        r_q = csls_penalty(qv, cand, csls_k, searcher)
+        r_c = csls_penalty(cand, query, csls_k, searcher)
         true = 2.0 * true - r_q - r_c[t_ids]
         tol = 4.0 * tol
     rank = np.ones(len(q_ids), np.int64)
@@ -87,6 +102,27 @@ def gold_ranks(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids: np
     return rank
 
 
+def _listed_ranks(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids: np.ndarray,
+                  csls_k: int, searcher: Searcher) -> np.ndarray:
+    """Ranks from each query's ``searcher.depth`` best candidates (module docstring)."""
+    from psqe_ray.core.topk import canonical_scores
+
+    depth = max(searcher.depth, csls_k)
+    s, ids = searcher.topk(query[q_ids], cand, depth)
+    s = s.astype(np.float64)
+    true = canonical_scores(query, cand, q_ids, t_ids).astype(np.float64)
+    listed = ids >= 0
+    if csls_k > 0:
+        r_q = s[:, :csls_k].mean(axis=1)
+        r_c = csls_penalty(cand, query, csls_k, searcher)
+        true = 2.0 * true - r_q - r_c[t_ids]
+        s = np.where(listed, 2.0 * s - r_q[:, None] - r_c[np.maximum(ids, 0)], -np.inf)
+    # canonical scores are exact functions of the two vectors: ties are real ties
+    t = t_ids[:, None]
+    better = listed & (ids != t) & ((s > true[:, None]) | ((s == true[:, None]) & (ids < t)))
+    return 1 + better.sum(axis=1).astype(np.int64)
+
+
 def field_split(n_pairs: int, seed: int = 0, test_share: float = 0.7) -> np.ndarray:
     """Indices of the test pairs: the last ``test_share`` of a seeded shuffle (the field's
     30 / 70 split)."""
@@ -103,7 +139,7 @@ def _summary(rank: np.ndarray, hits: tuple[int, ...]) -> dict[str, float | int |
 
 def alignment_metrics(left: np.ndarray, right: np.ndarray, gold_left: np.ndarray,
                       gold_right: np.ndarray, *, csls_k: int = 3, split_seed: int = 0,
-                      hits: tuple[int, ...] = (1, 10)) -> dict:
+                      hits: tuple[int, ...] = (1, 10), searcher: Searcher | None = None) -> dict:
     """Hits@k / MRR of aligned vectors against gold pairs.
 
     Headline keys (``hits@1``, ``hits@10``, ``mrr``): left -> right, plain scores, all gold
@@ -119,11 +155,16 @@ def alignment_metrics(left: np.ndarray, right: np.ndarray, gold_left: np.ndarray
     for direction, (q, c, qi, ti) in {"l2r": (left, right, gl, gr),
                                       "r2l": (right, left, gr, gl)}.items():
         for scoring, k in (("plain", 0), ("csls", csls_k)):
-            rank = gold_ranks(q, c, qi, ti, csls_k=k)
+            rank = gold_ranks(q, c, qi, ti, csls_k=k, searcher=searcher)
             variants[f"{direction}/{scoring}/all"] = _summary(rank, hits)
             # the field's protocol: test entities ranked among the other graph's test entities
-            rank = gold_ranks(q[qi[test]], c[ti[test]], local, local, csls_k=k)
+            rank = gold_ranks(q[qi[test]], c[ti[test]], local, local, csls_k=k,
+                              searcher=searcher)
             variants[f"{direction}/{scoring}/test"] = _summary(rank, hits)
     head = variants["l2r/plain/all"]
+    searcher = searcher or Searcher()
+    exact = searcher.is_exact(max(len(left), len(right)))
     return {**{f"hits@{k}": head[f"hits@{k}"] for k in hits}, "mrr": head["mrr"],
-            "csls_k": csls_k, "split_seed": split_seed, "variants": variants}
+            "csls_k": csls_k, "split_seed": split_seed,
+            "ranking": "exact" if exact else f"approximate (top {searcher.depth} per query)",
+            "variants": variants}

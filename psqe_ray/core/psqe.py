@@ -29,7 +29,7 @@ from psqe_ray.core.graph import KGPair
 from psqe_ray.core.matching import greedy_one_to_one
 from psqe_ray.core.sampling import (candidates_union, cluster_budgets, greedy_seeds,
                                     kmeans_assign, n_clusters, sample_cluster)
-from psqe_ray.core.topk import topk_search
+from psqe_ray.core.search import Searcher
 from psqe_ray.core.train import (FEATURES, embed, joint_graph, model_inputs, pick_anchor,
                                  stage_rng, train_encoder)
 
@@ -84,6 +84,7 @@ class SeedGenerator:
 
     def __init__(self, config: PSQEConfig | None = None) -> None:
         self.config = config or PSQEConfig()
+        self.searcher = Searcher.from_config(self.config.search, self.config.seed)
 
     # -- features -------------------------------------------------------------------------------
     def _modalities(self, pair: KGPair) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
@@ -178,7 +179,7 @@ class SeedGenerator:
                 xl, xr = mods[pivot]
             else:
                 xl, xr = fused_l, fused_r
-            l, r, s = greedy_seeds(xl, xr, budget)
+            l, r, s = greedy_seeds(xl, xr, budget, searcher=self.searcher)
             name = cfg.method
             self._accept(name, l, r, s, np.full(len(l), name, dtype=object), t, added=len(l))
             return self
@@ -206,7 +207,7 @@ class SeedGenerator:
         for c in range(len(budgets)):
             il, ir = np.flatnonzero(lab_l == c), np.flatnonzero(lab_r == c)
             parts.append(sample_cluster(sim_l[il], sim_r[ir], il, ir, int(budgets[c]),
-                                        self.config.stage1.candidates))
+                                        self.config.stage1.candidates, self.searcher))
         return parts
 
     def _learn(self, pair: KGPair, mods, seed_l, seed_r) -> dict[str, np.ndarray]:
@@ -220,11 +221,11 @@ class SeedGenerator:
 
     def _global_topk(self, learned_l, learned_r, k: int):
         """(left -> right top-k, right -> left top-k) over the whole graphs."""
-        return (topk_search(learned_l, learned_r, min(k, len(learned_r))),
-                topk_search(learned_r, learned_l, min(k, len(learned_l))))
+        return (self.searcher.topk(learned_l, learned_r, k),
+                self.searcher.topk(learned_r, learned_l, k))
 
     def _mic_keep(self, vec_l: np.ndarray, vec_r: np.ndarray) -> np.ndarray:
-        return mic_keep(vec_l, vec_r)
+        return mic_keep(vec_l, vec_r, self.searcher)
 
     def _expansion_candidates(self, l0, r0, pair, vec_l, vec_r, taken_l, taken_r) -> dict:
         st = self.config.stage3

@@ -18,24 +18,27 @@ import math
 import numpy as np
 
 from psqe_ray.core.matching import candidates_from_topk, greedy_one_to_one
-from psqe_ray.core.topk import topk_search
+from psqe_ray.core.search import Searcher
 
 
 def candidate_edges(left: np.ndarray, right: np.ndarray, k: int, *,
                     left_ids: np.ndarray | None = None,
-                    right_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    right_ids: np.ndarray | None = None, searcher: Searcher | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Union of per-left top-k and per-right top-k pairs (deduplicated).
 
     left (n, d), right (m, d) float32 (normalised: scores are cosines); ``left_ids`` /
-    ``right_ids`` map rows to entity ids (default: row numbers).  Returns int64 (E,) left ids,
+    ``right_ids`` map rows to entity ids (default: row numbers); ``searcher`` runs the two
+    searches (default: exact up to 50,000 rows, IVF above).  Returns int64 (E,) left ids,
     int64 (E,) right ids, float32 (E,) scores, sorted by (left, right).
     """
     lid = np.arange(len(left), dtype=np.int64) if left_ids is None else left_ids
     rid = np.arange(len(right), dtype=np.int64) if right_ids is None else right_ids
     if len(left) == 0 or len(right) == 0 or k <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    l, r, s = candidates_union(topk_search(left, right, min(k, len(right))),
-                               topk_search(right, left, min(k, len(left))), len(right))
+    searcher = searcher or Searcher()
+    l, r, s = candidates_union(searcher.topk(left, right, k), searcher.topk(right, left, k),
+                               len(right))
     return lid[l], rid[r], s
 
 
@@ -56,9 +59,10 @@ def candidates_union(left_to_right, right_to_left, n_right: int
 
 def greedy_seeds(left: np.ndarray, right: np.ndarray, budget: int, *, k: int = 10,
                  taken_left: np.ndarray | None = None, taken_right: np.ndarray | None = None,
+                 searcher: Searcher | None = None,
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy one-to-one seeds over all of ``left`` x ``right``: (left ids, right ids, scores)."""
-    cl, cr, cs = candidate_edges(left, right, k)
+    cl, cr, cs = candidate_edges(left, right, k, searcher=searcher)
     acc = greedy_one_to_one(cl, cr, cs, limit=budget, taken_left=taken_left,
                             taken_right=taken_right)
     return cl[acc], cr[acc], cs[acc]
@@ -101,6 +105,7 @@ def cluster_budgets(sizes: np.ndarray, budget: int) -> np.ndarray:
 
 def sample_cluster(left: np.ndarray, right: np.ndarray, left_ids: np.ndarray,
                    right_ids: np.ndarray, budget: int, k: int = 10,
+                   searcher: Searcher | None = None,
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy one-to-one inside one cluster: up to ``budget`` (left id, right id, score).
 
@@ -110,6 +115,7 @@ def sample_cluster(left: np.ndarray, right: np.ndarray, left_ids: np.ndarray,
     """
     if budget <= 0 or len(left) == 0 or len(right) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    cl, cr, cs = candidate_edges(left, right, k, left_ids=left_ids, right_ids=right_ids)
+    cl, cr, cs = candidate_edges(left, right, k, left_ids=left_ids, right_ids=right_ids,
+                                 searcher=searcher)
     acc = greedy_one_to_one(cl, cr, cs, limit=budget)
     return cl[acc], cr[acc], cs[acc]

@@ -55,7 +55,8 @@ try:  # faiss is optional (the "cpu"/"gpu" extras); "auto" falls back to numpy w
 except ImportError:  # pragma: no cover - depends on the environment
     faiss = None
 
-__all__ = ["BACKENDS", "canonical_scores", "empty_topk", "merge_topk", "topk_search"]
+__all__ = ["BACKENDS", "canonical_scores", "empty_topk", "merge_topk", "topk_from_candidates",
+           "topk_search"]
 
 BACKENDS = ("auto", "numpy", "faiss")
 TopK = tuple[np.ndarray, np.ndarray]
@@ -154,6 +155,14 @@ def _topk_from_flat(rows: np.ndarray, scores: np.ndarray, ids: np.ndarray, n: in
     out_s[rows[keep], rank[keep]] = scores[keep]
     out_i[rows[keep], rank[keep]] = ids[keep]
     return out_s, out_i
+
+
+def topk_from_candidates(rows: np.ndarray, scores: np.ndarray, ids: np.ndarray, n: int,
+                         k: int) -> TopK:
+    """Per-row top-k of candidate triples (row, score, id), an id listed twice for a row counted
+    once: scores (n, k) float32 / ids (n, k) int64, (score desc, id asc), padded (-inf, -1)."""
+    return _topk_from_flat(np.asarray(rows, np.int64), np.asarray(scores, np.float32),
+                           np.asarray(ids, np.int64), n, k, dedupe=True)
 
 
 def _merge_later_ids(held: TopK, new: TopK, k: int) -> TopK:

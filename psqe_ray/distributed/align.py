@@ -39,14 +39,16 @@ def _align_worker(config: dict) -> None:
     import ray.train
     import torch
 
-    from psqe_ray.config import AlignConfig
+    from psqe_ray.config import AlignConfig, SearchConfig
+    from psqe_ray.core.search import Searcher
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
     feats, graph, seeds = ray.get(config["refs"])
     cfg = AlignConfig(**{**config["align"], "fanout": tuple(config["align"]["fanout"])})
-    aligner = Aligner(cfg, config["seed"]).fit(
+    searcher = Searcher.from_config(SearchConfig(**config["search"]), config["seed"])
+    aligner = Aligner(cfg, config["seed"], searcher).fit(
         feats, graph, config["n_left"], seeds[0], seeds[1], rank=rank, world=world,
         sync=lambda m: allreduce_gradients(m, world))
     if rank == 0:
@@ -69,8 +71,8 @@ def ray_align_engine(cfg: PSQEConfig, out_url: str, storage_options: StorageOpti
         try:
             state = fit_on_cpus(
                 _align_worker,
-                {"refs": refs, "align": to_dict(cfg.align), "seed": cfg.seed, "n_left": n_left,
-                 "threads": threads},
+                {"refs": refs, "align": to_dict(cfg.align), "search": to_dict(cfg.search),
+                 "seed": cfg.seed, "n_left": n_left, "threads": threads},
                 workers=d.train_workers, cpus=d.train_cpus, name=f"align-{cfg.align.recipe}",
                 storage_url=storage_url, storage_options=storage_options,
                 result_file="result.pkl")

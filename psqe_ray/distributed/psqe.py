@@ -288,7 +288,8 @@ class RaySeedGenerator(SeedGenerator):
         futures = []
         for c in range(len(budgets)):
             il, ir = np.flatnonzero(lab_l == c), np.flatnonzero(lab_r == c)
-            futures.append(cluster_task.remote(sim_l[il], sim_r[ir], il, ir, int(budgets[c]), k))
+            futures.append(cluster_task.remote(sim_l[il], sim_r[ir], il, ir, int(budgets[c]), k,
+                                               self.searcher))
         results = ray.get(futures)
         self._res(self._current, tasks=len(futures),
                   worker_peak_rss_bytes=max((r[3] for r in results), default=0))
@@ -347,14 +348,17 @@ class RaySeedGenerator(SeedGenerator):
 
     def _global_topk(self, learned_l, learned_r, k):
         d = self.config.distributed
-        shards = d.shards or _cpus()  # one per CPU: each actor's search is single-threaded
-        rss = []
+        # exact search: one shard per CPU (any split gives the same answer); IVF: the
+        # searcher's size-based plan, whatever the cluster, so results never depend on it
+        shards = d.shards or _cpus()
+        rss, plans = [], []
 
         def search(query, base):
             kk = min(k, len(base))
-            cuts = np.linspace(0, len(base), min(shards, max(1, len(base))) + 1).astype(int)
-            actors = [TopKShard.remote(base[a:b], int(a), d.index, d.nprobe, self.config.seed)
-                      for a, b in zip(cuts[:-1], cuts[1:])]
+            plan = self.searcher.plan(len(base), shards)
+            plans.append(plan.describe())
+            actors = [TopKShard.remote(base[a:b], self.searcher, plan, i)
+                      for i, (a, b) in enumerate(plan.bounds)]
             qref = ray.put(query)
             results = ray.get([a.search.remote(qref, kk) for a in actors])
             for a in actors:
@@ -366,7 +370,7 @@ class RaySeedGenerator(SeedGenerator):
             return merged
 
         out = search(learned_l, learned_r), search(learned_r, learned_l)
-        self._res(self._current, shards=shards, index=d.index,
+        self._res(self._current, shards=len(plans[0]["nlist"]), search=plans,
                   worker_peak_rss_bytes=max(rss, default=0))
         return out
 
@@ -408,7 +412,8 @@ class RaySeedGenerator(SeedGenerator):
             l, r = self.seeds_[0], self.seeds_[1]
             urls = self._write_partitions(scratch, l, r)
             lref, rref = ray.put(vec_l), ray.put(vec_r)
-            results = ray.get([mic_map.remote(u, self.storage_options, lref, rref) for u in urls])
+            results = ray.get([mic_map.remote(u, self.storage_options, lref, rref, self.searcher)
+                               for u in urls])
         finally:
             self._drop(scratch)
         keep = np.zeros(len(vec_l), bool)

@@ -15,7 +15,7 @@ import ray
 from psqe_ray.core.correction import expansion_candidates
 from psqe_ray.core.fusion import fuse
 from psqe_ray.core.sampling import sample_cluster
-from psqe_ray.core.topk import canonical_scores, empty_topk, topk_search
+from psqe_ray.core.search import Searcher, SearchPlan, ShardIndex
 from psqe_ray.io.fs import is_local, read_bytes, resolve
 
 
@@ -25,8 +25,8 @@ def rss() -> int:
 
 # ---- remote functions ------------------------------------------------------------------------
 @ray.remote(num_cpus=0.5)
-def cluster_task(sim_l, sim_r, il, ir, budget, k):
-    return (*sample_cluster(sim_l, sim_r, il, ir, budget, k), rss())
+def cluster_task(sim_l, sim_r, il, ir, budget, k, searcher: Searcher):
+    return (*sample_cluster(sim_l, sim_r, il, ir, budget, k, searcher), rss())
 
 
 class Fuser:
@@ -53,48 +53,24 @@ class Fuser:
 
 @ray.remote(num_cpus=0.5)
 class TopKShard:
-    """One shard of a base side: rows ``[offset, offset + len(base))`` in a FAISS index."""
+    """One shard of a base side (:class:`~psqe_ray.core.search.ShardIndex`: exact, or an IVF
+    index built once), answering top-k queries for the shard's rows with global ids."""
 
-    def __init__(self, base: np.ndarray, offset: int, index: str = "flat", nprobe: int = 16,
-                 seed: int = 0) -> None:
-        self.base, self.offset, self.kind = np.ascontiguousarray(base), int(offset), index
-        self.ivf = None
-        if index == "ivf" and len(base) > 0:
-            import faiss
-
-            d = base.shape[1]
-            nlist = max(1, min(len(base) // 39, int(4 * np.sqrt(len(base)))))
-            quantizer = faiss.IndexFlatIP(d)
-            self.ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-            self.ivf.cp.seed = seed
-            self.ivf.train(self.base)
-            self.ivf.add(self.base)
-            self.ivf.nprobe = min(nprobe, nlist)
-            self._quantizer = quantizer
+    def __init__(self, rows: np.ndarray, searcher: Searcher, plan: SearchPlan, i: int) -> None:
+        """``rows``: the base rows of shard ``i`` of ``plan`` (only those travel here)."""
+        self.index = ShardIndex(rows, plan.bounds[i][0], plan.kind, plan.nlist[i],
+                                plan.nprobe[i], searcher.seed, searcher.device)
 
     def search(self, query: np.ndarray, k: int):
-        if self.ivf is None:
-            return topk_search(query, self.base, k, base_offset=self.offset), rss()
-        # approximate candidates, canonical scores and (score desc, id asc) order
-        _, cand = self.ivf.search(np.ascontiguousarray(query, np.float32), k)
-        rows, cols = np.nonzero(cand >= 0)
-        ids = cand[rows, cols]
-        s = canonical_scores(query, self.base, rows, ids)
-        scores, out = empty_topk(len(query), k)
-        order = np.lexsort((ids, -s.astype(np.float64), rows))
-        rows, ids, s = rows[order], ids[order], s[order]
-        first = np.concatenate([[True], rows[1:] != rows[:-1]]) if len(rows) else rows
-        slot = np.arange(len(rows)) - np.maximum.accumulate(np.where(first, np.arange(len(rows)), 0))
-        scores[rows, slot], out[rows, slot] = s, ids + self.offset
-        return (scores, out), rss()
+        return self.index.search(query, k), rss()
 
 
 @ray.remote(num_cpus=0.5)
-def mic_map(part_url: str, storage_options, left_vecs, right_vecs):
+def mic_map(part_url: str, storage_options, left_vecs, right_vecs, searcher: Searcher):
     """Seeds of one partition: is the partner the top-1 among all seeds' right vectors?
     (``left_vecs`` / ``right_vecs``: row i = seed i's left / right entity vector.)"""
     pos = read_table(part_url, storage_options).column("position").to_numpy()
-    _, ids = topk_search(left_vecs[pos], right_vecs, 1)
+    _, ids = searcher.topk(left_vecs[pos], right_vecs, 1)
     return pos, ids[:, 0] == pos, rss()
 
 

@@ -1,0 +1,231 @@
+"""One search layer for every top-k of psqe-ray: exact below a size threshold, FAISS IVF above.
+
+Every nearest-neighbour question of the pipeline goes through :class:`Searcher`: Stage I's
+in-cluster candidates and the UVP baselines (:mod:`psqe_ray.core.sampling`), Stage II's global
+sampling (paper 4.2), MIC's top-1 among the seeds (4.2.2, and the Stage III recheck), the
+aligner's mutual-nearest-neighbour rounds, the final alignment and the evaluation (the gold
+partner's rank and the CSLS neighbourhoods).  The same object plans the search; the in-process
+path runs the shards one after the other, the Ray path runs one actor per shard, and both merge
+the shard results with :func:`~psqe_ray.core.topk.merge_topk` (associative, commutative), so the
+two paths give identical bits.
+
+The plan is a function of the base size ``m`` only (never of the machine, the CPU count or the
+cluster), so the result is too:
+
+* ``m <= exact_below`` (default 50,000) or ``index=flat``: exact blocked search
+  (:func:`~psqe_ray.core.topk.topk_search`); any split into shards gives the same answer.
+* otherwise ``index=ivf``: the base is cut into ``ceil(m / shard_rows)`` equal shards (at most
+  ``shard_rows`` = 1,000,000 rows each); every shard gets its own ``faiss.IndexIVFFlat`` (inner
+  product) with
+
+      nlist  = clamp(round(4 sqrt(m_s)), 1, m_s // 39)        (m_s: the shard's rows)
+      nprobe = clamp(max(16, ceil(nlist / 8)), 1, nlist)
+
+  i.e. FAISS's usual 4 sqrt(N) lists (at least 39 training points each) and 1/8 of them probed
+  (at least 16), which kept recall@10 >= 0.98 against exact search on every set measured
+  (BENCHMARKS.md "Search layer").  Probing a fixed share of the lists costs about ``m / 8`` scored
+  rows per query, a constant factor below exact search; ``search.nprobe`` trades recall for time.
+
+IVF only *proposes* candidates (``k + 8`` per query and shard); they are rescored with the
+canonical inner product (:func:`~psqe_ray.core.topk.canonical_scores`) and ordered by (score
+desc, id asc), so a result never depends on BLAS rounding, and a missed true neighbour is the
+only error an approximate search can make.  Zero query rows (an absent modality) are answered
+without search, as in the exact path: every score is 0, the smallest ids win.
+
+Device: ``device="cuda"`` moves each IVF shard to the GPU when FAISS has GPU support
+(``faiss-gpu``); candidates are rescored on the CPU in both cases, so the output is the same.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from psqe_ray.core.topk import (TopK, canonical_scores, empty_topk, merge_topk,
+                                topk_from_candidates, topk_search)
+
+__all__ = ["INDEXES", "SearchPlan", "Searcher", "ShardIndex"]
+
+INDEXES = ("auto", "flat", "ivf")
+_IVF_SLACK = 8            # candidates asked of IVF beyond k, rescored canonically
+_QUERY_CHUNK = 32768      # query rows per IVF call (bounds the candidate buffers)
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """How a base of ``rows`` rows is searched.
+
+    kind: "exact" or "ivf"; bounds: ``(start, stop)`` row ranges of the shards, in order;
+    nlist / nprobe: per shard (0 for exact).
+    """
+
+    kind: str
+    rows: int
+    bounds: tuple[tuple[int, int], ...]
+    nlist: tuple[int, ...]
+    nprobe: tuple[int, ...]
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "rows": self.rows, "shards": len(self.bounds),
+                "nlist": list(self.nlist), "nprobe": list(self.nprobe)}
+
+
+def ivf_lists(rows: int) -> int:
+    """nlist for ``rows`` base rows: round(4 sqrt(rows)), at least 39 training rows per list."""
+    return int(max(1, min(round(4.0 * math.sqrt(rows)), rows // 39)))
+
+
+def ivf_probes(nlist: int) -> int:
+    """nprobe for ``nlist`` lists: an eighth of them, at least 16 (at most nlist)."""
+    return int(min(nlist, max(16, math.ceil(nlist / 8))))
+
+
+class Searcher:
+    """Plans and runs top-k inner-product searches (module docstring).
+
+    Args:
+        exact_below: base sizes at or below this are searched exactly.
+        index: "auto" (exact up to ``exact_below``, IVF above), "flat" (always exact) or
+            "ivf" (always IVF; tests and recall measurements use this at small sizes).
+        nlist, nprobe: 0 = the rule of the module docstring, else this value for every shard.
+        shard_rows: IVF shards hold at most this many rows.
+        depth: how many candidates the approximate evaluation looks at per query (the
+            partner's rank beyond it is not known).
+        seed: seed of the IVF coarse quantiser's k-means.
+        device: "cpu" or "cuda[:N]" (IVF shards on that GPU when faiss has GPU support).
+    """
+
+    def __init__(self, exact_below: int = 50_000, index: str = "auto", nlist: int = 0,
+                 nprobe: int = 0, shard_rows: int = 1_000_000, depth: int = 50, seed: int = 0,
+                 device: str = "cpu") -> None:
+        if index not in INDEXES:
+            raise ValueError(f"search index must be one of {INDEXES}, got {index!r}")
+        if min(exact_below, nlist, nprobe) < 0 or shard_rows < 1 or depth < 1:
+            raise ValueError("search: exact_below, nlist, nprobe >= 0; shard_rows, depth >= 1")
+        self.exact_below, self.index = int(exact_below), index
+        self.nlist, self.nprobe = int(nlist), int(nprobe)
+        self.shard_rows, self.depth = int(shard_rows), int(depth)
+        self.seed, self.device = int(seed), device
+
+    @classmethod
+    def from_config(cls, cfg, seed: int = 0, device: str = "cpu") -> "Searcher":
+        """From a :class:`~psqe_ray.config.SearchConfig` (``None``: the defaults)."""
+        if cfg is None:
+            return cls(seed=seed, device=device)
+        return cls(exact_below=cfg.exact_below, index=cfg.index, nlist=cfg.nlist,
+                   nprobe=cfg.nprobe, shard_rows=cfg.shard_rows, depth=cfg.depth, seed=seed,
+                   device=device)
+
+    # -- planning ---------------------------------------------------------------------------
+    def is_exact(self, rows: int) -> bool:
+        return self.index == "flat" or (self.index == "auto" and rows <= self.exact_below) \
+            or rows == 0
+
+    def plan(self, rows: int, shards: int = 1) -> SearchPlan:
+        """The plan for a base of ``rows`` rows.  ``shards`` only matters for exact search
+        (any split gives the same answer there: the Ray path asks for one per CPU)."""
+        rows = int(rows)
+        if self.is_exact(rows):
+            n = max(1, min(int(shards), rows))
+            cuts = np.linspace(0, rows, n + 1).astype(int)
+            bounds = tuple((int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]))
+            return SearchPlan("exact", rows, bounds, (0,) * n, (0,) * n)
+        n = max(1, math.ceil(rows / self.shard_rows))
+        cuts = np.linspace(0, rows, n + 1).astype(int)
+        bounds = tuple((int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]))
+        nlist = tuple(min(b - a, self.nlist) if self.nlist else ivf_lists(b - a)
+                      for a, b in bounds)
+        nprobe = tuple(min(nl, self.nprobe) if self.nprobe else ivf_probes(nl) for nl in nlist)
+        return SearchPlan("ivf", rows, bounds, nlist, nprobe)
+
+    def shard(self, base: np.ndarray, plan: SearchPlan, i: int) -> "ShardIndex":
+        """Shard ``i`` of ``plan`` over ``base`` (the whole base side), built."""
+        a, b = plan.bounds[i]
+        return ShardIndex(base[a:b], a, plan.kind, plan.nlist[i], plan.nprobe[i], self.seed,
+                          self.device)
+
+    # -- searching --------------------------------------------------------------------------
+    def topk(self, query: np.ndarray, base: np.ndarray, k: int) -> TopK:
+        """Per query row the (at most) k base rows with the largest inner product: scores
+        (n, k) float32 canonical, ids (n, k) int64 row numbers of ``base``, (score desc, id
+        asc), padded with (-inf, -1).  Exact when the plan is exact, else approximate."""
+        query = np.ascontiguousarray(query, np.float32)
+        base = np.ascontiguousarray(base, np.float32)
+        k = int(min(k, len(base)))
+        plan = self.plan(len(base))
+        merged = empty_topk(len(query), k)
+        for i in range(len(plan.bounds)):
+            merged = merge_topk(merged, self.shard(base, plan, i).search(query, k), k)
+        return merged
+
+
+def _gpu(index, device: str):
+    """``index`` moved to the GPU of ``device`` when faiss has GPU support, else itself."""
+    import faiss
+
+    if not device.startswith("cuda") or not hasattr(faiss, "StandardGpuResources") \
+            or faiss.get_num_gpus() < 1:
+        return index, None
+    dev = int(device.split(":", 1)[1]) if ":" in device else 0
+    res = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(res, dev, index), res
+
+
+class ShardIndex:
+    """Rows ``[offset, offset + len(base))`` of one base side, ready to answer top-k queries.
+
+    Exact shards search with :func:`~psqe_ray.core.topk.topk_search`; IVF shards build a
+    ``faiss.IndexIVFFlat`` once and rescore its candidates canonically.  One Ray actor holds
+    one of these on the distributed path.
+    """
+
+    def __init__(self, base: np.ndarray, offset: int, kind: str = "exact", nlist: int = 0,
+                 nprobe: int = 0, seed: int = 0, device: str = "cpu") -> None:
+        self.base = np.ascontiguousarray(base, np.float32)
+        self.offset, self.kind = int(offset), kind
+        self.on_gpu = False
+        self._ivf = self._res = None
+        if kind == "ivf" and len(self.base):
+            import faiss
+
+            d = self.base.shape[1]
+            quantizer = faiss.IndexFlatIP(d)
+            ivf = faiss.IndexIVFFlat(quantizer, d, int(nlist), faiss.METRIC_INNER_PRODUCT)
+            ivf.cp.seed = int(seed)
+            ivf.train(self.base)
+            ivf.add(self.base)
+            ivf.nprobe = int(nprobe)
+            self._quantizer = quantizer
+            self._ivf, self._res = _gpu(ivf, device)
+            self.on_gpu = self._res is not None
+            if self.on_gpu:
+                self._ivf.nprobe = int(nprobe)
+
+    def search(self, query: np.ndarray, k: int) -> TopK:
+        """scores (n, k) float32, ids (n, k) int64 (global: shard offset added)."""
+        query = np.ascontiguousarray(query, np.float32)
+        k = int(min(k, len(self.base)))
+        if self._ivf is None:
+            return topk_search(query, self.base, k, base_offset=self.offset)
+        scores, ids = empty_topk(len(query), k)
+        if k == 0:
+            return scores, ids
+        norms = np.einsum("ij,ij->i", query, query)
+        if not np.isfinite(norms).all():
+            raise ValueError("query contains inf or nan")
+        zero = norms == 0
+        scores[zero], ids[zero] = 0.0, self.offset + np.arange(k)
+        live = np.flatnonzero(~zero)
+        kk = min(len(self.base), k + _IVF_SLACK)
+        for a in range(0, len(live), _QUERY_CHUNK):
+            rows = live[a:a + _QUERY_CHUNK]
+            _, cand = self._ivf.search(query[rows], kk)
+            r, c = np.nonzero(cand >= 0)
+            cols = cand[r, c].astype(np.int64)
+            s = canonical_scores(query, self.base, rows[r], cols)
+            part = topk_from_candidates(r, s, cols + self.offset, len(rows), k)
+            scores[rows], ids[rows] = part
+        return scores, ids
+

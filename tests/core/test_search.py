@@ -1,0 +1,136 @@
+"""The search layer: plans by size, exact below the threshold, IVF above it with canonical scores,
+shards merged in any order, approximate evaluation against exact counting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from psqe_ray.core.evaluation import alignment_metrics, gold_ranks
+from psqe_ray.core.search import Searcher, ShardIndex, ivf_lists, ivf_probes
+from psqe_ray.core.topk import canonical_scores, empty_topk, merge_topk, topk_search
+
+
+def clustered(rng, n, d, centres=40, noise=0.35):
+    c = rng.standard_normal((centres, d)).astype(np.float32)
+    x = c[rng.integers(0, centres, n)] + noise * rng.standard_normal((n, d)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def recall(got_ids, want_ids):
+    return np.mean([len(set(a[a >= 0]) & set(b[b >= 0])) / max(1, (b >= 0).sum())
+                    for a, b in zip(got_ids, want_ids)])
+
+
+def test_rule_and_plan_depend_on_size_only():
+    assert ivf_lists(100) == 2 and ivf_lists(100_000) == 1265 and ivf_lists(1_000_000) == 4000
+    assert ivf_probes(2) == 2 and ivf_probes(1265) == 159 and ivf_probes(100) == 16
+    s = Searcher(exact_below=1000, shard_rows=700)
+    assert s.plan(1000).kind == "exact" and s.plan(1001).kind == "ivf"
+    p = s.plan(2000)
+    assert p.bounds == ((0, 666), (666, 1333), (1333, 2000))
+    assert p.nlist == (17, 17, 17) and p.nprobe == (16, 16, 16)
+    # exact plans split as asked (the Ray path: one shard per CPU); IVF plans ignore it
+    assert len(s.plan(900, shards=4).bounds) == 4 and s.plan(2000, shards=8) == p
+    assert Searcher(index="flat", exact_below=0).plan(10**6).kind == "exact"
+    assert Searcher(index="ivf").plan(10).kind == "ivf"
+    assert Searcher(exact_below=0, nlist=5, nprobe=9).plan(500).nprobe == (5,)
+    with pytest.raises(ValueError, match="index"):
+        Searcher(index="hnsw")
+
+
+def test_exact_plan_is_the_exact_search_bit_for_bit():
+    rng = np.random.default_rng(0)
+    q, b = clustered(rng, 300, 16), clustered(rng, 500, 16)
+    want = topk_search(q, b, 7)
+    got = Searcher(exact_below=10_000).topk(q, b, 7)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_ivf_candidates_are_rescored_canonically_and_recall_is_high():
+    rng = np.random.default_rng(1)
+    q, b = clustered(rng, 2000, 32), clustered(rng, 6000, 32)
+    want = topk_search(q, b, 10)
+    s, ids = Searcher(index="ivf").topk(q, b, 10)
+    rows = np.repeat(np.arange(len(q)), 10)
+    np.testing.assert_array_equal(s.ravel(), canonical_scores(q, b, rows, ids.ravel()))
+    # (score desc, id asc) within every row
+    assert (np.diff(s, axis=1) <= 0).all()
+    assert recall(ids, want[1]) >= 0.98
+    # fewer probes can only lose neighbours, never invent scores
+    s1, ids1 = Searcher(index="ivf", nprobe=1).topk(q, b, 10)
+    assert recall(ids1, want[1]) < recall(ids, want[1])
+    assert (s1 <= want[0][:, :1]).all()
+
+
+def test_ivf_is_deterministic_and_shards_merge_in_any_order():
+    rng = np.random.default_rng(2)
+    q, b = clustered(rng, 500, 16), clustered(rng, 4000, 16)
+    s = Searcher(index="ivf", shard_rows=1500, seed=3)
+    plan = s.plan(len(b))
+    assert len(plan.bounds) == 3
+    parts = [s.shard(b, plan, i).search(q, 5) for i in range(3)]
+    whole = s.topk(q, b, 5)
+    for order in ((0, 1, 2), (2, 0, 1), (1, 2, 0)):
+        merged = empty_topk(len(q), 5)
+        for i in order:
+            merged = merge_topk(merged, parts[i], 5)
+        np.testing.assert_array_equal(merged[1], whole[1])
+        np.testing.assert_array_equal(merged[0], whole[0])
+    again = Searcher(index="ivf", shard_rows=1500, seed=3).topk(q, b, 5)
+    np.testing.assert_array_equal(again[1], whole[1])
+    # global ids: every shard's ids fall in its rows
+    for (a, z), (_, ids) in zip(plan.bounds, parts):
+        assert ((ids >= a) & (ids < z)).all()
+
+
+def test_ivf_zero_queries_and_small_bases_follow_the_exact_rule():
+    rng = np.random.default_rng(4)
+    b = clustered(rng, 400, 8)
+    q = clustered(rng, 5, 8)
+    q[2] = 0.0
+    s, ids = ShardIndex(b, 100, "ivf", nlist=4, nprobe=4).search(q, 3)
+    assert (ids[2] == [100, 101, 102]).all() and (s[2] == 0).all()
+    want = topk_search(q, b, 3, base_offset=100)  # all lists probed: exact
+    np.testing.assert_array_equal(ids, want[1])
+    s, ids = ShardIndex(b[:2], 0, "ivf", nlist=1, nprobe=1).search(q, 5)
+    assert ids.shape == (5, 2)
+    with pytest.raises(ValueError, match="nan"):
+        ShardIndex(b, 0, "ivf", nlist=4, nprobe=4).search(np.full((1, 8), np.nan, np.float32), 1)
+
+
+@pytest.mark.parametrize("csls_k", [0, 3])
+def test_approximate_ranks_match_exact_counting_within_depth(csls_k):
+    rng = np.random.default_rng(5)
+    left = clustered(rng, 1500, 24, noise=0.5)
+    right = (left + 0.25 * rng.standard_normal(left.shape).astype(np.float32))
+    right /= np.linalg.norm(right, axis=1, keepdims=True)
+    qi = np.arange(0, 1500, 3, dtype=np.int64)
+    exact = gold_ranks(left, right, qi, qi, csls_k=csls_k)
+    # every list probed: the shortlist holds the true top-depth, so ranks within it agree
+    full = Searcher(index="ivf", nlist=8, nprobe=8, depth=20)
+    approx = gold_ranks(left, right, qi, qi, csls_k=csls_k, searcher=full)
+    inside = exact <= 20
+    assert inside.mean() > 0.5
+    if csls_k == 0:
+        np.testing.assert_array_equal(approx[inside], exact[inside])
+        assert (approx[~inside] == 21).all()
+    else:  # CSLS re-ranks the plain shortlist: a lower bound, equal for the top of the list
+        assert (approx <= np.maximum(exact, 1)).all()
+        assert np.mean(approx[exact <= 10] == exact[exact <= 10]) > 0.95
+    # the default rule on this data: Hits@1 and Hits@10 within 0.01 of exact
+    rule = Searcher(index="ivf")
+    approx = gold_ranks(left, right, qi, qi, csls_k=csls_k, searcher=rule)
+    for k in (1, 10):
+        assert abs(np.mean(approx <= k) - np.mean(exact <= k)) <= 0.01
+
+
+def test_alignment_metrics_say_how_they_ranked():
+    rng = np.random.default_rng(6)
+    x = clustered(rng, 300, 8)
+    gl = np.arange(300, dtype=np.int64)
+    m = alignment_metrics(x, x, gl, gl)
+    assert m["ranking"] == "exact" and m["hits@1"] == 1.0
+    m = alignment_metrics(x, x, gl, gl, searcher=Searcher(index="ivf", depth=10))
+    assert m["ranking"].startswith("approximate") and m["hits@1"] >= 0.98
