@@ -49,7 +49,8 @@ class FeatureConfig:
 class Stage1Config:
     """Multimodal fusion and cluster sampling (section 4.1)."""
 
-    budget: int = 1000            # paper: 1000 seeds on DBP15K (5000 on DWY15K)
+    budget: int = 1000            # paper: 1000 seeds on DBP15K (5000 on DWY15K); 0 = by size:
+    #                               max(1000, smaller side / 20), the paper's DBP15K share
     clusters: int = 5             # paper: K in 2..5, reference default 5
     max_cluster_size: int = 20000  # ours: K = max(clusters, ceil(N / this)): bounded clusters
     kmeans_iters: int = 20        # ours (faiss default)
@@ -197,8 +198,8 @@ class PSQEConfig:
             raise ConfigError(f"method must be psqe, uvp or multimodal-greedy, got {self.method!r}")
         if self.stage1.similarity not in ("fused", "relation_attribute"):
             raise ConfigError("stage1.similarity must be 'fused' or 'relation_attribute'")
-        if self.stage1.budget < 1:
-            raise ConfigError("stage1.budget must be >= 1")
+        if self.stage1.budget < 0:
+            raise ConfigError("stage1.budget must be >= 0 (0: by the graphs' size)")
         for name, w in self.weights.items():
             if w < 0:
                 raise ConfigError(f"weights.{name} must be >= 0")

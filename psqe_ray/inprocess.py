@@ -140,6 +140,7 @@ def run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
         report.update(gen.report_extras())
         if gen.clusters_ is not None:
             report["clusters"] = int(len(gen.cluster_budgets_))
+        report["budget"] = getattr(gen, "budget_", None)
         writer.write("seeds", seeds_table(gen), filename="seeds.parquet")
         writer.put_file("report.json", json.dumps(report, indent=1, default=str).encode(),
                         fixed=True)

@@ -23,7 +23,7 @@ from psqe_ray.config import PSQEConfig, fingerprint, to_dict
 from psqe_ray.core.evaluation import alignment_metrics
 from psqe_ray.core.psqe import SeedGenerator
 from psqe_ray.core.search import Searcher
-from psqe_ray.core.train import joint_graph, model_inputs
+from psqe_ray.core.train import joint_graph, model_inputs, resolve_device
 from psqe_ray.errors import ConfigError, DataError
 from psqe_ray.io.dataset import Dataset, DatasetWriter
 from psqe_ray.io.fs import StorageOptions, exists, join, read_json, resolve
@@ -140,8 +140,9 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
         if engine is not None:
             aligner = engine(feats, graph, pair.left.n, seed_l, seed_r)
         else:
-            aligner = Aligner(cfg.align, cfg.seed, gen.searcher).fit(feats, graph, pair.left.n,
-                                                                     seed_l, seed_r)
+            aligner = Aligner(cfg.align, cfg.seed, gen.searcher,
+                              resolve_device(cfg.distributed.device)).fit(
+                feats, graph, pair.left.n, seed_l, seed_r)
         left, right = aligner.embeddings_
         t = time.perf_counter()
         table = alignment_table(left, right, cfg.align.topk, gen.searcher)

@@ -25,11 +25,11 @@ def nca_loss(zl: torch.Tensor, zr: torch.Tensor, alpha: float = 5.0, beta: float
     ``alpha``, ``beta``: EVA's code; ``margin``: the multi-similarity loss's lambda (ours).
     """
     s = F.normalize(zl, dim=1) @ F.normalize(zr, dim=1).T
-    eye = torch.eye(s.shape[0], dtype=torch.bool)
+    eye = torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
 
     def one_way(m: torch.Tensor) -> torch.Tensor:
         pos = F.softplus(-alpha * (m.diagonal() - margin)) / alpha
-        neg = torch.logsumexp(torch.cat([torch.zeros(m.shape[0], 1),
+        neg = torch.logsumexp(torch.cat([torch.zeros(m.shape[0], 1, device=m.device),
                                          (beta * (m - margin)).masked_fill(eye, float("-inf"))],
                                         dim=1), dim=1) / beta
         return (pos + neg).mean()
@@ -57,7 +57,7 @@ def momentum_icl(ql: torch.Tensor, qr: torch.Tensor, kl: torch.Tensor, kr: torch
     ``q*``: online (B, d); ``k*``: target (B, d), no gradient."""
     ql, qr = F.normalize(ql, dim=1), F.normalize(qr, dim=1)
     kl, kr = F.normalize(kl, dim=1).detach(), F.normalize(kr, dim=1).detach()
-    target = torch.arange(ql.shape[0])
+    target = torch.arange(ql.shape[0], device=ql.device)
     return (F.cross_entropy(ql @ kr.T / temperature, target)
             + F.cross_entropy(qr @ kl.T / temperature, target)) / 2
 
@@ -67,5 +67,5 @@ def mi_loss(z: torch.Tensor, joint: torch.Tensor, temperature: float) -> torch.T
     ``z`` (B, d) must identify the same entity's joint vector ``joint`` (B, d) (projected to
     ``d`` by the caller) among the batch's entities."""
     s = F.normalize(z, dim=1) @ F.normalize(joint, dim=1).T / temperature
-    target = torch.arange(z.shape[0])
+    target = torch.arange(z.shape[0], device=z.device)
     return (F.cross_entropy(s, target) + F.cross_entropy(s.T, target)) / 2

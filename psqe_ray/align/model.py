@@ -60,7 +60,8 @@ class AlignModel(nn.Module):
 
     def encode(self, feats: dict, targets: np.ndarray, blocks: list[Block]) -> dict[str, torch.Tensor]:
         """Branch vectors of ``targets`` (global node ids): modality -> float32 (T, dim)."""
-        x = torch.index_select(self.structure, 0, torch.from_numpy(blocks[0].src_nodes))
+        src = torch.from_numpy(blocks[0].src_nodes).to(self.structure.device)
+        x = torch.index_select(self.structure, 0, src)
         out = {STRUCTURE: gat_blocks(self.convs, x, blocks)}
         for m in self.inp:
             out[m] = project(self.inp[m], feats[m], targets)
@@ -93,9 +94,9 @@ class AlignModel(nn.Module):
         weights float32 (M,))."""
         emb = self.encode_all(feats, sampler, chunk)
         n = emb[STRUCTURE].shape[0]
-        joints, wsum = [], torch.zeros(len(self.modalities))
+        joints, wsum = [], torch.zeros(len(self.modalities), device=self.logits.device)
         for a in range(0, n, chunk):
             j, w = self.fuse({m: v[a:a + chunk] for m, v in emb.items()})
             joints.append(F.normalize(j, dim=1))
             wsum += w.sum(0)
-        return torch.cat(joints).numpy(), (wsum / max(n, 1)).numpy()
+        return torch.cat(joints).cpu().numpy(), (wsum / max(n, 1)).cpu().numpy()

@@ -70,11 +70,12 @@ class Aligner:
     """
 
     def __init__(self, config: AlignConfig | None = None, random_state: int = 42,
-                 searcher: Searcher | None = None) -> None:
+                 searcher: Searcher | None = None, device: str = "cpu") -> None:
         self.config = config or AlignConfig()
         self.recipe: Recipe = get_recipe(self.config.recipe)
         self.random_state = random_state
         self.searcher = searcher or Searcher(seed=random_state)
+        self.device = device  # where the network trains and embeds (a torch device name)
 
     def _rounds(self) -> int:
         return self.recipe.rounds if self.config.rounds < 0 else self.config.rounds
@@ -99,9 +100,12 @@ class Aligner:
         n_right = n_nodes - n_left
         torch.manual_seed(int(stage_rng(self.random_state, ALIGN_INIT).integers(2 ** 31)))
         dims = {m: f.shape[1] for m, f in feats.items()}
-        model = AlignModel(dims, n_nodes, cfg.dim, cfg.gat_layers, rec.fusion, mi=rec.mi > 0)
+        # initialised on the CPU (the same weights on any device), then moved
+        model = AlignModel(dims, n_nodes, cfg.dim, cfg.gat_layers, rec.fusion,
+                           mi=rec.mi > 0).to(self.device)
         terms = 1 + (len(model.modalities) if rec.per_modality else 0)
-        log_var = torch.nn.Parameter(torch.zeros(terms)) if rec.uncertainty else None
+        log_var = torch.nn.Parameter(torch.zeros(terms, device=self.device)) \
+            if rec.uncertainty else None
         params = list(model.parameters()) + ([log_var] if log_var is not None else [])
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         target = None

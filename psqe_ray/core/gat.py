@@ -122,6 +122,17 @@ class Adjacency:
         self.t_col = torch.from_numpy(dst[back])
         self.t_perm = torch.from_numpy(back)
 
+    def to(self, device: torch.device | str) -> "Adjacency":
+        """This adjacency with its index tensors on ``device`` (itself when already there)."""
+        device = torch.device(device)
+        if self.src.device == device:
+            return self
+        out = object.__new__(Adjacency)
+        out.n_src, out.n_dst = self.n_src, self.n_dst
+        for name in ("src", "dst", "crow", "t_crow", "t_col", "t_perm"):
+            setattr(out, name, getattr(self, name).to(device))
+        return out
+
 
 def _indptr(sorted_keys: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros(n + 1, np.int64)
@@ -161,8 +172,25 @@ class _Aggregate(torch.autograd.Function):
         return d_values, d_h, None
 
 
+# "auto": the custom CPU kernels on CPU tensors, PyTorch's device-generic ops elsewhere (CUDA);
+# "torch": the device-generic ops everywhere (tests run the CUDA path's code on CPU with it).
+KERNELS = "auto"
+
+
+def use_torch_kernels(t: torch.Tensor) -> bool:
+    return KERNELS == "torch" or t.device.type != "cpu"
+
+
 def _aggregate(weights: torch.Tensor, adj: Adjacency, h: torch.Tensor) -> torch.Tensor:
-    """``out[d] = sum over edges (s, d) of weights[e] * h[s]``: float32 (n_dst, h.shape[1])."""
+    """``out[d] = sum over edges (s, d) of weights[e] * h[s]``: float32 (n_dst, h.shape[1]).
+
+    CPU: the CSR kernel above (no (E x d) intermediate).  Other devices: ``index_add`` of the
+    weighted source rows (one (E x d) buffer per sampled block: small next to GPU memory)."""
+    if use_torch_kernels(h):
+        adj = adj.to(h.device)
+        msg = weights.unsqueeze(1) * torch.index_select(h, 0, adj.src)
+        return torch.zeros(adj.n_dst, h.shape[1], dtype=h.dtype,
+                           device=h.device).index_add(0, adj.dst, msg)
     return _Aggregate.apply(weights, h.contiguous(), adj)
 
 
@@ -174,6 +202,7 @@ def _edge_softmax(conv: GATConv, s_src: torch.Tensor, s_dst: torch.Tensor,
 
     # index_select, not s[idx]: advanced indexing's backward (index_put_ with accumulate) sums
     # in a thread-dependent order on CPU, which made training non-deterministic
+    adj = adj.to(s_src.device)
     e = F.leaky_relu(torch.index_select(s_src, 0, adj.src) + torch.index_select(s_dst, 0, adj.dst),
                      conv.negative_slope)
     return softmax(e, ptr=adj.crow, num_nodes=adj.n_dst)
@@ -280,8 +309,19 @@ class _SparseMatmul(torch.autograd.Function):
 
 def sparse_linear(f, rows: np.ndarray, weight: torch.Tensor,
                   bias: torch.Tensor | None) -> torch.Tensor:
-    """``f[rows] @ weight.T + bias`` for a scipy CSR ``f`` (no dense copy of the rows)."""
-    y = _SparseMatmul.apply(weight.T, f[np.asarray(rows)])
+    """``f[rows] @ weight.T + bias`` for a scipy CSR ``f`` (no dense copy of the rows).
+
+    CPU: the custom kernel above.  Other devices: the rows as a sparse COO tensor on the
+    weight's device and ``torch.sparse.mm`` (autograd gives ``dW = X^T g``)."""
+    x = f[np.asarray(rows)]
+    if use_torch_kernels(weight):
+        coo = x.tocoo()
+        idx = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+        xs = torch.sparse_coo_tensor(idx, torch.from_numpy(coo.data.astype(np.float32)),
+                                     x.shape).to(weight.device)
+        y = torch.sparse.mm(xs, weight.T)
+    else:
+        y = _SparseMatmul.apply(weight.T, x)
     return y + bias if bias is not None else y
 
 
@@ -326,7 +366,8 @@ class SeedEncoder(nn.Module):
         b0 = blocks[0]
         adj = b0.adjacency()
         if isinstance(f, torch.Tensor):
-            h = gat_untransformed(first, f[torch.from_numpy(b0.src_nodes)], adj, w, b)
+            x = f[torch.from_numpy(b0.src_nodes)].to(w.device)
+            h = gat_untransformed(first, x, adj, w, b)
         else:
             h = gat_transformed(first, sparse_linear(f, b0.src_nodes, w, b), adj)
         for blk, conv in zip(blocks[1:], self.convs[1:]):
@@ -351,17 +392,19 @@ class SeedEncoder(nn.Module):
         out = {}
         chunks = [np.arange(a, min(n, a + chunk)) for a in range(0, n, chunk)]
         h = torch.cat([self.project(self.anchor, feats, rows) for rows in chunks])
-        out[self.anchor] = propagate_full(self.convs, h, sampler, chunk).numpy()
+        out[self.anchor] = propagate_full(self.convs, h, sampler, chunk).cpu().numpy()
         for m in self.modalities:
             if m != self.anchor:
-                out[m] = torch.cat([self.project(m, feats, rows) for rows in chunks]).numpy()
+                out[m] = torch.cat([self.project(m, feats, rows)
+                                    for rows in chunks]).cpu().numpy()
         return out
 
 
 def project(layer: nn.Linear, f, rows: np.ndarray) -> torch.Tensor:
-    """``layer(f[rows])`` for a dense tensor or a scipy CSR ``f`` (sparse rows never densified)."""
+    """``layer(f[rows])`` for a dense tensor or a scipy CSR ``f`` (sparse rows never densified);
+    the rows move to the layer's device."""
     if isinstance(f, torch.Tensor):
-        return layer(f[torch.from_numpy(np.asarray(rows))])
+        return layer(f[torch.from_numpy(np.asarray(rows))].to(layer.weight.device))
     return sparse_linear(f, rows, layer.weight, layer.bias)
 
 
@@ -385,9 +428,10 @@ def propagate_full(convs, h: torch.Tensor, sampler: CSRSampler, chunk: int = 819
     adjs = [blk.adjacency() for blk in blocks]
     for k, conv in enumerate(convs):
         z = conv.lin(h)
-        nxt = torch.empty((n, z.shape[1] if conv.concat else conv.out_channels))
+        nxt = torch.empty((n, z.shape[1] if conv.concat else conv.out_channels), device=z.device)
         for rows, blk, adj in zip(chunks, blocks, adjs):
-            y = gat_transformed(conv, z[torch.from_numpy(blk.src_nodes)], adj)
+            src = torch.from_numpy(blk.src_nodes).to(z.device)
+            y = gat_transformed(conv, torch.index_select(z, 0, src), adj)
             nxt[rows[0]:rows[-1] + 1] = F.elu(y) if k < len(convs) - 1 else y
         h = nxt
     return h
@@ -413,11 +457,11 @@ def icl_loss(zl: torch.Tensor, zr: torch.Tensor, temperature: float = 1.0,
     if normalize:
         zl, zr = F.normalize(zl, dim=1), F.normalize(zr, dim=1)
     n = zl.shape[0]
-    eye = torch.eye(n, dtype=torch.bool)
+    eye = torch.eye(n, dtype=torch.bool, device=zl.device)
     lr = zl @ zr.T / temperature
     ll = (zl @ zl.T / temperature).masked_fill(eye, float("-inf"))
     rr = (zr @ zr.T / temperature).masked_fill(eye, float("-inf"))
-    target = torch.arange(n)
+    target = torch.arange(n, device=zl.device)
     loss_l = F.cross_entropy(torch.cat([lr, ll], dim=1), target)
     loss_r = F.cross_entropy(torch.cat([lr.T, rr], dim=1), target)
     return (loss_l + loss_r) / 2

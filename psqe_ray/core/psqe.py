@@ -31,7 +31,7 @@ from psqe_ray.core.sampling import (candidates_union, cluster_budgets, greedy_se
                                     kmeans_assign, n_clusters, sample_cluster)
 from psqe_ray.core.search import Searcher
 from psqe_ray.core.train import (FEATURES, embed, joint_graph, model_inputs, pick_anchor,
-                                 stage_rng, train_encoder)
+                                 resolve_device, stage_rng, train_encoder)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,12 @@ class SeedTable:
         if not self.left:
             return {c: np.zeros(0, dtype=object) for c in cols}
         return {c: np.concatenate(getattr(self, c)) for c in cols}
+
+
+def seed_budget(budget: int, n_left: int, n_right: int) -> int:
+    """Stage I's seed budget: ``budget`` when set, else (0) by size: max(1000, min(n) / 20),
+    the share of the paper's 1000 seeds on a DBP15K pair (~20,000 entities per side)."""
+    return int(budget) if budget > 0 else max(1000, round(min(n_left, n_right) / 20))
 
 
 class SeedGenerator:
@@ -165,7 +171,7 @@ class SeedGenerator:
 
         out = self._run_stage("features", features)
         fused_l, fused_r = out["fused_left"], out["fused_right"]
-        budget = cfg.stage1.budget
+        budget = self.budget_ = seed_budget(cfg.stage1.budget, pair.left.n, pair.right.n)
         if cfg.method in ("uvp", "multimodal-greedy"):
             t = time.perf_counter()
             if cfg.method == "uvp":
@@ -216,7 +222,8 @@ class SeedGenerator:
         feats = model_inputs(mods)
         graph = joint_graph(pair.left.neighbours(), pair.right.neighbours(), pair.left.n)
         model, self.losses_ = train_encoder(feats, graph, seed_l, seed_r, pair.left.n,
-                                            self.anchor_, cfg.stage2, cfg.seed)
+                                            self.anchor_, cfg.stage2, cfg.seed,
+                                            device=resolve_device(cfg.distributed.device))
         return embed(model, feats, graph)
 
     def _global_topk(self, learned_l, learned_r, k: int):
@@ -301,7 +308,7 @@ class SeedGenerator:
             else:
                 sim_l, sim_r = fused_l, fused_r
             sizes = np.bincount(lab_l, minlength=k) + np.bincount(lab_r, minlength=k)
-            budgets = cluster_budgets(sizes, cfg.stage1.budget)
+            budgets = cluster_budgets(sizes, self.budget_)
             parts = self._sample_clusters(sim_l, sim_r, lab_l, lab_r, budgets)
             l, r, s = (np.concatenate([p[i] for p in parts]) for i in range(3))
             order = np.lexsort((r, l, -s))
@@ -329,7 +336,7 @@ class SeedGenerator:
             k = cfg.stage2.candidates
             lr, rl = self._global_topk(learned_l, learned_r, k)
             gl, gr, gs = candidates_union(lr, rl, len(learned_r))
-            acc = greedy_one_to_one(gl, gr, gs, limit=cfg.stage2.global_budget or cfg.stage1.budget,
+            acc = greedy_one_to_one(gl, gr, gs, limit=cfg.stage2.global_budget or self.budget_,
                                     taken_left=taken_l, taken_right=taken_r)
             gl, gr, gs = gl[acc], gr[acc], gs[acc]
             order = np.lexsort((gr, gl, -gs))

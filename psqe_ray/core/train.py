@@ -32,6 +32,28 @@ def stage_rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, key)]))
 
 
+def resolve_device(device: str = "auto") -> str:
+    """``distributed.device`` -> a torch device name: ``auto`` = ``cuda`` when this process
+    sees a GPU, else ``cpu``; ``cuda`` without a GPU is an error (asked for, not available)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device here")
+    return device
+
+
+def cpu_state(obj: Any) -> Any:
+    """A state dict / optimiser state with every tensor copied to the CPU (checkpoints load
+    anywhere; optimisers move their state back to the parameters' device on load)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: cpu_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_state(v) for v in obj)
+    return obj
+
+
 def pick_anchor(anchor: str, modalities) -> str:
     """The modality under the GAT: ``auto`` = image, else name, relation, attribute."""
     mods = sorted(modalities)
@@ -68,10 +90,13 @@ def rank_batches(perm: np.ndarray, batch_size: int, world: int, rank: int):
             yield np.array_split(batch, world)[rank]
 
 
-def new_encoder(feats: dict, anchor: str, cfg: Stage2Config, seed: int) -> SeedEncoder:
+def new_encoder(feats: dict, anchor: str, cfg: Stage2Config, seed: int,
+                device: str = "cpu") -> SeedEncoder:
+    """The Stage II encoder, initialised from ``seed`` on the CPU (same weights on any device),
+    then moved to ``device``."""
     torch.manual_seed(seed)
     return SeedEncoder({m: f.shape[1] for m, f in feats.items()}, anchor, dim=cfg.dim,
-                       layers=cfg.gat_layers, heads=cfg.gat_heads)
+                       layers=cfg.gat_layers, heads=cfg.gat_heads).to(device)
 
 
 def train_encoder(feats: dict, graph: tuple[np.ndarray, np.ndarray], seed_left: np.ndarray,
@@ -80,14 +105,16 @@ def train_encoder(feats: dict, graph: tuple[np.ndarray, np.ndarray], seed_left: 
                   sync: Callable[[SeedEncoder], None] | None = None,
                   state: dict | None = None,
                   on_epoch: Callable[[int, list[float], Callable[[], dict]], None] | None = None,
-                  ) -> tuple[SeedEncoder, list[float]]:
+                  device: str = "cpu") -> tuple[SeedEncoder, list[float]]:
     """Train the Stage II encoder on seed pairs; returns (model in eval mode, loss per epoch).
 
     ``graph``: joint CSR (:func:`joint_graph`).  ``state``: a snapshot from ``on_epoch`` to
     continue from (model, optimiser, random streams, epoch).  ``on_epoch(epochs_done, losses,
-    snapshot)`` is called after every epoch; ``snapshot()`` returns a picklable state.
+    snapshot)`` is called after every epoch; ``snapshot()`` returns a picklable state (tensors
+    on the CPU).  ``device``: where the model trains (features stay on the CPU; each batch's
+    rows move to the device).
     """
-    model = new_encoder(feats, anchor, cfg, seed)
+    model = new_encoder(feats, anchor, cfg, seed, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     order_rng = stage_rng(seed, ORDER)
     sampler = CSRSampler(graph[0], graph[1], stage_rng(seed, SAMPLE, rank))
@@ -102,7 +129,7 @@ def train_encoder(feats: dict, graph: tuple[np.ndarray, np.ndarray], seed_left: 
         start = int(state["epoch"])
 
     def snapshot() -> dict:
-        return {"model": model.state_dict(), "opt": opt.state_dict(),
+        return {"model": cpu_state(model.state_dict()), "opt": cpu_state(opt.state_dict()),
                 "order_rng": order_rng.bit_generator.state,
                 "sample_rng": sampler.rng.bit_generator.state,
                 "losses": list(losses), "epoch": len(losses)}

@@ -21,7 +21,8 @@ import ray
 from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import PSQEConfig, to_dict
 from psqe_ray.distributed.psqe import run_seeds_on_ray
-from psqe_ray.distributed.runtime import (allreduce_gradients, fit_on_cpus, ray_session,
+from psqe_ray.distributed.runtime import (allreduce_gradients, cluster_device, fit_on_ray,
+                                          ray_session,
                                           train_threads)
 from psqe_ray.distributed.tasks import rss
 from psqe_ray.io.fs import StorageOptions, join, resolve
@@ -48,7 +49,7 @@ def _align_worker(config: dict) -> None:
     feats, graph, seeds = ray.get(config["refs"])
     cfg = AlignConfig(**{**config["align"], "fanout": tuple(config["align"]["fanout"])})
     searcher = Searcher.from_config(SearchConfig(**config["search"]), config["seed"])
-    aligner = Aligner(cfg, config["seed"], searcher).fit(
+    aligner = Aligner(cfg, config["seed"], searcher, config.get("device", "cpu")).fit(
         feats, graph, config["n_left"], seeds[0], seeds[1], rank=rank, world=world,
         sync=lambda m: allreduce_gradients(m, world))
     if rank == 0:
@@ -69,13 +70,14 @@ def ray_align_engine(cfg: PSQEConfig, out_url: str, storage_options: StorageOpti
         refs = [ray.put(feats), ray.put(graph), ray.put((seed_l, seed_r))]
         storage_url = join(out_url, TRAIN)
         try:
-            state = fit_on_cpus(
+            device = cluster_device(d.device)
+            state = fit_on_ray(
                 _align_worker,
                 {"refs": refs, "align": to_dict(cfg.align), "search": to_dict(cfg.search),
                  "seed": cfg.seed, "n_left": n_left, "threads": threads},
                 workers=d.train_workers, cpus=d.train_cpus, name=f"align-{cfg.align.recipe}",
                 storage_url=storage_url, storage_options=storage_options,
-                result_file="result.pkl")
+                result_file="result.pkl", device=device)
         finally:
             fs, path = resolve(storage_url, storage_options)
             try:
@@ -86,6 +88,7 @@ def ray_align_engine(cfg: PSQEConfig, out_url: str, storage_options: StorageOpti
         for k in _RESULT:
             setattr(aligner, k, state[k])
         aligner.report_extras_ = {"engine": "ray", "train_workers": d.train_workers,
+                                  "device": device,
                                   "threads_per_worker": threads,
                                   "worker_peak_rss_bytes": int(state["rss"])}
         return aligner

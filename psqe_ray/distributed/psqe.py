@@ -22,8 +22,10 @@ recomputing them, and continues an interrupted training from its latest checkpoi
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import math
 import os
 import pickle
 import secrets
@@ -42,7 +44,8 @@ from psqe_ray.core.psqe import SeedGenerator, SeedTable
 from psqe_ray.core.topk import empty_topk, merge_topk
 from psqe_ray.distributed.tasks import (Fuser, TopKShard, cluster_task, expand_map, mic_map,
                                         parquet, put_table, read_table, rss)
-from psqe_ray.distributed.runtime import allreduce_gradients, fit_on_cpus, train_threads
+from psqe_ray.distributed.runtime import (allreduce_gradients, cluster_device, fit_on_ray,
+                                          node_cpus, train_threads)
 from psqe_ray.io.dataset import Dataset, DatasetWriter
 from psqe_ray.inprocess import run_seeds, seeds_table
 from psqe_ray.io.fs import StorageOptions, exists, join, read_bytes, resolve
@@ -65,7 +68,7 @@ def _train_worker(config: dict) -> None:
     import torch
 
     from psqe_ray.config import Stage2Config
-    from psqe_ray.core.train import embed, train_encoder
+    from psqe_ray.core.train import cpu_state, embed, train_encoder
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -102,11 +105,12 @@ def _train_worker(config: dict) -> None:
 
     model, losses = train_encoder(feats, graph, seeds[0], seeds[1], config["n_left"],
                                   config["anchor"], cfg, config["seed"], rank=rank, world=world,
-                                  sync=sync, state=state, on_epoch=on_epoch)
+                                  sync=sync, state=state, on_epoch=on_epoch,
+                                  device=config.get("device", "cpu"))
     # the last checkpoint also holds every entity's learned vectors (rank 0 embeds them with
     # full neighbourhoods): the driver reads them from there, a resumed run too
-    snap = last.get("snapshot") or (lambda: {"model": model.state_dict(), "losses": losses,
-                                             "epoch": len(losses)})
+    snap = last.get("snapshot") or (lambda: {"model": cpu_state(model.state_dict()),
+                                             "losses": losses, "epoch": len(losses)})
     learned = embed(model, feats, graph) if rank == 0 else None
     report(len(losses), losses, lambda: {**snap(), "learned": learned})
 
@@ -139,7 +143,7 @@ class RaySeedGenerator(SeedGenerator):
                 "stages_url": join(self.out_url, STAGES)}
 
     def _res(self, stage: str, **entries) -> dict:
-        """The resources record of ``stage`` (GPUs: none of these steps uses one)."""
+        """The resources record of ``stage`` (``gpus``: GPUs its workers held, 0 unless set)."""
         res = self.resources_.setdefault(stage, {"gpus": 0})
         res.update(entries)
         return res
@@ -308,17 +312,19 @@ class RaySeedGenerator(SeedGenerator):
         if resume:
             log.info("stage2: continuing from checkpoint %s", resume)
         threads = train_threads(d.train_workers)
-        state = fit_on_cpus(
+        device = cluster_device(d.device)
+        state = fit_on_ray(
             _train_worker,
             {"refs": refs, "stage2": to_dict(cfg.stage2), "seed": cfg.seed,
              "n_left": pair.left.n, "anchor": self.anchor_, "threads": threads,
              "checkpoint_every": d.checkpoint_every, "resume": resume,
              "storage_options": self.storage_options},
             workers=d.train_workers, cpus=d.train_cpus, name=run_name, storage_url=storage_url,
-            storage_options=self.storage_options, keep=2, result_file="state.pkl")
+            storage_options=self.storage_options, keep=2, result_file="state.pkl", device=device)
         self.losses_ = state["losses"]
         learned = state["learned"]
         self._res(self._current, workers=d.train_workers, cpus_per_worker=d.train_cpus,
+                  device=device, gpus=d.train_workers if device == "cuda" else 0,
                   threads=threads, checkpoints=join(storage_url, run_name),
                   worker_peak_rss_bytes=int(state.get("rss", 0)))
         return learned
@@ -352,12 +358,26 @@ class RaySeedGenerator(SeedGenerator):
         # searcher's size-based plan, whatever the cluster, so results never depend on it
         shards = d.shards or _cpus()
         rss, plans = [], []
+        # IVF shards go to GPUs when the cluster has them (one per actor); exact shards and
+        # the canonical rescoring are CPU work
+        device = cluster_device(d.device)
+        searcher = copy.copy(self.searcher)
+        searcher.device = device
 
         def search(query, base):
             kk = min(k, len(base))
             plan = self.searcher.plan(len(base), shards)
             plans.append(plan.describe())
-            actors = [TopKShard.remote(base[a:b], self.searcher, plan, i)
+            opts, threads = {}, 1
+            if plan.kind == "ivf":
+                # few large shards: each actor gets a share of the CPUs (at most a node's) and
+                # runs that many FAISS threads; exact shards are one single-threaded actor per CPU
+                # (more shards than CPUs: fractional CPUs, one thread each, so all fit at once)
+                per = _cpus() / len(plan.bounds)
+                threads = int(max(1, min(min(node_cpus()), per)))
+                opts = {"num_cpus": threads if per >= 1 else math.floor(per * 100) / 100,
+                        **({"num_gpus": 1} if device == "cuda" else {})}
+            actors = [TopKShard.options(**opts).remote(base[a:b], searcher, plan, i, threads)
                       for i, (a, b) in enumerate(plan.bounds)]
             qref = ray.put(query)
             results = ray.get([a.search.remote(qref, kk) for a in actors])
@@ -371,6 +391,8 @@ class RaySeedGenerator(SeedGenerator):
 
         out = search(learned_l, learned_r), search(learned_r, learned_l)
         self._res(self._current, shards=len(plans[0]["nlist"]), search=plans,
+                  gpus=len(plans[0]["nlist"]) if device == "cuda" and plans[0]["kind"] == "ivf"
+                  else 0,
                   worker_peak_rss_bytes=max(rss, default=0))
         return out
 

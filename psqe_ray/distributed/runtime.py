@@ -57,13 +57,27 @@ def actor_plan(workers: int = 0, device: str = "auto") -> tuple[int, dict[str, f
     return size, {"num_cpus": 0.5}, max(1, cpus // size)
 
 
+def cluster_device(device: str = "auto") -> str:
+    """``distributed.device`` on Ray -> "cuda" or "cpu": ``auto`` is cuda when the cluster has
+    GPUs; ``cuda`` on a cluster without GPUs is an error (asked for, not available)."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if device == "cuda" and not gpus:
+        raise ValueError("distributed.device=cuda, but the Ray cluster has no GPU")
+    return "cuda" if gpus and device in ("auto", "cuda") else "cpu"
+
+
+def node_cpus() -> list[float]:
+    """CPUs of every alive node that has CPUs ([1] when none is listed)."""
+    return [n["Resources"]["CPU"] for n in ray.nodes()
+            if n["Alive"] and n["Resources"].get("CPU", 0) > 0] or [1]
+
+
 def train_threads(workers: int) -> int:
     """torch threads per Ray Train worker: the smallest node's CPUs shared by the workers that
     may land on it (more threads than cores made the all-reduce steps crawl)."""
-    node_cpus = [n["Resources"]["CPU"] for n in ray.nodes()
-                 if n["Alive"] and n["Resources"].get("CPU", 0) > 0] or [1]
-    per_node = -(-workers // len(node_cpus))
-    return max(1, int(min(node_cpus)) // per_node)
+    cpus = node_cpus()
+    per_node = -(-workers // len(cpus))
+    return max(1, int(min(cpus)) // per_node)
 
 
 def allreduce_gradients(module, world: int) -> None:
@@ -92,12 +106,13 @@ def _train_storage(url: str, storage_options) -> tuple[Any, str]:
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
-def fit_on_cpus(loop: Callable[[dict], None], config: dict, *, workers: int, cpus: float,
-                name: str, storage_url: str, storage_options=None, keep: int = 1,
-                result_file: str) -> Any:
-    """Run ``loop`` on Ray Train (``workers`` data-parallel CPU workers of ``cpus`` each;
-    checkpoints under ``storage_url/name``, the newest ``keep``) and return the unpickled
-    ``result_file`` of the final checkpoint (written by rank 0)."""
+def fit_on_ray(loop: Callable[[dict], None], config: dict, *, workers: int, cpus: float,
+               name: str, storage_url: str, storage_options=None, keep: int = 1,
+               result_file: str, device: str = "cpu") -> Any:
+    """Run ``loop`` on Ray Train (``workers`` data-parallel workers of ``cpus`` CPUs each, and
+    one GPU each when ``device`` is cuda; checkpoints under ``storage_url/name``, the newest
+    ``keep``) and return the unpickled ``result_file`` of the final checkpoint (written by rank
+    0).  The loop finds the device in ``config["device"]``."""
     import pickle
 
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
@@ -105,8 +120,8 @@ def fit_on_cpus(loop: Callable[[dict], None], config: dict, *, workers: int, cpu
 
     pafs, storage_path = _train_storage(storage_url, storage_options)
     trainer = TorchTrainer(
-        loop, train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=False,
+        loop, train_loop_config={**config, "device": device},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=device == "cuda",
                                      resources_per_worker={"CPU": cpus}),
         run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=pafs,
                              checkpoint_config=CheckpointConfig(num_to_keep=keep)))

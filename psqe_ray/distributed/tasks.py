@@ -56,8 +56,14 @@ class TopKShard:
     """One shard of a base side (:class:`~psqe_ray.core.search.ShardIndex`: exact, or an IVF
     index built once), answering top-k queries for the shard's rows with global ids."""
 
-    def __init__(self, rows: np.ndarray, searcher: Searcher, plan: SearchPlan, i: int) -> None:
-        """``rows``: the base rows of shard ``i`` of ``plan`` (only those travel here)."""
+    def __init__(self, rows: np.ndarray, searcher: Searcher, plan: SearchPlan, i: int,
+                 threads: int = 1) -> None:
+        """``rows``: the base rows of shard ``i`` of ``plan`` (only those travel here);
+        ``threads``: FAISS threads (the CPUs this actor was given)."""
+        if plan.kind == "ivf":
+            import faiss
+
+            faiss.omp_set_num_threads(int(threads))
         self.index = ShardIndex(rows, plan.bounds[i][0], plan.kind, plan.nlist[i],
                                 plan.nprobe[i], searcher.seed, searcher.device)
 

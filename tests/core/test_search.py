@@ -50,9 +50,12 @@ def test_exact_plan_is_the_exact_search_bit_for_bit():
 
 def test_ivf_candidates_are_rescored_canonically_and_recall_is_high():
     rng = np.random.default_rng(1)
-    q, b = clustered(rng, 2000, 32), clustered(rng, 6000, 32)
+    q, b = clustered(rng, 2600, 32), clustered(rng, 6000, 32)
     want = topk_search(q, b, 10)
     s, ids = Searcher(index="ivf").topk(q, b, 10)
+    # the bucketed (big-batch) search and the per-query search probe the same lists
+    per_query = Searcher(index="ivf").topk(q[:300], b, 10)
+    np.testing.assert_array_equal(per_query[1], ids[:300])
     rows = np.repeat(np.arange(len(q)), 10)
     np.testing.assert_array_equal(s.ravel(), canonical_scores(q, b, rows, ids.ravel()))
     # (score desc, id asc) within every row
@@ -134,3 +137,24 @@ def test_alignment_metrics_say_how_they_ranked():
     assert m["ranking"] == "exact" and m["hits@1"] == 1.0
     m = alignment_metrics(x, x, gl, gl, searcher=Searcher(index="ivf", depth=10))
     assert m["ranking"].startswith("approximate") and m["hits@1"] >= 0.98
+
+
+def test_approximate_metrics_share_searches_and_agree_with_per_variant_ranks():
+    from psqe_ray.core.evaluation import field_split
+
+    rng = np.random.default_rng(7)
+    left = clustered(rng, 900, 16, noise=0.5)
+    right = left + 0.3 * rng.standard_normal(left.shape).astype(np.float32)
+    right = np.concatenate([right, clustered(rng, 200, 16)])  # dangling right entities
+    gl = np.arange(0, 900, 2, dtype=np.int64)
+    s = Searcher(index="ivf", depth=15)
+    m = alignment_metrics(left, right, gl, gl, searcher=s)
+    test = field_split(len(gl))
+    local = np.arange(len(test))
+    for k, name in ((0, "plain"), (3, "csls")):
+        want = gold_ranks(left, right, gl, gl, csls_k=k, searcher=s)
+        assert m["variants"][f"l2r/{name}/all"]["hits@1"] == pytest.approx(np.mean(want <= 1))
+        want = gold_ranks(right, left, gl, gl, csls_k=k, searcher=s)
+        assert m["variants"][f"r2l/{name}/all"]["hits@10"] == pytest.approx(np.mean(want <= 10))
+        want = gold_ranks(left[gl[test]], right[gl[test]], local, local, csls_k=k, searcher=s)
+        assert m["variants"][f"l2r/{name}/test"]["mrr"] == pytest.approx(np.mean(1 / want))

@@ -213,3 +213,32 @@ def test_ray_job_submit_on_two_node_cluster_with_s3(pair_url, tmp_path, s3_bucke
     assert report["engine"] == "ray" and report["seeds"]["count"] == len(
         [a for a in expected["accepted"] if a])
     assert s3.exists(f"{out}/stages/stage2-train/_MANIFEST.json")
+
+
+def test_sharded_ivf_search_on_ray_equals_the_inprocess_search(ray_local, ray_timeout, tmp_path):
+    """The search plan depends on the size only: IVF shards on Ray actors, merged, give the
+    in-process result bit for bit (and exact plans split per CPU give the exact answer)."""
+    import numpy as np
+
+    from psqe_ray.core.psqe import SeedGenerator
+    from psqe_ray.distributed.psqe import RaySeedGenerator
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((30, 16)).astype(np.float32)
+    left = centres[rng.integers(0, 30, 3000)] + 0.3 * rng.standard_normal((3000, 16))
+    right = centres[rng.integers(0, 30, 2500)] + 0.3 * rng.standard_normal((2500, 16))
+    left, right = left.astype(np.float32), right.astype(np.float32)
+    for sets in (["search.index=ivf", "search.shard_rows=1000"], ["search.exact_below=10000"]):
+        cfg = load_config(None, sets)
+        local = SeedGenerator(cfg)._global_topk(left, right, 5)
+        ray_gen = RaySeedGenerator(cfg, str(tmp_path / "out"), "fp")
+        ray_gen._current = "stage2-global"
+        got = ray_gen._global_topk(left, right, 5)
+        for a, b in zip(local, got):
+            np.testing.assert_array_equal(a[0], b[0])
+            np.testing.assert_array_equal(a[1], b[1])
+        plans = ray_gen.resources_["stage2-global"]["search"]
+        if "search.index=ivf" in sets:
+            assert [p["shards"] for p in plans] == [3, 3] and plans[0]["kind"] == "ivf"
+        else:
+            assert plans[0]["kind"] == "exact" and plans[0]["shards"] == 2  # one per CPU
