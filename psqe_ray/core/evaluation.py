@@ -38,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from psqe_ray.core.search import Searcher
+from psqe_ray.core.topk import canonical_scores
 
 __all__ = ["alignment_metrics", "csls_penalty", "field_split", "gold_ranks"]
 
@@ -109,8 +110,6 @@ def _listed_ranks(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids:
 
     ``lists``: (scores, ids) of every query row's depth best candidates when already searched
     (rows of ``query``); ``penalty``: the candidates' CSLS penalties when already known."""
-    from psqe_ray.core.topk import canonical_scores
-
     depth = max(searcher.depth, csls_k)
     if lists is None:
         s, ids = searcher.topk(query[q_ids], cand, depth)

@@ -127,11 +127,14 @@ class Adjacency:
         device = torch.device(device)
         if self.src.device == device:
             return self
-        out = object.__new__(Adjacency)
-        out.n_src, out.n_dst = self.n_src, self.n_dst
-        for name in ("src", "dst", "crow", "t_crow", "t_col", "t_perm"):
-            setattr(out, name, getattr(self, name).to(device))
-        return out
+        moved = self.__dict__.setdefault("_moved", {})  # one copy per device, made once
+        if device not in moved:
+            out = object.__new__(Adjacency)
+            out.n_src, out.n_dst = self.n_src, self.n_dst
+            for name in ("src", "dst", "crow", "t_crow", "t_col", "t_perm"):
+                setattr(out, name, getattr(self, name).to(device))
+            moved[device] = out
+        return moved[device]
 
 
 def _indptr(sorted_keys: np.ndarray, n: int) -> np.ndarray:

@@ -22,9 +22,11 @@ cluster), so the result is too:
       nprobe = clamp(max(16, ceil(nlist / 8)), 1, nlist)
 
   i.e. FAISS's usual 4 sqrt(N) lists (at least 39 training points each) and 1/8 of them probed
-  (at least 16), which kept recall@10 >= 0.98 against exact search on every set measured
-  (BENCHMARKS.md "Search layer").  Probing a fixed share of the lists costs about ``m / 8`` scored
-  rows per query, a constant factor below exact search; ``search.nprobe`` trades recall for time.
+  (at least 16).  Measured recall@10 against exact search (BENCHMARKS.md "Search layer, devices
+  and scale"): .997 on DBP15K fr_en's Stage II vectors, but .93-.97 on the synthetic 100k pair
+  and .85 on fr_en's aligner vectors, whose 2nd-10th neighbours are near ties (top-1 agreement
+  .97-.99).  Probing a fixed share of the lists costs about ``m / 8`` scored rows per query, a
+  constant factor below exact search; ``search.nprobe`` trades recall for time.
 
 IVF only *proposes* candidates (``k + 8`` per query and shard); they are rescored with the
 canonical inner product (:func:`~psqe_ray.core.topk.canonical_scores`) and ordered by (score
@@ -131,13 +133,9 @@ class Searcher:
         (any split gives the same answer there: the Ray path asks for one per CPU)."""
         rows = int(rows)
         if self.is_exact(rows):
-            n = max(1, min(int(shards), rows))
-            cuts = np.linspace(0, rows, n + 1).astype(int)
-            bounds = tuple((int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]))
-            return SearchPlan("exact", rows, bounds, (0,) * n, (0,) * n)
-        n = max(1, math.ceil(rows / self.shard_rows))
-        cuts = np.linspace(0, rows, n + 1).astype(int)
-        bounds = tuple((int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]))
+            bounds = _bounds(rows, max(1, min(int(shards), rows)))
+            return SearchPlan("exact", rows, bounds, (0,) * len(bounds), (0,) * len(bounds))
+        bounds = _bounds(rows, max(1, math.ceil(rows / self.shard_rows)))
         nlist = tuple(min(b - a, self.nlist) if self.nlist else ivf_lists(b - a)
                       for a, b in bounds)
         nprobe = tuple(min(nl, self.nprobe) if self.nprobe else ivf_probes(nl) for nl in nlist)
@@ -158,10 +156,18 @@ class Searcher:
         base = np.ascontiguousarray(base, np.float32)
         k = int(min(k, len(base)))
         plan = self.plan(len(base))
+        if len(plan.bounds) == 1:  # already (score desc, id asc): nothing to merge
+            return self.shard(base, plan, 0).search(query, k)
         merged = empty_topk(len(query), k)
         for i in range(len(plan.bounds)):
             merged = merge_topk(merged, self.shard(base, plan, i).search(query, k), k)
         return merged
+
+
+def _bounds(rows: int, n: int) -> tuple[tuple[int, int], ...]:
+    """``n`` contiguous, nearly equal row ranges covering ``range(rows)``."""
+    cuts = np.linspace(0, rows, n + 1).astype(int)
+    return tuple((int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]))
 
 
 def _gpu(index, device: str):
