@@ -63,7 +63,8 @@ def main() -> None:
                 psqe = seeds(ds, psqe_url, "psqe", modalities, [])
                 budget = psqe["seeds"]["count"]
                 uvp = seeds(ds, runs / f"seeds-uvp-{budget}", "uvp", modalities,
-                            [f"stage1.budget={budget}"])
+                            [f"stage1.budget={budget}"]) if "uvp" in (args.seeds or ["uvp"]) \
+                    else None
             except SystemExit as exc:  # e.g. no modality with a cross-graph signal
                 print(json.dumps({"pair": pair, "names": tag == "names",
                                   "error": str(exc).strip().splitlines()[-1][-300:]}), flush=True)

@@ -158,7 +158,7 @@ class AlignConfig:
     evaluates on a 20k-entity pair within minutes on two CPU cores.
     """
 
-    recipe: str = "meaformer"     # eva | mclea | meaformer | pcmea
+    recipe: str = "pcmea"         # eva | mclea | meaformer | pcmea
     dim: int = 128                # per-branch width (EVA / MCLEA / MEAformer: 300; CPU budget)
     epochs: int = 30              # epochs on the seeds before the first iterative round
     round_epochs: int = 5         # epochs after each iterative round
@@ -167,7 +167,11 @@ class AlignConfig:
     weight_decay: float = 0.01
     batch_size: int = 1024        # seed pairs per step (in-batch negatives)
     temperature: float = 0.1      # ICL temperature (MCLEA / MEAformer)
-    gat_layers: int = 2           # GAT over the learned structure embedding
+    structure: str = "auto"       # the structure GAT's input: features (a fixed projection
+                                  # of the entity's features) | free (EVA's learned embedding)
+                                  # | init (free, started at the projection) | auto (free when
+                                  # the seeds pair >= 20 % of the smaller side, else features)
+    gat_layers: int = 2           # GAT layers of the structure branch
     fanout: tuple[int, ...] = (10, 5)  # sampled neighbours per hop while training
     momentum: float = 0.99        # pcmea: EMA rate of the target encoder
     topk: int = 10                # candidates per left entity in alignment.parquet
@@ -222,6 +226,9 @@ class PSQEConfig:
         a = self.align
         if a.recipe not in RECIPES:
             raise ConfigError(f"align.recipe must be one of {', '.join(RECIPES)}, got {a.recipe!r}")
+        if a.structure not in ("auto", "features", "free", "init"):
+            raise ConfigError("align.structure must be auto, features, free or init, "
+                              f"got {a.structure!r}")
         if min(a.dim, a.batch_size, a.topk, a.gat_layers) < 1 or a.epochs < 0 \
                 or a.round_epochs < 0 or a.rounds < -1 or a.temperature <= 0 or a.csls_k < 0 \
                 or not 0.0 <= a.momentum < 1.0 or a.lr <= 0:

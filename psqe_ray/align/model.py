@@ -3,8 +3,12 @@ and a fusion into one joint vector per entity (EVA / MCLEA / MEAformer / PCMEA s
 ``shared/PSQE.md`` "Downstream aligners").
 
 Branches, each to ``dim``:
-    structure: a learned embedding per entity (both graphs, one id space) -> ``layers`` x GATConv
-        over the joint graph (no relation or attribute input: structure only);
+    structure: an input per entity (both graphs, one id space) -> ``layers`` x GATConv over the
+        joint graph.  The input is either ``features`` (default): a fixed random projection of
+        the entity's own feature inputs (:func:`feature_base`), so the branch learns how to
+        aggregate a neighbourhood's features and has no per-entity parameter; or ``free``: a
+        learned embedding per entity (EVA's), which only the seeded entities and their
+        neighbours ever train;
     every feature modality (name, relation, attribute, image): one linear layer.
 Fusion: the L2-normalised branch vectors, each scaled by a modality weight, concatenated::
 
@@ -29,6 +33,38 @@ from psqe_ray.core.gat import Block, CSRSampler, gat_blocks, project, propagate_
 STRUCTURE = "structure"
 
 
+def feature_base(feats: dict, dim: int, seed: int) -> torch.Tensor:
+    """The ``features`` structure input: float32 (N, dim), row ``e`` =
+
+        sum_m  x_m(e) / ||x_m(e)||  @  R_m  / sqrt(M)      R_m ~ N(0, 1 / dim), (d_m, dim)
+
+    over the M feature modalities (``feats`` as :func:`psqe_ray.core.train.model_inputs` makes
+    them: dense tensors or scipy CSR).  A Johnson-Lindenstrauss projection: inner products of
+    the concatenated, per-modality normalised features survive up to O(1 / sqrt(dim)), every
+    entity gets an input whether or not a seed touches it, and the cost is one sparse (or
+    dense) product per modality, in row chunks.  Deterministic given ``seed``."""
+    import scipy.sparse as sp
+
+    gen = np.random.default_rng(seed)
+    mods = sorted(feats)
+    n = next(iter(feats.values())).shape[0]
+    out = np.zeros((n, dim), np.float32)
+    for m in mods:
+        f = feats[m]
+        r = (gen.standard_normal((f.shape[1], dim)) / np.sqrt(dim)).astype(np.float32)
+        for a in range(0, n, 65536):
+            x = f[a:a + 65536]
+            if sp.issparse(x):
+                norm = np.sqrt(np.asarray(x.multiply(x).sum(1)).ravel())
+                y = np.asarray(x @ r, np.float32)
+            else:
+                x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+                norm = np.linalg.norm(x, axis=1)
+                y = x @ r
+            out[a:a + len(y)] += y / np.maximum(norm, 1e-12)[:, None]
+    return torch.from_numpy(out / np.float32(np.sqrt(max(len(mods), 1))))
+
+
 class AlignModel(nn.Module):
     """Args:
         dims: input width per feature modality (the structure branch is always added).
@@ -37,16 +73,27 @@ class AlignModel(nn.Module):
         layers: GAT layers over the structure embedding.
         fusion: ``global`` (learned weight per modality) or ``entity`` (transformer weights).
         mi: add the projection heads of PCMEA's mutual-information term (joint -> dim).
+        base: the structure branch's fixed input, float32 (n_nodes, dim) (``feature_base``);
+            None = a learned embedding per entity.
     """
 
     def __init__(self, dims: dict[str, int], n_nodes: int, dim: int = 300, layers: int = 2,
-                 fusion: str = "global", mi: bool = False) -> None:
+                 fusion: str = "global", mi: bool = False,
+                 base: torch.Tensor | None = None, trainable: bool = False) -> None:
         super().__init__()
         if fusion not in ("global", "entity"):
             raise ValueError(f"fusion must be global or entity, got {fusion!r}")
         self.modalities = [STRUCTURE, *sorted(dims)]
         self.fusion = fusion
-        self.structure = nn.Parameter(torch.randn(n_nodes, dim) / dim ** 0.5)
+        if base is None:
+            self.structure = nn.Parameter(torch.randn(n_nodes, dim) / dim ** 0.5)
+        elif trainable:
+            self.structure = nn.Parameter(base.clone())
+        else:
+            if tuple(base.shape) != (n_nodes, dim):
+                raise ValueError(f"structure base must be ({n_nodes}, {dim}), got {tuple(base.shape)}")
+            # derived from the features on every worker: not part of the state dict
+            self.register_buffer("structure", base, persistent=False)
         self.convs = nn.ModuleList(GATConv(dim, dim, heads=1, add_self_loops=False)
                                    for _ in range(layers))
         self.inp = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in sorted(dims.items())})
