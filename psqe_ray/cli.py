@@ -135,7 +135,7 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
     from psqe_ray.config import RECIPES
 
     p.add_argument("--recipe", choices=RECIPES, default=None,
-                   help="downstream aligner (default meaformer)")
+                   help="downstream aligner (default pcmea)")
 
 
 def add_seed_arguments(p: argparse.ArgumentParser) -> None:
@@ -211,14 +211,10 @@ def align_main(args: argparse.Namespace) -> dict:
 
 def run_main(args: argparse.Namespace) -> dict:
     """Run ``psqe-ray run`` (or the pipeline job); returns the report."""
-    import time
-
     cfg = _config(args)
 
-    def encode() -> float:
-        t = time.perf_counter()
-        encode_configured(args.dataset, cfg)
-        return time.perf_counter() - t
+    def encode() -> list[dict]:
+        return encode_configured(args.dataset, cfg)
 
     if args.engine == "ray":
         from psqe_ray.distributed.align import run_pipeline_on_ray

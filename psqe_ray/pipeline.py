@@ -159,6 +159,7 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
             "pairs_added": [int(x) for x in aligner.added_],
             "modalities": list(aligner.modality_weights_),
             "modality_weights": aligner.modality_weights_,
+            "structure": aligner.structure_,
             "gold": None if pair.gold is None else int(len(pair.gold[0])),
             "entities": counts,
             "train_seconds": round(aligner.train_seconds_, 3),
@@ -179,14 +180,17 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
 
 def run_pipeline(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
                  storage_options: StorageOptions = None,
-                 encode: Callable[[], float] | None = None,
+                 encode: Callable[[], list[dict]] | None = None,
                  seeds: Callable[[str], dict] | None = None,
-                 align: Callable[[str, str], dict] | None = None) -> dict[str, Any]:
-    """encode (``encode()`` -> seconds, when given) -> seeds into ``out_url``/seeds ->
-    aligner into ``out_url``/align -> ``report.json`` + ``report.html`` at ``out_url``.
+                 align: Callable[[str, str], dict] | None = None,
+                 extras: Callable[[dict], dict] | None = None) -> dict[str, Any]:
+    """encode (``encode()`` -> the encoders' results, when given) -> seeds into
+    ``out_url``/seeds -> aligner into ``out_url``/align -> ``report.json`` + ``report.html`` at
+    ``out_url``.
 
     ``seeds(out)`` / ``align(seeds_url, out)`` run those steps (default: in-process
-    :func:`psqe_ray.inprocess.run_seeds` and :func:`run_align`; the job passes the Ray ones).
+    :func:`psqe_ray.inprocess.run_seeds` and :func:`run_align`; the job passes the Ray ones);
+    ``extras(report)`` returns keys to add to the report (the job's per-node ``nodes``).
     A rerun reuses the committed seeds and alignment.
     """
     from psqe_ray.inprocess import run_seeds
@@ -200,7 +204,9 @@ def run_pipeline(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
                                                storage_options=storage_options))
     # encoding first (it updates the dataset, and is skipped when up to date): the run is
     # named by the dataset as the seeds will read it
-    seconds = {"encode": round(encode(), 3) if encode else 0.0}
+    t = time.perf_counter()
+    encoded = encode() if encode else []
+    seconds = {"encode": round(time.perf_counter() - t, 3) if encode else 0.0}
     ds = Dataset(dataset_url, storage_options=storage_options)
     fp = fingerprint({"dataset": ds.manifest["fingerprint"], "config": to_dict(cfg),
                       "code": __version__})
@@ -220,6 +226,10 @@ def run_pipeline(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
                   "align": metrics, "config": to_dict(cfg), "code_version": __version__,
                   "outputs": {"seeds": join(out_url, "seeds", "seeds.parquet"),
                               "alignment": join(out_url, "align", "alignment.parquet")}}
+        if encoded:
+            report["encode"] = encoded
+        if extras is not None:
+            report.update(extras(report))
         writer.put_file("report.json", json.dumps(report, indent=1, default=str).encode(),
                         fixed=True)
         writer.put_file("report.html", render_html(report).encode(), fixed=True)

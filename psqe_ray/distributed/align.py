@@ -4,7 +4,9 @@ align / pipeline jobs that use it.
 
 Rank 0 embeds every entity with the trained model and hands the joint vectors back through its
 final Ray Train checkpoint (under ``OUT_URL/_train``, removed once the alignment is committed;
-any fsspec URL works, so a multi-node cluster with ``s3://`` storage shares it).
+any fsspec URL works, so a multi-node cluster with ``s3://`` storage shares it), with every
+worker's usage record: ``metrics.json`` and the pipeline's ``report.json`` tally them per node
+(``nodes``).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import ray
 from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import PSQEConfig, to_dict
 from psqe_ray.distributed.psqe import run_seeds_on_ray
-from psqe_ray.distributed.runtime import (allreduce_gradients, cluster_device, fit_on_ray,
-                                          ray_session,
-                                          train_threads)
+from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_device,
+                                          fit_on_ray, gather_usage, merge_nodes, node_usage,
+                                          ray_session, train_threads)
 from psqe_ray.distributed.tasks import rss
 from psqe_ray.io.fs import StorageOptions, join, resolve
 from psqe_ray.pipeline import run_align, run_pipeline
@@ -31,7 +33,8 @@ from psqe_ray.pipeline import run_align, run_pipeline
 log = logging.getLogger(__name__)
 
 TRAIN = "_train"
-_RESULT = ("embeddings_", "modality_weights_", "added_", "losses_", "train_seconds_")
+_RESULT = ("embeddings_", "modality_weights_", "added_", "losses_", "train_seconds_",
+           "structure_")
 
 
 def _align_worker(config: dict) -> None:
@@ -46,16 +49,20 @@ def _align_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
+    meter = Meter("align-train", actor=True)
     feats, graph, seeds = ray.get(config["refs"])
+    meter.add(feats, graph, seeds)
     cfg = AlignConfig(**{**config["align"], "fanout": tuple(config["align"]["fanout"])})
     searcher = Searcher.from_config(SearchConfig(**config["search"]), config["seed"])
     aligner = Aligner(cfg, config["seed"], searcher, config.get("device", "cpu")).fit(
         feats, graph, config["n_left"], seeds[0], seeds[1], rank=rank, world=world,
         sync=lambda m: allreduce_gradients(m, world))
+    usage = gather_usage(meter.take())
     if rank == 0:
         with tempfile.TemporaryDirectory() as tmp:
             with open(os.path.join(tmp, "result.pkl"), "wb") as fh:
-                pickle.dump({**{k: getattr(aligner, k) for k in _RESULT}, "rss": rss()}, fh)
+                pickle.dump({**{k: getattr(aligner, k) for k in _RESULT}, "rss": rss(),
+                             "usage": usage}, fh)
             ray.train.report({"epochs": len(aligner.losses_)},
                              checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
@@ -63,7 +70,10 @@ def _align_worker(config: dict) -> None:
 
 
 def ray_align_engine(cfg: PSQEConfig, out_url: str, storage_options: StorageOptions = None):
-    """An ``engine`` for :func:`psqe_ray.pipeline.run_align` that trains on Ray Train."""
+    """An ``engine`` for :func:`psqe_ray.pipeline.run_align` that trains on Ray Train.  Make it
+    just before ``run_align``: its driver :class:`Meter` starts then."""
+    driver = Meter("driver")
+
     def fit(feats, graph, n_left: int, seed_l: np.ndarray, seed_r: np.ndarray) -> Aligner:
         d = cfg.distributed
         threads = train_threads(d.train_workers)
@@ -90,7 +100,8 @@ def ray_align_engine(cfg: PSQEConfig, out_url: str, storage_options: StorageOpti
         aligner.report_extras_ = {"engine": "ray", "train_workers": d.train_workers,
                                   "device": device,
                                   "threads_per_worker": threads,
-                                  "worker_peak_rss_bytes": int(state["rss"])}
+                                  "worker_peak_rss_bytes": int(state["rss"]),
+                                  "nodes": node_usage(state["usage"], driver.take())}
         return aligner
 
     return fit
@@ -107,10 +118,16 @@ def run_align_on_ray(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQECo
 def run_pipeline_on_ray(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
                         storage_options: StorageOptions = None, encode=None) -> dict[str, Any]:
     """The pipeline job: seeds on the distributed path (stages committed and resumable), the
-    aligner on Ray Train, the report on the driver."""
+    aligner on Ray Train, the report on the driver; ``report.json``'s ``nodes`` sums the
+    steps' per-node records (encoders, seeds, aligner)."""
+    def nodes(report: dict) -> dict:
+        return {"nodes": merge_nodes(*[e.get("nodes") for e in report.get("encode", [])],
+                                     report["seeds"].get("nodes"), report["align"].get("nodes"))}
+
     with ray_session():
         return run_pipeline(
             dataset_url, out_url, cfg, storage_options=storage_options, encode=encode,
+            extras=nodes,
             seeds=lambda out: run_seeds_on_ray(dataset_url, out, cfg,
                                                storage_options=storage_options),
             align=lambda s, out: run_align(dataset_url, s, out, cfg,

@@ -10,7 +10,8 @@
 The encoders are callable classes (model loaded once per actor) run by ``map_batches`` with one
 GPU per actor on a GPU cluster and half a CPU otherwise (see :func:`runtime.actor_plan`).  The
 table is added to the dataset atomically (:class:`DatasetWriter` in update mode); a modality
-already encoded with the same settings is skipped.
+already encoded with the same settings is skipped.  Each actor's output batches carry its usage
+record (:func:`runtime.metered`); the result's ``nodes`` tallies them per node.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from psqe_ray.errors import ConfigError, DataError, PsqeError
 from psqe_ray.io.dataset import Dataset, DatasetWriter
 from psqe_ray.io.fs import StorageOptions, join, one_line
 from psqe_ray.schemas import SIDES, feature_table, local_name
-from psqe_ray.distributed.runtime import actor_plan, ray_session
+from psqe_ray.distributed.runtime import (Meter, actor_plan, metered, node_usage, pop_usage,
+                                          ray_session)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class EncodeResult:
     dim: int = 0
     workers: int = 0
     resources: dict | None = None
+    nodes: dict | None = None  # per-node usage (runtime.node_usage); None when skipped
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,17 +189,20 @@ def _blocks(n: int, size: int) -> int:
 
 
 def _run_pool(table: pa.Table, udf: type, kwargs: dict, batch_size: int, cfg: EncodeConfig,
-              what: str) -> tuple[Iterator[dict], int, dict, _Progress]:
+              what: str, kind: str, usage: list[dict]
+              ) -> tuple[Iterator[dict], int, dict, _Progress]:
+    """Map ``table`` with ``udf`` on an actor pool; the actors' usage records (``kind``) are
+    appended to ``usage`` as their batches arrive."""
     size, res, threads = actor_plan(cfg.workers, cfg.device)
     if "num_gpus" not in res:
         kwargs = {**kwargs, "threads": threads, "device": "cpu"}
     ds = ray.data.from_arrow(table).repartition(_blocks(table.num_rows, size))
-    out = ds.map_batches(udf, fn_constructor_kwargs=kwargs, batch_size=batch_size,
+    out = ds.map_batches(metered(udf, kind), fn_constructor_kwargs=kwargs, batch_size=batch_size,
                          batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
                          **res)
     log.info("encode %s: %d rows on %d actor(s), %s each", what, table.num_rows, size, res)
-    return _unwrapped(out.iter_batches(batch_format="numpy", batch_size=None)), size, res, \
-        _Progress(what, table.num_rows)
+    return _unwrapped(out.iter_batches(batch_format="numpy", batch_size=None), usage), size, \
+        res, _Progress(what, table.num_rows)
 
 
 def _psqe_cause(exc: BaseException | None, depth: int = 0) -> PsqeError | None:
@@ -212,10 +218,13 @@ def _psqe_cause(exc: BaseException | None, depth: int = 0) -> PsqeError | None:
     return None
 
 
-def _unwrapped(batches: Iterator[dict]) -> Iterator[dict]:
-    """Batches from the pool; a failure inside an actor surfaces as our one-line error."""
+def _unwrapped(batches: Iterator[dict], usage: list[dict]) -> Iterator[dict]:
+    """Batches from the pool, their usage records moved to ``usage``; a failure inside an actor
+    surfaces as our one-line error."""
     try:
-        yield from batches
+        for batch in batches:
+            usage += pop_usage(batch)
+            yield batch
     except PsqeError:
         raise
     except Exception as exc:  # noqa: BLE001 - Ray wraps actor errors in several types
@@ -246,11 +255,13 @@ def encode_modality(dataset_url: str, modality: str, cfg: EncodeConfig, *,
                                       fingerprint=new_fp, storage_options=storage_options,
                                       update=True) as w:
         sink = _Sink(w, f"features/{modality}")
+        driver, usage = Meter("driver"), []
         if modality == "image":
-            result = _encode_images(ds, cfg, counts, storage_options, sink)
+            result = _encode_images(ds, cfg, counts, storage_options, sink, usage)
         else:
-            result = _encode_texts(ds, modality, cfg, counts, storage_options, sink)
+            result = _encode_texts(ds, modality, cfg, counts, storage_options, sink, usage)
         sink.flush()
+        result.nodes = node_usage(usage, driver.take())
         w.commit(meta={"encoded": {**encoded, modality: efp},
                        f"encode_{modality}": result.as_dict()})
     return result
@@ -277,7 +288,8 @@ class _Sink:
 
 
 def _encode_texts(ds: Dataset, modality: str, cfg: EncodeConfig, counts: dict[str, int],
-                  storage_options: StorageOptions, sink: _Sink) -> EncodeResult:
+                  storage_options: StorageOptions, sink: _Sink, usage: list[dict]
+                  ) -> EncodeResult:
     from psqe_ray.encoders.text import TextEncoder, resolve_model_dir
 
     resolve_model_dir(cfg.model_for(modality), storage_options)  # fail here, not in an actor
@@ -290,7 +302,7 @@ def _encode_texts(ds: Dataset, modality: str, cfg: EncodeConfig, counts: dict[st
               "max_length": cfg.max_length, "batch_size": cfg.text_batch_size,
               "device": cfg.device, "storage_options": storage_options}
     batches, size, res, prog = _run_pool(table, TextEncoder, kwargs, cfg.text_batch_size * 4,
-                                         cfg, f"{modality} texts")
+                                         cfg, f"{modality} texts", f"encode-{modality}", usage)
     vectors = None
     for b in batches:
         v = np.asarray(b["vector"], np.float32)
@@ -324,7 +336,8 @@ def _encode_texts(ds: Dataset, modality: str, cfg: EncodeConfig, counts: dict[st
 
 
 def _encode_images(ds: Dataset, cfg: EncodeConfig, counts: dict[str, int],
-                   storage_options: StorageOptions, sink: _Sink) -> EncodeResult:
+                   storage_options: StorageOptions, sink: _Sink, usage: list[dict]
+                   ) -> EncodeResult:
     from psqe_ray.encoders.image import ImageEncoder, load_image_model
 
     load_image_model(cfg.image_arch, cfg.image_weights or None, storage_options)  # fail early
@@ -336,7 +349,7 @@ def _encode_images(ds: Dataset, cfg: EncodeConfig, counts: dict[str, int],
               "batch_size": cfg.image_batch_size, "image_size": cfg.image_size,
               "device": cfg.device, "storage_options": storage_options}
     batches, size, res, prog = _run_pool(table, ImageEncoder, kwargs, cfg.image_batch_size * 2,
-                                         cfg, "images")
+                                         cfg, "images", "encode-image", usage)
     failures, failed, n_present, dim = [], 0, 0, 0
     for b in batches:
         err = np.asarray(b["error"], dtype=object)

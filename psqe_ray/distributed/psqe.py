@@ -18,6 +18,10 @@ its step hooks run on Ray (same ``core`` functions, same inputs, hence the same 
 Every stage commits its output under ``OUT_URL/stages/<stage>/`` with a manifest; a rerun of
 the same job (same dataset, configuration and code) loads committed stages instead of
 recomputing them, and continues an interrupted training from its latest checkpoint.
+
+Every task and actor returns its usage record (:class:`~psqe_ray.distributed.runtime.Meter`)
+with its result; the report's ``nodes`` tallies them per node (work this run did: a stage
+loaded from its commit adds nothing).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import pickle
 import secrets
 import tempfile
 import time
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -44,8 +48,9 @@ from psqe_ray.core.psqe import SeedGenerator, SeedTable
 from psqe_ray.core.topk import empty_topk, merge_topk
 from psqe_ray.distributed.tasks import (Fuser, TopKShard, cluster_task, expand_map, mic_map,
                                         parquet, put_table, read_table, rss)
-from psqe_ray.distributed.runtime import (allreduce_gradients, cluster_device, fit_on_ray,
-                                          node_cpus, train_threads)
+from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_device,
+                                          fit_on_ray, gather_usage, node_cpus, node_usage,
+                                          pop_usage, train_threads)
 from psqe_ray.io.dataset import Dataset, DatasetWriter
 from psqe_ray.inprocess import run_seeds, seeds_table
 from psqe_ray.io.fs import StorageOptions, exists, join, read_bytes, resolve
@@ -73,7 +78,9 @@ def _train_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
+    meter = Meter("stage2-train", actor=True)
     feats, graph, seeds = ray.get(config["refs"])
+    meter.add(feats, graph, seeds)
     cfg = Stage2Config(**{**config["stage2"], "fanout": tuple(config["stage2"]["fanout"])})
     state = None
     if config["resume"]:
@@ -111,8 +118,9 @@ def _train_worker(config: dict) -> None:
     # full neighbourhoods): the driver reads them from there, a resumed run too
     snap = last.get("snapshot") or (lambda: {"model": cpu_state(model.state_dict()),
                                              "losses": losses, "epoch": len(losses)})
+    usage = gather_usage(meter.take())  # every worker's record, for rank 0's checkpoint
     learned = embed(model, feats, graph) if rank == 0 else None
-    report(len(losses), losses, lambda: {**snap(), "learned": learned})
+    report(len(losses), losses, lambda: {**snap(), "learned": learned, "usage": usage})
 
 
 class RaySeedGenerator(SeedGenerator):
@@ -123,10 +131,12 @@ class RaySeedGenerator(SeedGenerator):
         out_url: the run's output folder; stages go to ``out_url/stages/<name>/``.
         dataset_fingerprint: identifies the input (with the configuration and code version it
             names each stage, so a rerun reuses committed stages only when nothing changed).
+        driver: the driver's :class:`Meter`, started before the dataset was loaded (default:
+            one started now).
     """
 
     def __init__(self, config: PSQEConfig, out_url: str, dataset_fingerprint: str, *,
-                 storage_options: StorageOptions = None) -> None:
+                 storage_options: StorageOptions = None, driver: Meter | None = None) -> None:
         super().__init__(config)
         self.out_url = out_url
         self.storage_options = storage_options
@@ -136,17 +146,26 @@ class RaySeedGenerator(SeedGenerator):
                                    "code": __version__})
         self.resources_: dict[str, dict] = {}
         self.resumed_: list[str] = []
+        self.usage_: list[dict] = []  # Meter records of every task and actor run so far
+        self.driver_ = driver or Meter("driver")
 
     def report_extras(self) -> dict:
         return {**super().report_extras(), "resources": self.resources_,
                 "resumed_stages": self.resumed_,
-                "stages_url": join(self.out_url, STAGES)}
+                "stages_url": join(self.out_url, STAGES),
+                "nodes": node_usage(self.usage_, self.driver_.take())}
 
     def _res(self, stage: str, **entries) -> dict:
         """The resources record of ``stage`` (``gpus``: GPUs its workers held, 0 unless set)."""
         res = self.resources_.setdefault(stage, {"gpus": 0})
         res.update(entries)
         return res
+
+    def _account(self, records: Iterable[dict]) -> None:
+        """Keep the current stage's usage records; its resources say on how many nodes it ran."""
+        records = list(records)
+        self.usage_ += records
+        self._res(self._current, nodes=len({r["node"] for r in records}))
 
     # -- stage commits ----------------------------------------------------------------------------
     def _stage_url(self, name: str) -> str:
@@ -281,10 +300,13 @@ class RaySeedGenerator(SeedGenerator):
         fused = rows.map_batches(Fuser, fn_constructor_kwargs={
             "refs": refs, "names": names, "weights": weights, "n_left": nl}, batch_size=4096,
             batch_format="numpy", num_cpus=0.5, compute=ray.data.ActorPoolStrategy(size=workers))
+        usage = []
         for batch in fused.iter_batches(batch_size=None, batch_format="numpy"):
+            usage += pop_usage(batch)
             x[batch["id"]] = batch["vector"]
         del refs
         self._res(self._current, workers=workers)
+        self._account(usage)
         return x[:nl], x[nl:]
 
     def _sample_clusters(self, sim_l, sim_r, lab_l, lab_r, budgets):
@@ -297,6 +319,7 @@ class RaySeedGenerator(SeedGenerator):
         results = ray.get(futures)
         self._res(self._current, tasks=len(futures),
                   worker_peak_rss_bytes=max((r[3] for r in results), default=0))
+        self._account(r[4] for r in results)
         return [r[:3] for r in results]
 
     def _learn(self, pair, mods, seed_l, seed_r):
@@ -327,6 +350,7 @@ class RaySeedGenerator(SeedGenerator):
                   device=device, gpus=d.train_workers if device == "cuda" else 0,
                   threads=threads, checkpoints=join(storage_url, run_name),
                   worker_peak_rss_bytes=int(state.get("rss", 0)))
+        self._account(state["usage"])
         return learned
 
     def _latest_checkpoint(self, run_url: str) -> str | None:
@@ -357,7 +381,7 @@ class RaySeedGenerator(SeedGenerator):
         # exact search: one shard per CPU (any split gives the same answer); IVF: the
         # searcher's size-based plan, whatever the cluster, so results never depend on it
         shards = d.shards or _cpus()
-        rss, plans = [], []
+        rss, plans, usage = [], [], []
         # IVF shards go to GPUs when the cluster has them (one per actor); exact shards and
         # the canonical rescoring are CPU work
         device = cluster_device(d.device)
@@ -384,9 +408,10 @@ class RaySeedGenerator(SeedGenerator):
             for a in actors:
                 ray.kill(a)
             merged = empty_topk(len(query), kk)
-            for (res, r) in results:
+            for (res, r, u) in results:
                 merged = merge_topk(merged, res, kk)
                 rss.append(r)
+                usage.append(u)
             return merged
 
         out = search(learned_l, learned_r), search(learned_r, learned_l)
@@ -394,6 +419,7 @@ class RaySeedGenerator(SeedGenerator):
                   gpus=len(plans[0]["nlist"]) if device == "cuda" and plans[0]["kind"] == "ivf"
                   else 0,
                   worker_peak_rss_bytes=max(rss, default=0))
+        self._account(usage)
         return out
 
     def _partitions(self, n_seeds: int) -> int:
@@ -439,10 +465,11 @@ class RaySeedGenerator(SeedGenerator):
         finally:
             self._drop(scratch)
         keep = np.zeros(len(vec_l), bool)
-        for pos, ok, _ in results:
+        for pos, ok, _, _ in results:
             keep[pos] = ok
         self._res(self._current, partitions=len(urls),
                   worker_peak_rss_bytes=max(r[2] for r in results))
+        self._account(r[3] for r in results)
         return keep
 
     def _expansion_candidates(self, l0, r0, pair, vec_l, vec_r, taken_l, taken_r):
@@ -462,6 +489,7 @@ class RaySeedGenerator(SeedGenerator):
         t = pa.concat_tables(parts)
         self._res(self._current, partitions=len(urls), candidates=t.num_rows,
                   worker_peak_rss_bytes=max(r[1] for r in results))
+        self._account(r[2] for r in results)
         return {c: t.column(c).to_numpy() for c in ("position", "left", "right", "score")}
 
 
@@ -472,9 +500,12 @@ def run_seeds_on_ray(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
     cluster of ``ray job submit`` / ``RAY_ADDRESS``, or an embedded local Ray)."""
     from psqe_ray.distributed.runtime import ray_session
 
-    def engine(config: PSQEConfig, dataset_fp: str) -> RaySeedGenerator:
-        return RaySeedGenerator(config, out_url, dataset_fp, storage_options=storage_options)
-
     with ray_session(address, num_cpus):
+        driver = Meter("driver")  # from here: the dataset the driver loads counts too
+
+        def engine(config: PSQEConfig, dataset_fp: str) -> RaySeedGenerator:
+            return RaySeedGenerator(config, out_url, dataset_fp,
+                                    storage_options=storage_options, driver=driver)
+
         return run_seeds(dataset_url, out_url, cfg, storage_options=storage_options,
                          engine=engine)

@@ -8,6 +8,7 @@ Any fsspec URL works: plain paths, ``file://``, ``memory://``, ``s3://``, ``gs:/
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import fsspec
@@ -16,6 +17,10 @@ from fsspec.implementations.local import LocalFileSystem
 from psqe_ray.errors import DataError
 
 StorageOptions = dict[str, Any] | None
+
+# bytes this process has read through read_bytes (a lock: image encoders read in threads)
+_read = {"bytes": 0}
+_read_lock = threading.Lock()
 
 
 def one_line(exc: BaseException) -> str:
@@ -63,9 +68,13 @@ def exists(fs: fsspec.AbstractFileSystem, path: str, url: str) -> bool:
 
 
 def read_bytes(fs: fsspec.AbstractFileSystem, path: str, url: str) -> bytes:
+    """The whole file at ``path``; counted in :func:`bytes_read`."""
     try:
         with fs.open(path, "rb") as fh:
-            return fh.read()
+            data = fh.read()
+        with _read_lock:
+            _read["bytes"] += len(data)
+        return data
     except FileNotFoundError:
         if any(p in ("http", "https") for p in _protocols(fs)):
             # fsspec's HTTP backend reports refused connections as FileNotFoundError too
@@ -75,6 +84,13 @@ def read_bytes(fs: fsspec.AbstractFileSystem, path: str, url: str) -> bytes:
         raise DataError(url, "is a directory, expected a file") from None
     except Exception as exc:  # noqa: BLE001
         raise DataError(url, f"cannot read: {one_line(exc)}") from None
+
+
+def bytes_read() -> int:
+    """Bytes this process has read from storage through :func:`read_bytes` so far (every
+    dataset table and manifest, seed partition, checkpoint and image psqe-ray reads); the Ray
+    path's per-node accounting takes differences of it."""
+    return _read["bytes"]
 
 
 def read_json(url: str, storage_options: StorageOptions = None):

@@ -106,6 +106,12 @@ def test_images_encoded_corrupt_files_counted_not_fatal(dataset, tiny_resnet_fil
     assert res.present == len(urls) - 2 and res.dim == 512
     f = _features(dataset, "image")
     assert sum(int(p.sum()) for _, _, p in f.values()) == len(urls) - 2
+    # per-node accounting: the pool's actors read every image file there is and the weights
+    (node,) = res.nodes.values()
+    assert 1 <= node["actors"]["encode-image"] <= 2 and node["tasks"] == {}
+    files = sum(os.path.getsize(ds.url_of(u)) for u in urls[:1] + urls[2:])
+    assert node["bytes_from_storage"] >= files + os.path.getsize(tiny_resnet_file)
+    assert node["bytes_from_objects"] > 0 and node["driver_bytes_read"] > 0
 
 
 def test_cli_encode_and_bad_model_leaves_dataset_untouched(dataset, tiny_bert_dir, tmp_path, capsys):

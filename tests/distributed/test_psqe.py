@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,74 +148,6 @@ def _stop_cluster(procs: list[subprocess.Popen]) -> None:
         p.wait()
 
 
-def test_ray_job_submit_on_two_node_cluster_with_s3(pair_url, tmp_path, s3_bucket, ray_local,
-                                                    ray_timeout):
-    import fsspec
-
-    # the dataset goes to the bucket; the job reads it and writes its output there
-    s3 = fsspec.filesystem("s3")
-    s3.put(pair_url, f"{s3_bucket}/pair", recursive=True)
-    data, out = f"{s3_bucket}/pair", f"{s3_bucket}/runs/one"
-    expected = _inprocess(data, str(tmp_path / "ref"), 1)  # training workers: 1-CPU node -> 1 thread
-
-    def port() -> int:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    gcs, dash = port(), port()
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    env.pop("RAY_ADDRESS", None)
-
-    def agent_ports() -> list[str]:  # the session's own Ray holds the default agent ports
-        return [f"--dashboard-agent-listen-port={port()}", f"--dashboard-agent-grpc-port={port()}",
-                f"--runtime-env-agent-port={port()}", f"--metrics-export-port={port()}"]
-
-    head = _ray("start", "--head", "--block", f"--port={gcs}", "--num-cpus=1",
-                "--include-dashboard=true", f"--dashboard-port={dash}",
-                "--dashboard-host=127.0.0.1", f"--temp-dir={temp}", *agent_ports(), env=env)
-    node = None
-    try:
-        time.sleep(8)
-        node = _ray("start", "--block", f"--address=127.0.0.1:{gcs}", "--num-cpus=1",
-                    *agent_ports(), env=env)
-        ray_bin = str(Path(sys.executable).parent / "ray")
-        job = f"psqe-{os.getpid()}"
-        cmd = [ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--no-wait",
-               f"--submission-id={job}", f"--working-dir={REPO}", "--",
-               "python", "jobs/seeds.py", data, out, *sum((["--set", s] for s in SETS), [])]
-        for _ in range(60):  # the dashboard's job server and agents take a while to come up
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
-            if proc.returncode == 0:
-                break
-            time.sleep(2)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        status = ""
-        deadline = time.monotonic() + 200
-        while time.monotonic() < deadline and status not in ("SUCCEEDED", "FAILED", "STOPPED"):
-            time.sleep(3)
-            st = subprocess.run([ray_bin, "job", "status", f"--address=http://127.0.0.1:{dash}",
-                                 job], env=env, capture_output=True, text=True, timeout=60)
-            status = next((w for w in ("SUCCEEDED", "FAILED", "STOPPED")
-                           if f"{job}' {w.lower()}" in st.stdout + st.stderr
-                           or f"status: {w}" in st.stdout + st.stderr), "")
-        logs = subprocess.run([ray_bin, "job", "logs", f"--address=http://127.0.0.1:{dash}", job],
-                              env=env, capture_output=True, text=True, timeout=60).stdout
-        assert status == "SUCCEEDED", f"job {status or 'still running'}: {logs[-3000:]}"
-    finally:
-        _stop_cluster([p for p in (node, head) if p is not None])
-    assert _seeds(out) == expected
-    fs, path = resolve(out)
-    report = json.loads(read_bytes(fs, f"{path}/report.json", f"{out}/report.json"))
-    assert report["engine"] == "ray" and report["seeds"]["count"] == len(
-        [a for a in expected["accepted"] if a])
-    assert s3.exists(f"{out}/stages/stage2-train/_MANIFEST.json")
-
-
 def test_sharded_ivf_search_on_ray_equals_the_inprocess_search(ray_local, ray_timeout, tmp_path):
     """The search plan depends on the size only: IVF shards on Ray actors, merged, give the
     in-process result bit for bit (and exact plans split per CPU give the exact answer)."""
@@ -242,3 +175,142 @@ def test_sharded_ivf_search_on_ray_equals_the_inprocess_search(ray_local, ray_ti
             assert [p["shards"] for p in plans] == [3, 3] and plans[0]["kind"] == "ivf"
         else:
             assert plans[0]["kind"] == "exact" and plans[0]["shards"] == 2  # one per CPU
+
+
+def _port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TwoNodes:
+    """A real Ray cluster of two nodes on this machine (a head and a second ``ray start`` node,
+    one CPU each) and its Jobs API: jobs go in with ``ray job submit``, as users submit them."""
+
+    def __init__(self, env: dict, dash: int) -> None:
+        self.env, self.url = env, f"http://127.0.0.1:{dash}"
+
+    def submit(self, name: str, argv: list[str], limit: float = 200):
+        """``ray job submit -- python ARGV`` from the repository; waits for the job to end and
+        asserts it SUCCEEDED.  Returns its JobDetails (``driver_node_id``, ...)."""
+        from ray.job_submission import JobStatus, JobSubmissionClient
+
+        job = f"psqe-{name}-{os.getpid()}"
+        cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit",
+               f"--address={self.url}", "--no-wait", f"--submission-id={job}",
+               f"--working-dir={REPO}", "--", "python", *argv]
+        for _ in range(60):  # the dashboard's job server and agents take a while to come up
+            proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=60)
+            if proc.returncode == 0:
+                break
+            time.sleep(2)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        client = JobSubmissionClient(self.url)
+        deadline = time.monotonic() + limit
+        while not client.get_job_status(job).is_terminal() and time.monotonic() < deadline:
+            time.sleep(3)
+        info = client.get_job_info(job)
+        assert info.status == JobStatus.SUCCEEDED, \
+            f"job {info.status}: {client.get_job_logs(job)[-3000:]}"
+        return info
+
+    def node_ids(self) -> set[str]:
+        from ray.util.state import list_nodes
+
+        return {n.node_id for n in list_nodes(address=self.url) if n.state == "ALIVE"}
+
+
+@pytest.fixture(scope="module")
+def two_nodes(s3_endpoint, ray_local) -> TwoNodes:
+    """The module's two-node cluster (its processes see the S3 endpoint: jobs read and write
+    the bucket from every node).  Started after the session's own Ray, on other ports."""
+    gcs, dash = _port(), _port()
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+
+    def agent_ports() -> list[str]:  # the session's own Ray holds the default agent ports
+        return [f"--dashboard-agent-listen-port={_port()}",
+                f"--dashboard-agent-grpc-port={_port()}", f"--runtime-env-agent-port={_port()}",
+                f"--metrics-export-port={_port()}"]
+
+    procs = [_ray("start", "--head", "--block", f"--port={gcs}", "--num-cpus=1",
+                  "--include-dashboard=true", f"--dashboard-port={dash}",
+                  "--dashboard-host=127.0.0.1", f"--temp-dir={temp}", *agent_ports(), env=env)]
+    try:
+        time.sleep(8)
+        procs.append(_ray("start", "--block", f"--address=127.0.0.1:{gcs}", "--num-cpus=1",
+                          *agent_ports(), env=env))
+        yield TwoNodes(env, dash)
+    finally:
+        _stop_cluster(procs[::-1])
+        shutil.rmtree(temp, ignore_errors=True)  # the cluster's session logs
+
+
+def _sets(sets: list[str]) -> list[str]:
+    return [x for s in sets for x in ("--set", s)]
+
+
+def test_ray_job_submit_on_two_node_cluster_with_s3(pair_url, tmp_path, s3_bucket, two_nodes,
+                                                    ray_timeout):
+    import fsspec
+
+    # the dataset goes to the bucket; the job reads it and writes its output there
+    s3 = fsspec.filesystem("s3")
+    s3.put(pair_url, f"{s3_bucket}/pair", recursive=True)
+    data, out = f"{s3_bucket}/pair", f"{s3_bucket}/runs/one"
+    expected = _inprocess(data, str(tmp_path / "ref"), 1)  # training workers: 1-CPU node -> 1 thread
+    two_nodes.submit("seeds", ["jobs/seeds.py", data, out, *_sets(SETS)])
+    assert _seeds(out) == expected
+    fs, path = resolve(out)
+    report = json.loads(read_bytes(fs, f"{path}/report.json", f"{out}/report.json"))
+    assert report["engine"] == "ray" and report["seeds"]["count"] == len(
+        [a for a in expected["accepted"] if a])
+    assert s3.exists(f"{out}/stages/stage2-train/_MANIFEST.json")
+
+
+def test_pipeline_job_on_two_nodes_reports_each_nodes_work(pair_url, s3_bucket, two_nodes,
+                                                           ray_timeout):
+    """``jobs/run.py`` (PSQE seeds on Ray, the aligner on Ray Train, the report) submitted to
+    the two-node cluster: ``report.json`` names both nodes, the tasks and actors each ran and
+    the bytes each read, and the counts add up to the work the job did."""
+    import fsspec
+
+    s3 = fsspec.filesystem("s3")
+    s3.put(pair_url, f"{s3_bucket}/pair", recursive=True)
+    data, out = f"{s3_bucket}/pair", f"{s3_bucket}/runs/pipeline"
+    align = ["align.dim=16", "align.epochs=4", "align.round_epochs=2", "align.batch_size=64"]
+    info = two_nodes.submit("run", ["jobs/run.py", data, out, *_sets(SETS + align)], limit=240)
+    fs, path = resolve(out)
+    report = json.loads(read_bytes(fs, f"{path}/report.json", f"{out}/report.json"))
+    nodes = report["nodes"]
+    assert set(nodes) == two_nodes.node_ids() and len(nodes) == 2
+    for entry in nodes.values():  # both nodes did work, and read what it was given
+        assert sum(entry["tasks"].values()) + sum(entry["actors"].values()) > 0, nodes
+        assert entry["bytes_read"] == entry["bytes_from_storage"] + entry["bytes_from_objects"]
+        assert entry["bytes_from_objects"] > 0
+    # the driver (on the node Ray names) read the dataset; its reads are kept apart
+    assert [n for n, e in nodes.items() if e.get("driver_bytes_read")] == [info.driver_node_id]
+
+    def total(key: str, kind: str) -> int:
+        return sum(e[key].get(kind, 0) for e in nodes.values())
+
+    res = report["seeds"]["resources"]
+    assert total("tasks", "cluster-sample") == res["stage1-cluster"]["tasks"]
+    assert total("tasks", "mic-map") == res["stage2-mic"]["partitions"] \
+        + res["stage3-recheck"].get("partitions", 0)
+    assert total("tasks", "expansion-map") == res["stage3-expansion"]["partitions"] == 3
+    assert total("actors", "topk-shard") == 2 * res["stage2-global"]["shards"]  # both ways
+    assert total("actors", "stage2-train") == total("actors", "align-train") == 1
+    assert 1 <= total("actors", "fuse") <= 2
+    # the map tasks read their seed partitions from the bucket
+    assert sum(e["bytes_from_storage"] for e in nodes.values()) > 0
+    # report.json's nodes is the sum of the steps' (the seed report's and the aligner's)
+    steps = report["seeds"]["nodes"], report["align"]["nodes"]
+    for node, entry in nodes.items():
+        assert entry["tasks"] == steps[0].get(node, {}).get("tasks", {})  # the aligner: actors
+        assert entry["bytes_read"] == sum(st.get(node, {}).get("bytes_read", 0) for st in steps)
+    assert report["align"]["hits@1"] is not None
