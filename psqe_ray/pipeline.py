@@ -26,7 +26,7 @@ from psqe_ray.core.search import Searcher
 from psqe_ray.core.train import joint_graph, model_inputs, resolve_device
 from psqe_ray.errors import ConfigError, DataError
 from psqe_ray.io.dataset import Dataset, DatasetWriter
-from psqe_ray.io.fs import StorageOptions, exists, join, read_json, resolve
+from psqe_ray.io.fs import StorageOptions, exists, join, read_bytes, read_json, resolve
 from psqe_ray.io.load import load_pair
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,9 @@ def read_seeds(seeds_url: str, counts: dict[str, int], *,
         path, seeds_url = join(path, "seeds.parquet"), join(seeds_url, "seeds.parquet")
     elif not exists(fs, path, seeds_url):
         raise DataError(seeds_url, "no such file or folder")
+    data = read_bytes(fs, path, seeds_url)  # counted in the driver's bytes read
     try:
-        with fs.open(path, "rb") as fh:
-            t = pq.read_table(fh)
+        t = pq.read_table(pa.BufferReader(data))
     except Exception as exc:  # noqa: BLE001
         raise DataError(seeds_url, f"not a readable Parquet file: {' '.join(str(exc).split())}") from None
     missing = [c for c in ("left_id", "right_id") if c not in t.column_names]

@@ -107,6 +107,10 @@ def test_align_missing_seeds_and_bad_recipe(tmp_path, capsys, pair_url):
     os.makedirs(tmp_path / "empty")
     assert main(["-q", "align", pair_url, str(tmp_path / "empty"), str(tmp_path / "o")]) == 2
     assert "without seeds.parquet" in capsys.readouterr().err
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
+    assert main(["-q", "align", pair_url, str(tmp_path / "junk.parquet"),
+                 str(tmp_path / "o")]) == 2
+    assert "not a readable Parquet file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["align", pair_url, "x", "y", "--recipe", "gpt"])
     assert not (tmp_path / "o").exists()

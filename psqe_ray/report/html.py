@@ -316,6 +316,40 @@ def _config_section(config: Any, limit: int = 400) -> str:
             f"<table>\n{chr(10).join(body)}\n</table>{more}</details>")
 
 
+def _fmt_bytes(x: Any) -> str:
+    n = _num(x)
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return "-"
+
+
+def _nodes_section(nodes: Any) -> str:
+    """Per Ray node: what ran there and what it read (report.json ``nodes``, jobs only)."""
+    if not isinstance(nodes, Mapping) or not nodes:
+        return ""
+
+    def counts(d: Any) -> str:
+        return ", ".join(f"{_esc(k)} {_fmt_int(v)}" for k, v in sorted(d.items())) \
+            if isinstance(d, Mapping) and d else "-"
+
+    rows = []
+    for node, rec in sorted(nodes.items()):
+        rec = rec if isinstance(rec, Mapping) else {}
+        driver = rec.get("driver_bytes_read")
+        rows.append(
+            f'<tr><th class="mono">{_esc(str(node)[:12])}</th>'
+            f"<td>{_esc(rec.get('address') or '')}</td><td>{counts(rec.get('tasks'))}</td>"
+            f"<td>{counts(rec.get('actors'))}</td><td>{_fmt_bytes(rec.get('bytes_read'))}</td>"
+            f"<td>{_fmt_bytes(driver) if driver is not None else '-'}</td></tr>")
+    head = ("<tr><th>node</th><th>address</th><th>tasks</th><th>actors</th>"
+            "<th>bytes read</th><th>driver read</th></tr>")
+    return ("<h2>Ray nodes</h2>\n<table>\n" + head + "\n" + "\n".join(rows) + "\n</table>")
+
+
 def render_html(report: dict) -> str:
     """The whole page for one pipeline report (see the module docstring); never raises on
     missing or None parts of ``report``."""
@@ -343,6 +377,7 @@ def render_html(report: dict) -> str:
         _coverage_section(seeds),
         "<h2>Alignment: Hits@k and MRR</h2>",
         _hits_section(report.get("align")),
+        _nodes_section(report.get("nodes")),
         _config_section(report.get("config")),
         "</body>",
         "</html>",

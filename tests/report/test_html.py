@@ -216,3 +216,21 @@ def test_coverage_groups_left_and_right_per_bucket() -> None:
     # bucket labels read in degree order, 8-15 after 4-7 despite string order
     labels = [t for t in p.text if t.startswith("deg ")]
     assert labels == ["deg 1-1", "deg 2-3", "deg 4-7", "deg 8-15"]
+
+
+def test_ray_nodes_table_lists_every_node_and_only_for_jobs() -> None:
+    r = copy.deepcopy(FULL)
+    assert "Ray nodes" not in render_html(r)  # an in-process run has no ``nodes``
+    r["nodes"] = {
+        "aaaa1111bbbb2222": {"address": "10.0.0.1", "tasks": {"mic-map": 4, "cluster-sample": 3},
+                             "actors": {"topk-shard": 2}, "bytes_read": 3 * 2 ** 20,
+                             "driver_bytes_read": 512},
+        "cccc3333dddd4444": {"address": "10.0.0.2", "tasks": {}, "actors": {"align-train": 1},
+                             "bytes_read": 2048},
+    }
+    page = render_html(r)
+    section = page[page.index("<h2>Ray nodes</h2>"):page.index("<h2>Configuration</h2>")]
+    assert section.count("<tr>") == 3  # header + one row per node
+    assert "aaaa1111bbbb" in section and "10.0.0.2" in section
+    assert "cluster-sample 3, mic-map 4" in section and "align-train 1" in section
+    assert "3.0 MiB" in section and "2.0 KiB" in section and "512 B" in section
