@@ -4,11 +4,12 @@ and a fusion into one joint vector per entity (EVA / MCLEA / MEAformer / PCMEA s
 
 Branches, each to ``dim``:
     structure: an input per entity (both graphs, one id space) -> ``layers`` x GATConv over the
-        joint graph.  The input is either ``features`` (default): a fixed random projection of
-        the entity's own feature inputs (:func:`feature_base`), so the branch learns how to
-        aggregate a neighbourhood's features and has no per-entity parameter; or ``free``: a
-        learned embedding per entity (EVA's), which only the seeded entities and their
-        neighbours ever train;
+        joint graph.  The input is ``features``: a fixed random projection of the entity's own
+        feature inputs (:func:`feature_base`), so the branch learns how to aggregate a
+        neighbourhood's features and has no per-entity parameter; ``free``: a learned embedding
+        per entity (EVA's), which only the seeded entities and their neighbours ever train; or
+        ``init``: free, started at the projection (``align.structure``, chosen by
+        :func:`psqe_ray.align.trainer.structure_input`);
     every feature modality (name, relation, attribute, image): one linear layer.
 Fusion: the L2-normalised branch vectors, each scaled by a modality weight, concatenated::
 
@@ -73,8 +74,9 @@ class AlignModel(nn.Module):
         layers: GAT layers over the structure embedding.
         fusion: ``global`` (learned weight per modality) or ``entity`` (transformer weights).
         mi: add the projection heads of PCMEA's mutual-information term (joint -> dim).
-        base: the structure branch's fixed input, float32 (n_nodes, dim) (``feature_base``);
-            None = a learned embedding per entity.
+        base: the structure branch's input, float32 (n_nodes, dim) (``feature_base``), fixed
+            or, with ``trainable``, the start of a learned embedding; None = a learned
+            embedding per entity from a random start.
     """
 
     def __init__(self, dims: dict[str, int], n_nodes: int, dim: int = 300, layers: int = 2,
@@ -85,14 +87,13 @@ class AlignModel(nn.Module):
             raise ValueError(f"fusion must be global or entity, got {fusion!r}")
         self.modalities = [STRUCTURE, *sorted(dims)]
         self.fusion = fusion
+        if base is not None and tuple(base.shape) != (n_nodes, dim):
+            raise ValueError(f"structure base must be ({n_nodes}, {dim}), got {tuple(base.shape)}")
         if base is None:
             self.structure = nn.Parameter(torch.randn(n_nodes, dim) / dim ** 0.5)
         elif trainable:
             self.structure = nn.Parameter(base.clone())
-        else:
-            if tuple(base.shape) != (n_nodes, dim):
-                raise ValueError(f"structure base must be ({n_nodes}, {dim}), got {tuple(base.shape)}")
-            # derived from the features on every worker: not part of the state dict
+        else:  # derived from the features on every worker: not part of the state dict
             self.register_buffer("structure", base, persistent=False)
         self.convs = nn.ModuleList(GATConv(dim, dim, heads=1, add_self_loops=False)
                                    for _ in range(layers))
