@@ -142,7 +142,10 @@ class DistributedConfig:
     shards: int = 0               # exact search: base shards (actors) per side; 0 = one per CPU
     device: str = "auto"          # auto (cuda when the cluster has GPUs) | cpu | cuda
     partitions: int = 0           # seed-table partitions for MIC / Stage III; 0 = auto
-    fuse_workers: int = 0         # Ray Data fusion actors; 0 = cores / 2
+    block_rows: int = 65536       # rows per block of the partitioned vectors (rounded up to
+                                  # whole chunks); the seeds do not depend on it
+    chunk_rows: int = 4096        # the unit of random fills and exact sums over blocks: the
+                                  # seeds depend on it (not on block_rows, nor on the cluster)
     checkpoint_every: int = 100   # Stage II epochs between checkpoints (and one at the end)
 
 
@@ -215,9 +218,9 @@ class PSQEConfig:
         if d.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"distributed.device must be auto, cpu or cuda, got {d.device!r}")
         if d.train_workers < 1 or d.train_cpus <= 0 or d.shards < 0 or d.partitions < 0 \
-                or d.fuse_workers < 0 or d.checkpoint_every < 1:
+                or min(d.block_rows, d.chunk_rows) < 1 or d.checkpoint_every < 1:
             raise ConfigError("distributed: train_workers, checkpoint_every must be >= 1, "
-                              "train_cpus > 0, shards / partitions / fuse_workers >= 0")
+                              "train_cpus > 0, block_rows / chunk_rows >= 1, shards / partitions >= 0")
         s = self.search
         if s.index not in ("auto", "flat", "ivf"):
             raise ConfigError(f"search.index must be auto, flat or ivf, got {s.index!r}")

@@ -108,9 +108,10 @@ def run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
             log.info("%s already holds these seeds (fingerprint %s)", out_url, fp)
             return read_json(join(out_url, "report.json"), storage_options)
         t = time.perf_counter()
-        pair = load_pair(ds)
-        load_seconds = time.perf_counter() - t
         gen = engine(cfg, ds.manifest["fingerprint"]) if engine else SeedGenerator(cfg)
+        # the Ray engine loads the graph only (its tasks read the feature tables)
+        pair = gen.load(ds) if engine else load_pair(ds)
+        load_seconds = time.perf_counter() - t
         try:
             gen.fit(pair)
         except ValueError as exc:

@@ -17,6 +17,7 @@ relation / attribute / name is *absent* and its row is zero.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,17 +32,23 @@ def _vocab(keys_left: np.ndarray, keys_right: np.ndarray, top: int) -> dict[str,
     return {k: i for i, (k, _) in enumerate(ranked)}
 
 
-def _bag(entity: np.ndarray, keys: np.ndarray, vocab: dict[str, int], n: int) -> tuple[np.ndarray, np.ndarray]:
-    col = np.fromiter((vocab.get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
-    keep = col >= 0
-    out = np.zeros((n, max(1, len(vocab))), np.float32)
-    np.add.at(out, (entity[keep], col[keep]), 1.0)
-    present = out.any(axis=1)
-    return out, present
+def _columns(keys: np.ndarray, vocab: dict[str, int]) -> np.ndarray:
+    return np.fromiter((vocab.get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
 
 
-def relation_features(left: KGSide, right: KGSide, top: int = 1000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Bag-of-relations per entity for both sides: ``{"left": (x, present), "right": ...}``."""
+def bag_block(entity: np.ndarray, column: np.ndarray, start: int, stop: int, dim: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``start:stop`` of a bag feature: float32 (stop - start, dim) counts of the
+    (entity, column) incidences (column -1: not in the vocabulary), and which rows have any."""
+    keep = (column >= 0) & (entity >= start) & (entity < stop)
+    out = np.zeros((stop - start, max(1, dim)), np.float32)
+    np.add.at(out, (entity[keep] - start, column[keep]), 1.0)
+    return out, out.any(axis=1)
+
+
+def relation_incidence(left: KGSide, right: KGSide, top: int = 1000
+                       ) -> tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Bag-of-relations incidences: (vocabulary size, side -> (entity int64, column int64))."""
     def incidence(side: KGSide) -> tuple[np.ndarray, np.ndarray]:
         rel_key = side.relation_keys[side.relations] if len(side.relations) else np.zeros(0, object)
         loops = side.heads == side.tails
@@ -51,14 +58,30 @@ def relation_features(left: KGSide, right: KGSide, top: int = 1000) -> dict[str,
 
     (el, kl), (er, kr) = incidence(left), incidence(right)
     vocab = _vocab(kl, kr, top)
-    return {"left": _bag(el, kl, vocab, left.n), "right": _bag(er, kr, vocab, right.n)}
+    return len(vocab), {"left": (el.astype(np.int64), _columns(kl, vocab)),
+                        "right": (er.astype(np.int64), _columns(kr, vocab))}
+
+
+def attribute_incidence(left: KGSide, right: KGSide, top: int = 1000
+                        ) -> tuple[int, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Bag-of-attributes incidences, as :func:`relation_incidence`."""
+    vocab = _vocab(left.attr_keys, right.attr_keys, top)
+    return len(vocab), {s: (np.asarray(side.attr_entity, np.int64), _columns(side.attr_keys, vocab))
+                        for s, side in (("left", left), ("right", right))}
+
+
+def _bags(dim: int, inc: dict, left: KGSide, right: KGSide) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {s: bag_block(*inc[s], 0, side.n, dim) for s, side in (("left", left), ("right", right))}
+
+
+def relation_features(left: KGSide, right: KGSide, top: int = 1000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Bag-of-relations per entity for both sides: ``{"left": (x, present), "right": ...}``."""
+    return _bags(*relation_incidence(left, right, top), left, right)
 
 
 def attribute_features(left: KGSide, right: KGSide, top: int = 1000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Bag-of-attributes per entity for both sides."""
-    vocab = _vocab(left.attr_keys, right.attr_keys, top)
-    return {"left": _bag(left.attr_entity, left.attr_keys, vocab, left.n),
-            "right": _bag(right.attr_entity, right.attr_keys, vocab, right.n)}
+    return _bags(*attribute_incidence(left, right, top), left, right)
 
 
 def name_features(names: list, dim: int = 1024, ngram_min: int = 2,
@@ -73,3 +96,33 @@ def name_features(names: list, dim: int = 1024, ngram_min: int = 2,
                             dtype=np.float32)
     x = vec.transform(text).toarray().astype(np.float32, copy=False)
     return x, present
+
+
+@dataclass
+class Source:
+    """How one modality's raw rows are made, for any block of rows, in any process.
+
+    kind: ``table`` (a precomputed feature table), ``bag`` (relation / attribute counts over a
+    vocabulary: ``incidence`` side -> (entity int64, column int64)) or ``name`` (hashed n-grams).
+    """
+
+    modality: str
+    kind: str
+    label: str
+    dim: int
+    incidence: dict | None = None
+
+
+def raw_rows(src: Source, side: str, start: int, stop: int, fc, *, names=None, table=None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``start:stop`` of one side's raw modality: (float32 (rows, dim), present bool).
+
+    ``names``: the side's names from ``start`` on (name); ``table``: (x, present) of the side's
+    precomputed table, rows from ``start`` on (table)."""
+    n = stop - start
+    if src.kind == "table":
+        x, present = table
+        return np.asarray(x[:n], np.float32), np.asarray(present[:n], bool)
+    if src.kind == "bag":
+        return bag_block(*src.incidence[side], start, stop, src.dim)
+    return name_features(list(names[:n]), fc.name_dim, fc.name_ngram_min, fc.name_ngram_max)

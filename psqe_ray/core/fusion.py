@@ -7,8 +7,8 @@ scaled by the modality's weight, L2-normalised again so that inner products are 
 
 and so ``cos(f(a), f(b)) = sum_m w_m^2 cos(x_m(a), x_m(b)) / (|f(a)| |f(b)|)`` before the last
 normalisation.  Missing modalities: the paper fills a missing image with a random vector drawn
-from the per-dimension mean and standard deviation of the present ones; :func:`fill_missing`
-does that for precomputed features and names.  Bag features (relations, attributes) stay zero
+from the per-dimension mean and standard deviation of the present ones;
+:func:`psqe_ray.core.blocks.fill_block` does that for precomputed features and names.  Bag features (relations, attributes) stay zero
 when absent: zero carries no evidence, a random bag would.
 """
 
@@ -21,18 +21,6 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """Rows of float32 (n, d) scaled to unit length (zero rows stay zero)."""
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norm, eps)).astype(np.float32, copy=False)
-
-
-def fill_missing(x: np.ndarray, present: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Replace absent rows of float32 (n, d) with N(mean, std) of the present rows, per dimension."""
-    if present.all() or not present.any():
-        return x
-    out = x.copy()
-    mean = x[present].mean(axis=0)
-    std = x[present].std(axis=0)
-    n_missing = int((~present).sum())
-    out[~present] = (mean + std * rng.standard_normal((n_missing, x.shape[1]))).astype(np.float32)
-    return out
 
 
 def fuse(modalities: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:

@@ -18,20 +18,23 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from psqe_ray.config import PSQEConfig
 from psqe_ray.core.correction import (expand_from_candidates, expansion_candidates,
                                       mic_keep)
-from psqe_ray.core.features import attribute_features, name_features, relation_features
-from psqe_ray.core.fusion import fill_missing, fuse, l2_normalize
+from psqe_ray.core.blocks import SIDES, block_stats, fill_stats, kmeans, prepare_rows
+from psqe_ray.core.features import (Source, attribute_incidence, raw_rows,
+                                    relation_incidence)
+from psqe_ray.core.fusion import fuse, l2_normalize
 from psqe_ray.core.graph import KGPair
 from psqe_ray.core.matching import greedy_one_to_one
 from psqe_ray.core.sampling import (candidates_union, cluster_budgets, greedy_seeds,
-                                    kmeans_assign, n_clusters, sample_cluster)
+                                    n_clusters, sample_cluster)
 from psqe_ray.core.search import Searcher
-from psqe_ray.core.train import (FEATURES, embed, joint_graph, model_inputs, pick_anchor,
-                                 resolve_device, stage_rng, train_encoder)
+from psqe_ray.core.train import (embed, joint_graph, model_inputs, pick_anchor,
+                                 resolve_device, train_encoder)
 
 log = logging.getLogger(__name__)
 
@@ -92,64 +95,64 @@ class SeedGenerator:
         self.config = config or PSQEConfig()
         self.searcher = Searcher.from_config(self.config.search, self.config.seed)
 
-    # -- features -------------------------------------------------------------------------------
-    def _modalities(self, pair: KGPair) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """modality -> (x_left, present_left, x_right, present_right), raw."""
-        cfg = self.config
-        fc = cfg.features
-        out = {}
+    # -- features: planned once, made block by block (psqe_ray.core.blocks) ---------------------
+    def plan(self, pair: KGPair, tables: dict[str, int]) -> dict[str, Source]:
+        """modality -> how its raw rows are made.  ``tables``: precomputed feature tables of
+        the dataset (modality -> dimension); they win over the built-in n-gram / bag features."""
+        fc = self.config.features
+        out: dict[str, Source] = {}
+        for m in self.config.modalities:
+            if m in tables:
+                out[m] = Source(m, "table", f"features/{m}", int(tables[m]))
+            elif m in ("relation", "attribute"):
+                incidence = relation_incidence if m == "relation" else attribute_incidence
+                dim, inc = incidence(pair.left, pair.right,
+                                     fc.relation_top if m == "relation" else fc.attribute_top)
+                out[m] = Source(m, "bag", f"{m} bag", max(1, dim), inc)
+            elif m == "name" and pair.left.names is not None and pair.right.names is not None:
+                out[m] = Source(m, "name", "character n-grams", fc.name_dim)
+        return out
+
+    def fills(self, m: str) -> bool:
+        """Whether modality ``m``'s absent rows get the random fill (bags stay zero)."""
+        return self.config.features.fill_missing and (m in _FILLED or m not in
+                                                      ("relation", "attribute"))
+
+    def check(self, sources: dict[str, "Source"], stats: dict[str, dict[str, list[dict]]]
+              ) -> dict[str, Any]:
+        """The modalities that carry a signal shared by both graphs, from every block's
+        :func:`block_stats` (side -> blocks in order): modality -> its fill statistics (None:
+        no fill).  Sets ``feature_sources_`` and ``skipped_``."""
+        out: dict[str, Any] = {}
         self.feature_sources_ = {}
-        for m in cfg.modalities:
-            if m in pair.left.features and m in pair.right.features:
-                # a precomputed table (encoders: images, model-based text) wins over the
-                # built-in n-gram / bag features
-                f = {s: pair.side(s).features[m] for s in ("left", "right")}
-                source = f"features/{m}"
-            elif m == "relation":
-                f = relation_features(pair.left, pair.right, fc.relation_top)
-                source = "relation bag"
-            elif m == "attribute":
-                f = attribute_features(pair.left, pair.right, fc.attribute_top)
-                source = "attribute bag"
-            elif m == "name":
-                if pair.left.names is None or pair.right.names is None:
-                    continue
-                f = {s: name_features(pair.side(s).names, fc.name_dim, fc.name_ngram_min,
-                                      fc.name_ngram_max) for s in ("left", "right")}
-                source = "character n-grams"
-            else:
-                continue
-            (xl, pl), (xr, pr) = f["left"], f["right"]
-            if not (pl.any() and pr.any()):
+        for m, src in sources.items():
+            st = stats[m]
+            present = {s: sum(b["present"] for b in st[s]) for s in SIDES}
+            if not (present["left"] and present["right"]):
                 log.info("modality %s: absent on one side, not used", m)
                 continue
-            if xl.shape[1] == xr.shape[1] and not (xl.any(axis=0) & xr.any(axis=0)).any():
+            shared = np.logical_or.reduce([b["any"] for b in st["left"]]) \
+                & np.logical_or.reduce([b["any"] for b in st["right"]])
+            if not shared.any():
                 # e.g. relation bags over per-side relation ids (no relation names): every
                 # cross-graph similarity is exactly 0, so the modality carries no signal here
                 log.warning("modality %s: the two graphs share no feature dimension (unnamed "
                             "relations?); not used", m)
                 self.skipped_[m] = "no shared feature dimension between the graphs"
                 continue
-            out[m] = (xl, pl, xr, pr)
-            self.feature_sources_[m] = source
+            out[m] = fill_stats([b["chunks"] for s in SIDES for b in st[s]]) \
+                if self.fills(m) else None
+            self.feature_sources_[m] = src.label
         if not out:
-            raise ValueError(f"none of the modalities {list(cfg.modalities)} carries a signal "
-                             f"shared by both graphs (skipped: {self.skipped_ or 'absent'})")
+            raise ValueError(f"none of the modalities {list(self.config.modalities)} carries a "
+                             f"signal shared by both graphs (skipped: {self.skipped_ or 'absent'})")
         return out
 
-    def _prepared(self, mods) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """modality -> (left, right) normalised, missing rows filled where the paper does."""
-        out = {}
-        rng = stage_rng(self.config.seed, FEATURES)
-        for m, (xl, pl, xr, pr) in mods.items():
-            x = np.concatenate([xl, xr]).astype(np.float32, copy=False)
-            present = np.concatenate([pl, pr])
-            if self.config.features.fill_missing and (m in _FILLED or m not in
-                                                     ("relation", "attribute")):
-                x = fill_missing(x, present, rng)
-            x = l2_normalize(x)
-            out[m] = (x[:len(xl)], x[len(xl):])
-        return out
+    def prepared_rows(self, m: str, x: np.ndarray, present: np.ndarray, start: int, side: str,
+                      fill) -> np.ndarray:
+        """A block's prepared rows: absent rows filled where the paper does, L2-normalised."""
+        return prepare_rows(x, present, start, fill, self.config.seed, m, side,
+                            self.config.distributed.chunk_rows)
 
     # -- fit ------------------------------------------------------------------------------------
     def fit(self, pair: KGPair) -> "SeedGenerator":
@@ -185,7 +188,7 @@ class SeedGenerator:
                 xl, xr = mods[pivot]
             else:
                 xl, xr = fused_l, fused_r
-            l, r, s = greedy_seeds(xl, xr, budget, searcher=self.searcher)
+            l, r, s = self._greedy(xl, xr, budget)
             name = cfg.method
             self._accept(name, l, r, s, np.full(len(l), name, dtype=object), t, added=len(l))
             return self
@@ -193,14 +196,28 @@ class SeedGenerator:
 
     def prepare(self, pair: KGPair) -> tuple[dict, dict[str, float]]:
         """(modality -> (left, right) prepared vectors, fusion weights); sets ``modalities_``
-        and ``skipped_`` (modality -> why it was left out)."""
+        and ``skipped_`` (modality -> why it was left out).  In-process: one block per side."""
         self.skipped_: dict[str, str] = {}
-        mods = self._prepared(self._modalities(pair))
+        tables = {m: pair.left.features[m][0].shape[1] for m in pair.left.features
+                  if m in pair.right.features}
+        sources = self.plan(pair, tables)
+        raw = {m: {s: raw_rows(src, s, 0, pair.side(s).n, self.config.features,
+                               names=pair.side(s).names, table=pair.side(s).features.get(m))
+                   for s in SIDES} for m, src in sources.items()}
+        chunk = self.config.distributed.chunk_rows
+        stats = {m: {s: [block_stats(*raw[m][s], 0, self.fills(m), chunk)] for s in SIDES}
+                 for m in sources}
+        fills = self.check(sources, stats)
+        mods = {m: tuple(self.prepared_rows(m, *raw[m][s], 0, s, fills[m]) for s in SIDES)
+                for m in fills}
+        return mods, self._weights(mods)
+
+    def _weights(self, mods) -> dict[str, float]:
         self.modalities_ = sorted(mods)
         weights = {m: self.config.weights.get(m, 0.0) for m in mods}
         if not any(w > 0 for w in weights.values()):
             weights = {m: 1.0 for m in mods}
-        return mods, weights
+        return weights
 
     # -- the steps the distributed path runs on Ray (same inputs, same outputs) -----------------
     def _fuse(self, mods, weights) -> tuple[np.ndarray, np.ndarray]:
@@ -216,15 +233,35 @@ class SeedGenerator:
                                         self.config.stage1.candidates, self.searcher))
         return parts
 
-    def _learn(self, pair: KGPair, mods, seed_l, seed_r) -> dict[str, np.ndarray]:
-        """Stage II encoder trained on the seeds: learned vectors per modality, both graphs."""
+    def _learn(self, pair: KGPair, mods, weights, seed_l, seed_r):
+        """Stage II encoder trained on the seeds: every entity's learned vectors, fused like
+        the raw ones, (left, right)."""
         cfg = self.config
         feats = model_inputs(mods)
         graph = joint_graph(pair.left.neighbours(), pair.right.neighbours(), pair.left.n)
         model, self.losses_ = train_encoder(feats, graph, seed_l, seed_r, pair.left.n,
                                             self.anchor_, cfg.stage2, cfg.seed,
                                             device=resolve_device(cfg.distributed.device))
-        return embed(model, feats, graph)
+        learned = fuse(embed(model, feats, graph), weights)
+        return learned[:pair.left.n], learned[pair.left.n:]
+
+    def _cluster(self, fused_l, fused_r, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Stage I K-means over both graphs' fused vectors: (left labels, right labels)."""
+        labels = kmeans([fused_l, fused_r], k, iters=self.config.stage1.kmeans_iters,
+                        seed=self.config.seed, chunk=self.config.distributed.chunk_rows)
+        return labels[:len(fused_l)], labels[len(fused_l):]
+
+    def _rows(self, x, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` of one side's matrix (the seed table's rows: small)."""
+        return x[ids]
+
+    def _joined(self, fused, learned):
+        """Stage III's vectors: raw fused and learned, side by side, L2-normalised."""
+        return l2_normalize(np.concatenate([fused, learned], axis=1))
+
+    def _greedy(self, xl, xr, budget: int):
+        """The UVP baselines' greedy one-to-one over whole graphs."""
+        return greedy_seeds(xl, xr, budget, searcher=self.searcher)
 
     def _global_topk(self, learned_l, learned_r, k: int):
         """(left -> right top-k, right -> left top-k) over the whole graphs."""
@@ -267,7 +304,7 @@ class SeedGenerator:
     def _mic(self, name: str, fused_l: np.ndarray, fused_r: np.ndarray) -> dict:
         t = time.perf_counter()
         l, r, s, src = self.seeds_
-        keep = self._mic_keep(fused_l[l], fused_r[r])
+        keep = self._mic_keep(self._rows(fused_l, l), self._rows(fused_r, r))
         self.table_.add(l[~keep], r[~keep], s[~keep], src[~keep], name, False,
                         "mic: partner is not the most similar seed entity")
         self._accept(name, l[keep], r[keep], s[keep], src[keep], t, removed=int((~keep).sum()))
@@ -295,16 +332,13 @@ class SeedGenerator:
         def stage1() -> dict:
             t = time.perf_counter()
             k = n_clusters(nl + nr, cfg.stage1.clusters, cfg.stage1.max_cluster_size)
-            labels = kmeans_assign(np.concatenate([fused_l, fused_r]), k,
-                                   iters=cfg.stage1.kmeans_iters, seed=cfg.seed)
-            lab_l, lab_r = labels[:nl], labels[nl:]
+            lab_l, lab_r = self._cluster(fused_l, fused_r, k)
             if cfg.stage1.similarity == "relation_attribute":
                 ra = {m: mods[m] for m in ("relation", "attribute") if m in mods}
                 if not ra:
                     raise ValueError("stage1.similarity=relation_attribute needs the relation "
                                      "or attribute modality")
-                sim_l = fuse({m: v[0] for m, v in ra.items()}, weights)
-                sim_r = fuse({m: v[1] for m, v in ra.items()}, weights)
+                sim_l, sim_r = self._fuse(ra, weights)
             else:
                 sim_l, sim_r = fused_l, fused_r
             sizes = np.bincount(lab_l, minlength=k) + np.bincount(lab_r, minlength=k)
@@ -323,9 +357,9 @@ class SeedGenerator:
         def train() -> dict:
             t = time.perf_counter()
             l, r = self.seeds_[0], self.seeds_[1]
-            learned = fuse(self._learn(pair, mods, l, r), weights)
+            learned_l, learned_r = self._learn(pair, mods, weights, l, r)
             self.train_seconds_ = round(time.perf_counter() - t, 3)
-            return {"learned_left": learned[:nl], "learned_right": learned[nl:]}
+            return {"learned_left": learned_l, "learned_right": learned_r}
 
         out = self._run_stage("stage2-train", train)
         learned_l, learned_r = out["learned_left"], out["learned_right"]
@@ -351,8 +385,7 @@ class SeedGenerator:
         if cfg.stage3.enabled:
             def stage3() -> dict:
                 t = time.perf_counter()
-                vec_l = l2_normalize(np.concatenate([fused_l, learned_l], axis=1))
-                vec_r = l2_normalize(np.concatenate([fused_r, learned_r], axis=1))
+                vec_l, vec_r = self._joined(fused_l, learned_l), self._joined(fused_r, learned_r)
                 l0, r0 = self.seeds_[0], self.seeds_[1]
                 taken_l, taken_r = self._taken(nl, nr)
                 st = cfg.stage3

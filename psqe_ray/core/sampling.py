@@ -73,20 +73,6 @@ def n_clusters(n_total: int, clusters: int, max_cluster_size: int) -> int:
     return max(1, min(n_total, max(clusters, math.ceil(n_total / max(1, max_cluster_size)))))
 
 
-def kmeans_assign(x: np.ndarray, k: int, *, iters: int = 20, seed: int = 42) -> np.ndarray:
-    """K-means (FAISS, deterministic for a seed) over float32 (N, d); returns int64 (N,) labels."""
-    import faiss
-
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if k <= 1 or len(x) <= k:
-        return np.zeros(len(x), np.int64) if k <= 1 else np.arange(len(x), dtype=np.int64)
-    km = faiss.Kmeans(x.shape[1], k, niter=iters, seed=seed, spherical=True,
-                      max_points_per_centroid=max(256, len(x) // k + 1), verbose=False)
-    km.train(x)
-    _, labels = km.index.search(x, 1)
-    return labels[:, 0].astype(np.int64)
-
-
 def cluster_budgets(sizes: np.ndarray, budget: int) -> np.ndarray:
     """Split ``budget`` over clusters proportionally to ``sizes`` (largest remainder, exact sum).
 

@@ -19,17 +19,13 @@ import numpy as np
 import torch
 
 from psqe_ray.config import Stage2Config
+from psqe_ray.core.blocks import stage_rng  # noqa: F401  (re-exported: the keyed streams)
 from psqe_ray.core.gat import CSRSampler, SeedEncoder, as_model_input, icl_loss
 
 log = logging.getLogger(__name__)
 
 # purposes of the keyed random streams
 FEATURES, ORDER, SAMPLE = 1, 2, 3
-
-
-def stage_rng(seed: int, *key: int) -> np.random.Generator:
-    """An independent random stream for (seed, key...): the same wherever it is created."""
-    return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, key)]))
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -44,23 +44,29 @@ import ray
 
 from psqe_ray import __version__
 from psqe_ray.config import PSQEConfig, fingerprint, seed_settings, to_dict
+from psqe_ray.core.blocks import (SIDES, kmeans_init, row_ranges, seed_centroids,
+                                  update_centroids)
 from psqe_ray.core.psqe import SeedGenerator, SeedTable
 from psqe_ray.core.topk import empty_topk, merge_topk
-from psqe_ray.distributed.tasks import (Fuser, TopKShard, cluster_task, expand_map, mic_map,
-                                        parquet, put_table, read_table, rss)
+from psqe_ray.distributed.blocks import (Sharded, block_url, fuse_task, joined_task,
+                                         kmeans_task, prepare_task, raw_task, read_block,
+                                         split_task, take_task, write_task)
+from psqe_ray.distributed.tasks import (TopKShard, cluster_task, expand_map, greedy_task,
+                                        mic_map, parquet, put_table, read_table, rss)
 from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_device,
                                           fit_on_ray, gather_usage, node_cpus, node_usage,
-                                          pop_usage, train_threads)
+                                          train_threads)
 from psqe_ray.io.dataset import Dataset, DatasetWriter
 from psqe_ray.inprocess import run_seeds, seeds_table
 from psqe_ray.io.fs import StorageOptions, exists, join, read_bytes, resolve
-from psqe_ray.schemas import SIDES, feature_table, vectors_numpy
+from psqe_ray.io.load import load_pair
+from psqe_ray.schemas import is_feature_table, modality_of
 
 log = logging.getLogger(__name__)
 
 STAGES = "stages"
 # execution knobs that never change the seeds: not part of a stage's identity
-_NEUTRAL = ("shards", "partitions", "fuse_workers", "checkpoint_every", "train_cpus")
+_NEUTRAL = ("shards", "partitions", "block_rows", "checkpoint_every", "train_cpus")
 
 
 def _cpus() -> int:
@@ -78,9 +84,22 @@ def _train_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
+    import numpy as np
+
+    from psqe_ray.core.fusion import fuse
+    from psqe_ray.core.train import model_inputs
+    from psqe_ray.distributed.blocks import write_block
+
     meter = Meter("stage2-train", actor=True)
-    feats, graph, seeds = ray.get(config["refs"])
-    meter.add(feats, graph, seeds)
+    graph, seeds = ray.get(config["refs"])
+    mods = {}
+    for m, (left, right) in config["mods"].items():  # every block of every modality
+        blocks = ray.get(list(left) + list(right))
+        meter.add(blocks)
+        mods[m] = (np.concatenate(blocks[:len(left)]), np.concatenate(blocks[len(left):]))
+    feats = model_inputs(mods)
+    del mods, blocks
+    meter.add(graph, seeds)
     cfg = Stage2Config(**{**config["stage2"], "fanout": tuple(config["stage2"]["fanout"])})
     state = None
     if config["resume"]:
@@ -114,12 +133,24 @@ def _train_worker(config: dict) -> None:
                                   config["anchor"], cfg, config["seed"], rank=rank, world=world,
                                   sync=sync, state=state, on_epoch=on_epoch,
                                   device=config.get("device", "cpu"))
-    # the last checkpoint also holds every entity's learned vectors (rank 0 embeds them with
-    # full neighbourhoods): the driver reads them from there, a resumed run too
+    # rank 0 embeds every entity (full neighbourhoods), fuses and writes the learned vectors
+    # block by block under the stage folder; the last checkpoint says where they are
     snap = last.get("snapshot") or (lambda: {"model": cpu_state(model.state_dict()),
                                              "losses": losses, "epoch": len(losses)})
     usage = gather_usage(meter.take())  # every worker's record, for rank 0's checkpoint
-    learned = embed(model, feats, graph) if rank == 0 else None
+    learned = None
+    if rank == 0:
+        vec = fuse(embed(model, feats, graph), config["weights"])
+        learned = {"dim": int(vec.shape[1])}
+        offset = 0
+        for side in ("left", "right"):
+            parts = []
+            for i, (a, b) in enumerate(config["bounds"][side]):
+                url = block_url(config["learned_prefix"], side, i)
+                write_block(url, side, a, vec[offset + a:offset + b], config["storage_options"])
+                parts.append([a, b, url])
+            learned[side] = parts
+            offset = config["n_left"]
     report(len(losses), losses, lambda: {**snap(), "learned": learned, "usage": usage})
 
 
@@ -147,6 +178,8 @@ class RaySeedGenerator(SeedGenerator):
         self.resources_: dict[str, dict] = {}
         self.resumed_: list[str] = []
         self.usage_: list[dict] = []  # Meter records of every task and actor run so far
+        self._nodes: dict[str, set] = {}  # stage -> nodes its tasks ran on
+        self._current = "features"
         self.driver_ = driver or Meter("driver")
 
     def report_extras(self) -> dict:
@@ -165,7 +198,9 @@ class RaySeedGenerator(SeedGenerator):
         """Keep the current stage's usage records; its resources say on how many nodes it ran."""
         records = list(records)
         self.usage_ += records
-        self._res(self._current, nodes=len({r["node"] for r in records}))
+        nodes = self._nodes.setdefault(self._current, set())
+        nodes.update(r["node"] for r in records)
+        self._res(self._current, nodes=len(nodes))
 
     # -- stage commits ----------------------------------------------------------------------------
     def _stage_url(self, name: str) -> str:
@@ -189,30 +224,193 @@ class RaySeedGenerator(SeedGenerator):
     def _writer(self, name: str) -> DatasetWriter:
         url = self._stage_url(name)
         fs, path = resolve(url, self.storage_options)
-        if exists(fs, join(path, "_MANIFEST.json"), url):  # a stale stage of another run
+        if exists(fs, path, url):  # a stale stage of another run, or one cut short by a kill
             fs.rm(path, recursive=True)
         return DatasetWriter(url, stage=name, fingerprint=self._stage_fp(name),
                              storage_options=self.storage_options, require_graph=False,
                              entity_counts=self._counts)
 
-    @staticmethod
-    def _vectors_table(x_left: np.ndarray, x_right: np.ndarray) -> pa.Table:
-        return pa.concat_tables([feature_table(side, np.arange(len(x), dtype=np.int64), x,
-                                               np.ones(len(x), bool))
-                                 for side, x in (("left", x_left), ("right", x_right))])
+    # -- the partitioned vectors (psqe_ray.distributed.blocks) -----------------------------------
+    def load(self, ds: Dataset):
+        """The pair without its feature tables (tasks read those block by block)."""
+        self._dataset_url = ds.url
+        self._tables = {modality_of(t): int(ds.manifest["tables"][t]["dim"])
+                        for t in ds.tables if is_feature_table(t)}
+        return load_pair(ds, features=False)
 
-    def _read_vectors(self, ds: Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
-        t = ds.table(name)
+    def _ranges(self, n: int) -> list[tuple[int, int]]:
+        d = self.config.distributed
+        return row_ranges(n, d.block_rows, d.chunk_rows)
+
+    def _get_usage(self, refs: list) -> None:
+        """Wait for the tasks whose usage records ``refs`` are; account for them."""
+        self._account(ray.get(refs))
+
+    def prepare(self, pair):
+        """:meth:`SeedGenerator.prepare` block by block on Ray: raw rows (one task per block,
+        precomputed tables read there), the driver reduces their small statistics, then one
+        task per block fills and normalises.  Returns modality -> (left, right)
+        :class:`Sharded`."""
+        self._current = "features"
+        self.skipped_ = {}
+        cfg, d = self.config, self.config.distributed
+        sources = self.plan(pair, getattr(self, "_tables", {}))
+        names = list(sources)
+        fills = {m: self.fills(m) for m in names}
+        src_ref = ray.put(sources)
+        bounds = {s: self._ranges(pair.side(s).n) for s in SIDES}
+        raw, stat_refs = {}, []
+        for s in SIDES:
+            side_names = pair.side(s).names
+            for i, (a, b) in enumerate(bounds[s]):
+                refs = raw_task.options(num_returns=len(names) + 1).remote(
+                    src_ref, s, a, b, cfg.features, side_names[a:b] if side_names is not None
+                    else None, self._dataset_url, self.storage_options, fills, d.chunk_rows)
+                raw[s, i] = refs[:-1]
+                stat_refs.append((s, refs[-1]))
+        stats = {m: {s: [] for s in SIDES} for m in names}
+        got = ray.get([r for _, r in stat_refs])
+        self._account(g[1] for g in got)
+        for (s, _), (st, _) in zip(stat_refs, got):
+            for m in names:
+                stats[m][s].append(st[m])
+        self._res("features", blocks=len(stat_refs), block_rows=[b - a for a, b in bounds["left"][:1]])
+        fill = self.check(sources, stats)
+        used = [m for m in names if m in fill]
+        blocks = {m: {s: [] for s in SIDES} for m in used}
+        usage = []
+        for s in SIDES:
+            for i, (a, b) in enumerate(bounds[s]):
+                refs = prepare_task.options(num_returns=len(used) + 1).remote(
+                    used, s, a, {m: fill[m] for m in used}, cfg.seed, d.chunk_rows,
+                    *[raw[s, i][names.index(m)] for m in used])
+                for m, r in zip(used, refs[:-1]):
+                    blocks[m][s].append(r)
+                usage.append(refs[-1])
+        self._get_usage(usage)
+        del raw
+        mods = {m: tuple(Sharded(blocks[m][s], bounds[s], sources[m].dim) for s in SIDES)
+                for m in used}
+        return mods, self._weights(mods)
+
+    def _fuse(self, mods, weights):
+        names = sorted(m for m in mods if weights.get(m, 0.0) > 0)
+        if not names:
+            raise ValueError("no modality with a positive weight to fuse")
+        dim = sum(mods[m][0].dim for m in names)
+        out, usage = [], []
+        for side in (0, 1):
+            refs = []
+            for i, (a, b) in enumerate(mods[names[0]][side].bounds):
+                ref, u = fuse_task.options(num_returns=2).remote(
+                    names, weights, *[mods[m][side].refs[i] for m in names])
+                refs.append(ref)
+                usage.append(u)
+            out.append(Sharded(refs, mods[names[0]][side].bounds, dim))
+        self._get_usage(usage)
+        return out[0], out[1]
+
+    def _take(self, x: Sharded, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` of a sharded matrix, gathered by one task per block that holds any."""
+        ids = np.asarray(ids, np.int64)
+        out = np.empty((len(ids), x.dim), np.float32)
+        jobs = []
+        for ref, (a, b) in zip(x.refs, x.bounds):
+            m = np.flatnonzero((ids >= a) & (ids < b))
+            if len(m):
+                jobs.append((m, take_task.remote(ref, ids[m] - a)))
+        got = ray.get([j[1] for j in jobs])
+        for (m, _), (rows, _) in zip(jobs, got):
+            out[m] = rows
+        self._account(g[1] for g in got)
+        return out
+
+    def _rows(self, x, ids):
+        return self._take(x, ids)
+
+    def _cluster(self, fused_l, fused_r, k):
+        """Spherical K-means block by block (:func:`psqe_ray.core.blocks.kmeans`, the same
+        labels): the driver holds the k centroids and the labels only."""
+        st1, seed = self.config.stage1, self.config.seed
+        nl, n = len(fused_l), len(fused_l) + len(fused_r)
+        if k <= 1 or n <= k:
+            labels = np.zeros(n, np.int64) if k <= 1 else np.arange(n, dtype=np.int64)
+            return labels[:nl], labels[nl:]
+        rows = kmeans_init(n, k, seed)
+        cand = np.concatenate([self._take(fused_l, rows[rows < nl]),
+                               self._take(fused_r, rows[rows >= nl] - nl)])
+        centroids = seed_centroids(cand, k, seed)
+        blocks = list(fused_l.refs) + list(fused_r.refs)
+        for _ in range(st1.kmeans_iters):
+            cref = ray.put(centroids)
+            res = ray.get([kmeans_task.remote(b, cref, k, False, self.config.distributed.chunk_rows)
+                           for b in blocks])
+            self._account(r[1] for r in res)
+            centroids = update_centroids(sum(r[0] for r in res), centroids)
+        cref = ray.put(centroids)
+        res = ray.get([kmeans_task.remote(b, cref, k, True, self.config.distributed.chunk_rows)
+                       for b in blocks])
+        self._account(r[1] for r in res)
+        labels = np.concatenate([r[0] for r in res])
+        self._res(self._current, kmeans_tasks=len(blocks) * (st1.kmeans_iters + 1))
+        return labels[:nl], labels[nl:]
+
+    def _joined(self, fused, learned):
+        refs, usage = [], []
+        for f, g in zip(fused.refs, learned.refs):
+            ref, u = joined_task.options(num_returns=2).remote(f, g)
+            refs.append(ref)
+            usage.append(u)
+        self._get_usage(usage)
+        return Sharded(refs, fused.bounds, fused.dim + learned.dim)
+
+    def _greedy(self, xl, xr, budget):
+        l, r, s, usage = ray.get(greedy_task.remote(xl, xr, budget, self.searcher))
+        self._account([usage])
+        return l, r, s
+
+    def _read_blocks(self, entry: dict, root_url: str) -> tuple[Sharded, Sharded]:
+        """A committed kind's blocks (manifest meta) back into the object store."""
         out = []
         for side in SIDES:
-            st = t.filter(pc.equal(t.column("side"), side))
-            x = vectors_numpy(st)
-            order = np.argsort(st.column("entity_id").to_numpy())
-            out.append(np.ascontiguousarray(x[order], dtype=np.float32))
+            refs, usage, bounds, urls = [], [], [], []
+            for a, b, rel in entry[side]:
+                url = join(root_url, rel)
+                ref, u = read_block.options(num_returns=2).remote(url, self.storage_options)
+                refs.append(ref)
+                usage.append(u)
+                bounds.append((a, b))
+                urls.append(url)
+            self._get_usage(usage)
+            out.append(Sharded(refs, bounds, int(entry["dim"])))
         return out[0], out[1]
+
+    def _commit_blocks(self, w: DatasetWriter, name: str, kind: str, left: Sharded,
+                       right: Sharded) -> dict:
+        """Write (or adopt, when a task already wrote them) a kind's blocks into the stage."""
+        entry: dict[str, Any] = {"dim": left.dim}
+        prefix = f"blocks/{kind}-{w.token}"
+        jobs = []
+        for side, x in (("left", left), ("right", right)):
+            parts = []
+            for i, (ref, (a, b)) in enumerate(zip(x.refs, x.bounds)):
+                rel = block_url(prefix, side, i)
+                written = getattr(x, "written", None)
+                if written:  # Stage II's rank 0 wrote them there already
+                    rel = written[i]
+                else:
+                    jobs.append(write_task.remote(join(self._stage_url(name), rel), side, a, ref,
+                                                  self.storage_options))
+                w.adopt(rel)
+                parts.append([a, b, rel])
+            entry[side] = parts
+        self._get_usage(jobs)
+        return entry
 
     def fit(self, pair):
         self._counts = {"left": pair.left.n, "right": pair.right.n}
+        if not hasattr(self, "_dataset_url"):
+            raise ValueError("RaySeedGenerator.fit needs the pair from its load(dataset)")
         return super().fit(pair)
 
     def _run_stage(self, name: str, run) -> dict:
@@ -221,13 +419,13 @@ class RaySeedGenerator(SeedGenerator):
             return self._load_stage(name, ds)
         self._current = name
         t = time.perf_counter()
-        products = run()
         with self._writer(name) as w:
+            self._open_writer = w
+            products = run()
             w.write("seeds", seeds_table(self))
-            for kind in ("fused", "learned"):
-                if f"{kind}_left" in products:
-                    w.write(f"features/{kind}", self._vectors_table(
-                        products[f"{kind}_left"], products[f"{kind}_right"]))
+            blocks = {kind: self._commit_blocks(w, name, kind, products[f"{kind}_left"],
+                                                products[f"{kind}_right"])
+                      for kind in ("fused", "learned") if f"{kind}_left" in products}
             if "cluster_left" in products:
                 w.put_file("clusters.parquet", parquet(pa.table({
                     "side": ["left"] * len(products["cluster_left"])
@@ -241,9 +439,11 @@ class RaySeedGenerator(SeedGenerator):
             w.commit(meta={"stage": name, "record": record, "resources": res,
                            "seed_set": name in self.stage_sets_,
                            "seconds": round(time.perf_counter() - t, 3),
+                           "blocks": blocks,
                            **({"budgets": [int(b) for b in products["cluster_budgets"]]}
                               if "cluster_budgets" in products else {}),
                            "train_seconds": getattr(self, "train_seconds_", None)})
+            self._open_writer = None
         return products
 
     def _load_stage(self, name: str, ds: Dataset) -> dict:
@@ -271,10 +471,9 @@ class RaySeedGenerator(SeedGenerator):
         self.resumed_.append(name)
         log.info("%-18s committed earlier: %d seeds (skipped)", name, len(self.seeds_[0]))
         products: dict[str, Any] = {}
-        for kind in ("fused", "learned"):
-            if ds.has(f"features/{kind}"):
-                products[f"{kind}_left"], products[f"{kind}_right"] = self._read_vectors(
-                    ds, f"features/{kind}")
+        for kind, entry in (meta.get("blocks") or {}).items():
+            products[f"{kind}_left"], products[f"{kind}_right"] = self._read_blocks(
+                entry, self._stage_url(name))
         if "budgets" in meta and exists(ds.fs, join(ds.root, "clusters.parquet"),
                                         ds.url_of("clusters.parquet")):
             c = read_table(ds.url_of("clusters.parquet"), self.storage_options)
@@ -285,50 +484,36 @@ class RaySeedGenerator(SeedGenerator):
         return products
 
     # -- the hooks, on Ray ------------------------------------------------------------------------
-    def _fuse(self, mods, weights):
-        d = self.config.distributed
-        workers = d.fuse_workers or max(1, _cpus() // 2)
-        names = sorted(mods)
-        nl, nr = len(mods[names[0]][0]), len(mods[names[0]][1])
-        refs = [ray.put(mods[m][i]) for i in (0, 1) for m in names]
-        dim = sum(mods[m][0].shape[1] for m in names if weights.get(m, 0) > 0)
-        x = np.empty((nl + nr, dim), np.float32)
-        # blocks made in the driver (from_numpy), not by read tasks: a read task needs a whole
-        # CPU, which the fractional actors may leave on no node (a scheduling deadlock)
-        n_blocks = max(1, min(4 * workers, (nl + nr) // 4096 or 1))
-        rows = ray.data.from_numpy(np.array_split(np.arange(nl + nr, dtype=np.int64), n_blocks))
-        fused = rows.map_batches(Fuser, fn_constructor_kwargs={
-            "refs": refs, "names": names, "weights": weights, "n_left": nl}, batch_size=4096,
-            batch_format="numpy", num_cpus=0.5, compute=ray.data.ActorPoolStrategy(size=workers))
-        usage = []
-        for batch in fused.iter_batches(batch_size=None, batch_format="numpy"):
-            usage += pop_usage(batch)
-            x[batch["id"]] = batch["vector"]
-        del refs
-        self._res(self._current, workers=workers)
-        self._account(usage)
-        return x[:nl], x[nl:]
-
     def _sample_clusters(self, sim_l, sim_r, lab_l, lab_r, budgets):
+        """Stage I: each block cut by cluster (one task per block, ``K`` returns), then one
+        task per cluster that fetches only its own rows."""
         k = self.config.stage1.candidates
-        futures = []
-        for c in range(len(budgets)):
-            il, ir = np.flatnonzero(lab_l == c), np.flatnonzero(lab_r == c)
-            futures.append(cluster_task.remote(sim_l[il], sim_r[ir], il, ir, int(budgets[c]), k,
-                                               self.searcher))
+        n_clusters = len(budgets)
+        pieces, usage = {}, []
+        for side, sim, lab in (("left", sim_l, lab_l), ("right", sim_r, lab_r)):
+            pieces[side] = []
+            for ref, (a, b) in zip(sim.refs, sim.bounds):
+                out = split_task.options(num_returns=n_clusters + 1).remote(
+                    ref, lab[a:b], a, n_clusters)
+                pieces[side].append(out[:-1])
+                usage.append(out[-1])
+        futures = [cluster_task.remote([p[c] for p in pieces["left"]],
+                                       [p[c] for p in pieces["right"]], int(budgets[c]), k,
+                                       self.searcher)
+                   for c in range(n_clusters)]
         results = ray.get(futures)
+        self._get_usage(usage)
         self._res(self._current, tasks=len(futures),
                   worker_peak_rss_bytes=max((r[3] for r in results), default=0))
         self._account(r[4] for r in results)
         return [r[:3] for r in results]
 
-    def _learn(self, pair, mods, seed_l, seed_r):
-        from psqe_ray.core.train import joint_graph, model_inputs
+    def _learn(self, pair, mods, weights, seed_l, seed_r):
+        from psqe_ray.core.train import joint_graph
 
         cfg, d = self.config, self.config.distributed
-        feats = model_inputs(mods)
         graph = joint_graph(pair.left.neighbours(), pair.right.neighbours(), pair.left.n)
-        refs = [ray.put(feats), ray.put(graph), ray.put((seed_l, seed_r))]
+        refs = [ray.put(graph), ray.put((seed_l, seed_r))]
         storage_url = join(self.out_url, STAGES, "_train")
         run_name = f"stage2-{self.run_id}"
         resume = self._latest_checkpoint(join(storage_url, run_name))
@@ -336,9 +521,14 @@ class RaySeedGenerator(SeedGenerator):
             log.info("stage2: continuing from checkpoint %s", resume)
         threads = train_threads(d.train_workers)
         device = cluster_device(d.device)
+        w = self._open_writer
+        bounds = {s: mods[next(iter(mods))][i].bounds for i, s in enumerate(SIDES)}
         state = fit_on_ray(
             _train_worker,
-            {"refs": refs, "stage2": to_dict(cfg.stage2), "seed": cfg.seed,
+            {"refs": refs, "mods": {m: (v[0].refs, v[1].refs) for m, v in mods.items()},
+             "weights": weights, "bounds": bounds,
+             "learned_prefix": join(self._stage_url(self._current), f"blocks/learned-{w.token}"),
+             "stage2": to_dict(cfg.stage2), "seed": cfg.seed,
              "n_left": pair.left.n, "anchor": self.anchor_, "threads": threads,
              "checkpoint_every": d.checkpoint_every, "resume": resume,
              "storage_options": self.storage_options},
@@ -351,7 +541,14 @@ class RaySeedGenerator(SeedGenerator):
                   threads=threads, checkpoints=join(storage_url, run_name),
                   worker_peak_rss_bytes=int(state.get("rss", 0)))
         self._account(state["usage"])
-        return learned
+        stage = self._stage_url(self._current)
+        rel = {s: [u[len(stage.rstrip("/")) + 1:] for _, _, u in learned[s]] for s in SIDES}
+        entry = {"dim": learned["dim"], **{s: [[a, b, r] for (a, b, _), r in
+                                              zip(learned[s], rel[s])] for s in SIDES}}
+        out = self._read_blocks(entry, stage)
+        for s, x in zip(SIDES, out):
+            x.written = rel[s]
+        return out
 
     def _latest_checkpoint(self, run_url: str) -> str | None:
         """URL of the newest ``state.pkl`` under a Ray Train run folder (None when none)."""
@@ -401,10 +598,12 @@ class RaySeedGenerator(SeedGenerator):
                 threads = int(max(1, min(min(node_cpus()), per)))
                 opts = {"num_cpus": threads if per >= 1 else math.floor(per * 100) / 100,
                         **({"num_gpus": 1} if device == "cuda" else {})}
-            actors = [TopKShard.options(**opts).remote(base[a:b], searcher, plan, i, threads)
+            # each shard actor fetches the base blocks that overlap its rows; the queries go
+            # block by block (references only: the actors fetch them)
+            actors = [TopKShard.options(**opts).remote(base.overlapping(a, b), searcher, plan,
+                                                       i, threads)
                       for i, (a, b) in enumerate(plan.bounds)]
-            qref = ray.put(query)
-            results = ray.get([a.search.remote(qref, kk) for a in actors])
+            results = ray.get([a.search.remote(list(query.refs), kk) for a in actors])
             for a in actors:
                 ray.kill(a)
             merged = empty_topk(len(query), kk)
@@ -477,8 +676,10 @@ class RaySeedGenerator(SeedGenerator):
         scratch = self._scratch("expansion")
         try:
             urls = self._write_partitions(scratch, l0, r0)
-            shared = [ray.put(x) for x in (l0, r0, pair.left.neighbours(), pair.right.neighbours(),
-                                           vec_l, vec_r, taken_l, taken_r)]
+            shared = [ray.put(x) for x in (l0, r0, pair.left.neighbours(), pair.right.neighbours())]
+            # the vectors stay in their blocks: each map task fetches them (zero-copy on its
+            # node) and reads the rows of its seeds' neighbours
+            shared += [vec_l, vec_r] + [ray.put(x) for x in (taken_l, taken_r)]
             outs = [join(scratch, f"candidates-{i:04d}.parquet") for i in range(len(urls))]
             results = ray.get([expand_map.remote(u, o, self.storage_options, *shared, len(l0),
                                                   st.threshold_start, st.threshold_end)

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import ray
 
 from psqe_ray.core.correction import expansion_candidates
-from psqe_ray.core.fusion import fuse
-from psqe_ray.core.sampling import sample_cluster
+from psqe_ray.core.sampling import greedy_seeds, sample_cluster
 from psqe_ray.core.search import Searcher, SearchPlan, ShardIndex
-from psqe_ray.distributed.runtime import Meter, with_usage
+from psqe_ray.distributed.blocks import Rows, Sharded
+from psqe_ray.distributed.runtime import Meter
 from psqe_ray.io.fs import is_local, read_bytes, resolve
 
 
@@ -27,35 +27,29 @@ def rss() -> int:
 
 # ---- remote functions ------------------------------------------------------------------------
 @ray.remote(num_cpus=0.5)
-def cluster_task(sim_l, sim_r, il, ir, budget, k, searcher: Searcher):
-    meter = Meter("cluster-sample").add(sim_l, sim_r, il, ir)
+def cluster_task(left_pieces: list, right_pieces: list, budget, k, searcher: Searcher):
+    """Stage I inside one cluster: its rows from every block's piece ((ids, rows) per block,
+    fetched here), then the greedy of :func:`~psqe_ray.core.sampling.sample_cluster`."""
+    meter = Meter("cluster-sample")
+    sides = []
+    for pieces in (left_pieces, right_pieces):
+        got = ray.get(list(pieces))
+        meter.add(got)
+        d = got[0][1].shape[1] if got else 0
+        ids = np.concatenate([g[0] for g in got]) if got else np.zeros(0, np.int64)
+        rows = np.concatenate([g[1] for g in got]) if got else np.zeros((0, d), np.float32)
+        sides.append((ids, rows))
+    (il, sim_l), (ir, sim_r) = sides
     return (*sample_cluster(sim_l, sim_r, il, ir, budget, k, searcher), rss(), meter.take())
 
 
-class Fuser:
-    """Ray Data UDF: fused vectors of a batch of entity rows (``row < n_left``: left entity
-    ``row``, else right entity ``row - n_left``), from the prepared modality matrices.  Each
-    output batch carries the actor's usage record (:func:`runtime.with_usage`)."""
-
-    def __init__(self, refs: list, names: list[str], weights: dict[str, float],
-                 n_left: int) -> None:
-        self.meter = Meter("fuse", actor=True)
-        mats = ray.get(refs)
-        self.meter.add(mats)
-        k = len(names)
-        self.sides = (dict(zip(names, mats[:k])), dict(zip(names, mats[k:])))
-        self.weights, self.n_left = weights, n_left
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = batch["data"]
-        self.meter.add(rows)
-        parts = []
-        for side, sel in ((0, rows[rows < self.n_left]), (1, rows[rows >= self.n_left])):
-            if len(sel):
-                ids = sel - (self.n_left if side else 0)
-                parts.append(fuse({m: v[ids] for m, v in self.sides[side].items()}, self.weights))
-        order = np.concatenate([rows[rows < self.n_left], rows[rows >= self.n_left]])
-        return with_usage({"id": order, "vector": np.concatenate(parts)}, self.meter.take())
+@ray.remote(num_cpus=0.5)
+def greedy_task(left: Sharded, right: Sharded, budget: int, searcher: Searcher):
+    """The UVP baselines' whole-graph greedy, on one worker (their pivot modality gathered
+    there, never in the driver)."""
+    meter = Meter("greedy")
+    xl, xr = Rows(left, meter).all(), Rows(right, meter).all()
+    return (*greedy_seeds(xl, xr, budget, searcher=searcher), meter.take())
 
 
 @ray.remote(num_cpus=0.5)
@@ -63,11 +57,18 @@ class TopKShard:
     """One shard of a base side (:class:`~psqe_ray.core.search.ShardIndex`: exact, or an IVF
     index built once), answering top-k queries for the shard's rows with global ids."""
 
-    def __init__(self, rows: np.ndarray, searcher: Searcher, plan: SearchPlan, i: int,
+    def __init__(self, blocks: list, searcher: Searcher, plan: SearchPlan, i: int,
                  threads: int = 1) -> None:
-        """``rows``: the base rows of shard ``i`` of ``plan`` (only those travel here);
-        ``threads``: FAISS threads (the CPUs this actor was given)."""
-        self.meter = Meter("topk-shard", actor=True).add(rows)
+        """``blocks``: (reference, start, stop) of the base blocks that overlap shard ``i`` of
+        ``plan`` (only those are fetched); ``threads``: FAISS threads (the CPUs this actor
+        was given)."""
+        self.meter = Meter("topk-shard", actor=True)
+        a, b = plan.bounds[i]
+        got = ray.get([ref for ref, _, _ in blocks])
+        self.meter.add(got)
+        rows = np.concatenate([x[max(a, s) - s:min(b, e) - s]
+                               for x, (_, s, e) in zip(got, blocks)]) if got else None
+        del got
         if plan.kind == "ivf":
             import faiss
 
@@ -75,9 +76,16 @@ class TopKShard:
         self.index = ShardIndex(rows, plan.bounds[i][0], plan.kind, plan.nlist[i],
                                 plan.nprobe[i], searcher.seed, searcher.device)
 
-    def search(self, query: np.ndarray, k: int):
-        self.meter.add(query)
-        return self.index.search(query, k), rss(), self.meter.take()
+    def search(self, query_blocks: list, k: int):
+        """Top-k of every query row, the queries fetched block by block."""
+        scores, ids = [], []
+        for ref in query_blocks:
+            q = ray.get(ref)
+            self.meter.add(q)
+            s, i = self.index.search(q, k)
+            scores.append(s)
+            ids.append(i)
+        return (np.concatenate(scores), np.concatenate(ids)), rss(), self.meter.take()
 
 
 @ray.remote(num_cpus=0.5)
@@ -94,8 +102,8 @@ def mic_map(part_url: str, storage_options, left_vecs, right_vecs, searcher: Sea
 def expand_map(part_url: str, out_url: str, storage_options, seed_l, seed_r, adj_l, adj_r,
                 vec_l, vec_r, taken_l, taken_r, total, threshold_start, threshold_end):
     """Candidate pairs of one seed partition, written as Parquet for the reduce."""
-    meter = Meter("expansion-map").add(seed_l, seed_r, adj_l, adj_r, vec_l, vec_r, taken_l,
-                                       taken_r)
+    meter = Meter("expansion-map").add(seed_l, seed_r, adj_l, adj_r, taken_l, taken_r)
+    vec_l, vec_r = Rows(vec_l, meter), Rows(vec_r, meter)
     t = read_table(part_url, storage_options)
     cand = expansion_candidates(t.column("position").to_numpy(), seed_l, seed_r, adj_l, adj_r,
                                 vec_l, vec_r, taken_l, taken_r, total,

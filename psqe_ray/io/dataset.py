@@ -85,6 +85,7 @@ class DatasetWriter:
         self.committed = False
         self._parts: dict[str, list[str]] = {}
         self._files: list[str] = []
+        self._adopted: list[str] = []
         self._created_root = False
         self._started = time.monotonic()
         self._open = False
@@ -218,6 +219,13 @@ class DatasetWriter:
         self._put(path, data, rel)
         return rel
 
+    def adopt(self, rel: str) -> None:
+        """Make a file that a task wrote under this dataset (``rel``: its path relative to the
+        dataset) part of this commit: listed in the manifest, removed if the write fails."""
+        self._check_open()
+        self._files.append(join(self.root, rel))
+        self._adopted.append(rel)
+
     def _put(self, path: str, data: bytes, rel: str) -> None:
         try:
             if is_local(self.fs):
@@ -244,7 +252,7 @@ class DatasetWriter:
                   **tables}
         files = list(base.get("files", [])) + [
             p.removeprefix(self.root.rstrip("/") + "/") for p in self._files
-            if not p.endswith(".parquet")]
+            if not p.endswith(".parquet")] + [r for r in self._adopted if r.endswith(".parquet")]
         meta = {**base.get("meta", {}), **(meta or {})}
         if self._base is not None:
             meta["updates"] = list(base.get("meta", {}).get("updates", [])) + [

@@ -17,8 +17,11 @@ def _by_id(table, n: int, column: str) -> np.ndarray:
     return out
 
 
-def load_pair(ds: Dataset, *, with_gold: bool = True) -> KGPair:
+def load_pair(ds: Dataset, *, with_gold: bool = True, features: bool = True) -> KGPair:
     """Read every table the algorithm needs, validated, into a :class:`KGPair`.
+
+    ``features=False`` leaves the precomputed feature tables out (the Ray path's tasks read
+    them block by block).
 
     Relation keys are the relation names when every relation of both sides has one (the two
     graphs then share a vocabulary), else ``"<side>:<id>"``.
@@ -30,7 +33,8 @@ def load_pair(ds: Dataset, *, with_gold: bool = True) -> KGPair:
              and relations.column("name").null_count == 0)
     triples = ds.table("triples") if ds.has("triples") else None
     attributes = ds.table("attributes") if ds.has("attributes") else None
-    features = {modality_of(t): ds.table(t) for t in ds.tables if is_feature_table(t)}
+    features = {modality_of(t): ds.table(t) for t in ds.tables
+                if is_feature_table(t)} if features else {}
     sides = {}
     for s in SIDES:
         n = counts[s]

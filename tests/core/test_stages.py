@@ -8,7 +8,8 @@ import torch
 
 from psqe_ray.core.correction import expand_neighbours, mic_keep, schedule
 from psqe_ray.core.features import attribute_features, name_features, relation_features
-from psqe_ray.core.fusion import fill_missing, fuse, l2_normalize
+from psqe_ray.core.blocks import chunk_stats, fill_block, fill_stats
+from psqe_ray.core.fusion import fuse, l2_normalize
 from psqe_ray.core.gat import CSRSampler, SeedEncoder, icl_loss
 from psqe_ray.core.graph import KGSide
 from psqe_ray.core.sampling import cluster_budgets, greedy_seeds, n_clusters, sample_cluster
@@ -164,7 +165,10 @@ def test_fusion_weights_and_fill():
     cos = float(fuse(a, w)[0] @ fuse(b, w)[0])
     assert cos == pytest.approx(0.64 / 0.68, rel=1e-5)  # w_img^2 / (w_img^2 + w_name^2)
     x = np.array([[1, 1], [3, 3], [0, 0]], np.float32)
-    filled = fill_missing(x, np.array([True, True, False]), np.random.default_rng(0))
+    present = np.array([True, True, False])
+    stats = fill_stats([chunk_stats(x, present, 0)])
+    assert stats[0].tolist() == [2, 2] and stats[1].tolist() == [1, 1]  # mean, std of present
+    filled = fill_block(x, present, 0, stats, 0, "image", 0)
     assert filled[:2].tolist() == x[:2].tolist() and filled[2].tolist() != [0, 0]
 
 

@@ -27,7 +27,8 @@ from psqe_ray.testing.synth import SynthConfig, synthesize
 REPO = Path(__file__).resolve().parents[2]
 SETS = ["stage2.epochs=12", "stage1.budget=150", "stage3.threshold_start=0.5",
         "stage3.threshold_end=0.6", "distributed.checkpoint_every=4", "distributed.shards=2",
-        "distributed.partitions=3", "distributed.fuse_workers=2"]
+        "distributed.partitions=3", "distributed.block_rows=100",
+        "distributed.chunk_rows=64"]
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +72,21 @@ def test_distributed_path_gives_the_inprocess_seeds(pair_url, reference, tmp_pat
     assert stages["stage2-mic"]["removed"] > 0 and stages["stage3-expansion"]["added"] > 0
     assert report["engine"] == "ray" and report["resumed_stages"] == []
     res = report["resources"]
-    assert res["features"]["workers"] == 2 and res["stage2-global"]["shards"] == 2
+    # 400 entities per side in blocks of 128 rows (chunks of 64): 4 blocks per side
+    assert res["features"]["blocks"] == 8 and res["stage2-global"]["shards"] == 2
     assert res["stage2-train"]["workers"] == 1 and res["stage3-expansion"]["partitions"] == 3
     assert all("gpus" in r for r in res.values())
     for name in ("features", "stage1-cluster", "stage2-train", "stage2-global", "stage2-mic",
                  "stage3-expansion", "stage3-recheck"):
         assert Dataset(f"{out}/stages/{name}").manifest["stage"] == name
     assert not (Path(out) / "stages" / "_scratch").exists()
+    # the vectors are committed block by block, by the tasks that made them
+    for name, kind in (("features", "fused"), ("stage2-train", "learned")):
+        blocks = Dataset(f"{out}/stages/{name}").manifest["meta"]["blocks"][kind]
+        assert [[a, b] for a, b, _ in blocks["left"]] == [[0, 128], [128, 256], [256, 384],
+                                                          [384, 400]]
+        assert all((Path(out) / "stages" / name / rel).exists()
+                   for side in ("left", "right") for _, _, rel in blocks[side])
     # Ray Train wrote its checkpoints under the run's storage
     assert list((Path(out) / "stages" / "_train").rglob("state.pkl"))
 
@@ -154,6 +163,8 @@ def test_sharded_ivf_search_on_ray_equals_the_inprocess_search(ray_local, ray_ti
     import numpy as np
 
     from psqe_ray.core.psqe import SeedGenerator
+    from psqe_ray.core.blocks import row_ranges
+    from psqe_ray.distributed.blocks import put_sharded
     from psqe_ray.distributed.psqe import RaySeedGenerator
 
     rng = np.random.default_rng(3)
@@ -166,7 +177,8 @@ def test_sharded_ivf_search_on_ray_equals_the_inprocess_search(ray_local, ray_ti
         local = SeedGenerator(cfg)._global_topk(left, right, 5)
         ray_gen = RaySeedGenerator(cfg, str(tmp_path / "out"), "fp")
         ray_gen._current = "stage2-global"
-        got = ray_gen._global_topk(left, right, 5)
+        got = ray_gen._global_topk(put_sharded(left, row_ranges(3000, 700, 100)),
+                                   put_sharded(right, row_ranges(2500, 700, 100)), 5)
         for a, b in zip(local, got):
             np.testing.assert_array_equal(a[0], b[0])
             np.testing.assert_array_equal(a[1], b[1])
@@ -305,7 +317,9 @@ def test_pipeline_job_on_two_nodes_reports_each_nodes_work(pair_url, s3_bucket, 
     assert total("tasks", "expansion-map") == res["stage3-expansion"]["partitions"] == 3
     assert total("actors", "topk-shard") == 2 * res["stage2-global"]["shards"]  # both ways
     assert total("actors", "stage2-train") == total("actors", "align-train") == 1
-    assert 1 <= total("actors", "fuse") <= 2
+    blocks = res["features"]["blocks"]  # one task per row block for each feature step
+    assert total("tasks", "features-raw") == total("tasks", "features-prepare") \
+        == total("tasks", "fuse") == blocks >= 2
     # the map tasks read their seed partitions from the bucket
     assert sum(e["bytes_from_storage"] for e in nodes.values()) > 0
     # report.json's nodes is the sum of the steps' (the seed report's and the aligner's)

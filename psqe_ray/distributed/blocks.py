@@ -1,0 +1,207 @@
+"""The partitioned data flow of the Ray path: every N x d matrix as row blocks in the object
+store, made and used by tasks; the driver holds object references and O(N) integers only.
+
+A :class:`Sharded` is one side's matrix: a reference per row block (``distributed.block_rows``
+rows, whole chunks of :mod:`psqe_ray.core.blocks`) and the blocks' row ranges.  Tasks fetch
+the blocks they need (zero-copy views when the object is on their node); :class:`Rows` gives
+row access across them.  The same ``core`` functions run on each block as the in-process path
+runs on whole sides, and every cross-block reduction is exact (``core.blocks``), so the seeds
+do not depend on the block size or on the cluster.
+
+Blocks a stage commits (fused and learned vectors) are written by the task that makes them, as
+Parquet parts under the stage folder (``blocks/<kind>/<side>-<block>-<token>.parquet``); the
+stage's manifest lists them, and a rerun reads them back block by block.  Light imports (no
+torch): a fresh worker starts these quickly.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from psqe_ray.core.blocks import (assign, block_stats, cluster_sums, prepare_rows,
+                                  take_rows)
+from psqe_ray.core.features import Source, raw_rows
+from psqe_ray.core.fusion import fuse, l2_normalize
+from psqe_ray.distributed.runtime import Meter
+from psqe_ray.io.fs import read_bytes, resolve
+from psqe_ray.schemas import feature_table, vectors_numpy
+
+
+@dataclass
+class Sharded:
+    """One side's (n, dim) float32 matrix as row blocks in Ray's object store."""
+
+    refs: list
+    bounds: list[tuple[int, int]]
+    dim: int
+
+    def __len__(self) -> int:
+        return self.bounds[-1][1] if self.bounds else 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), self.dim
+
+    def overlapping(self, a: int, b: int) -> list[tuple]:
+        """(ref, start, stop) of the blocks that hold rows ``a:b``."""
+        return [(r, s, e) for r, (s, e) in zip(self.refs, self.bounds) if s < b and e > a]
+
+
+def put_sharded(x: np.ndarray, bounds: list[tuple[int, int]]) -> Sharded:
+    """A matrix of this process cut into blocks in the object store (tests, small inputs)."""
+    return Sharded([ray.put(np.ascontiguousarray(x[a:b], np.float32)) for a, b in bounds],
+                   list(bounds), int(x.shape[1]))
+
+
+class Rows:
+    """Row access over a :class:`Sharded` inside a task (its blocks fetched once): ``x[ids]``,
+    ``x.shape``, ``len(x)``."""
+
+    def __init__(self, sharded: Sharded, meter: Meter | None = None) -> None:
+        self.blocks = ray.get(list(sharded.refs))
+        if meter is not None:
+            meter.add(self.blocks)
+        self.shape = sharded.shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, np.int64)
+        return take_rows(self.blocks, ids.ravel()).reshape(*ids.shape, self.shape[1])
+
+    def all(self) -> np.ndarray:
+        return np.concatenate(self.blocks) if self.blocks else np.zeros((0, self.shape[1]),
+                                                                          np.float32)
+
+
+def block_url(prefix: str, side: str, i: int) -> str:
+    return f"{prefix.rstrip('/')}/{side}-{i:05d}.parquet"
+
+
+def _write(url: str, side: str, start: int, x: np.ndarray, storage_options) -> int:
+    """A block as a Parquet part (the ``features/<kind>`` columns); returns its size."""
+    buf = io.BytesIO()
+    table = feature_table(side, np.arange(start, start + len(x), dtype=np.int64), x,
+                          np.ones(len(x), bool))
+    pq.write_table(table, buf, compression="zstd")
+    fs, path = resolve(url, storage_options)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, buf.getvalue())
+    return len(buf.getvalue())
+
+
+def write_block(url: str, side: str, start: int, x: np.ndarray, storage_options) -> None:
+    _write(url, side, start, x, storage_options)
+
+
+@ray.remote(num_cpus=0.5)
+def write_task(url: str, side: str, start: int, x: np.ndarray, storage_options):
+    """Commit one block: its Parquet part at ``url``; returns the usage record."""
+    meter = Meter("write-block").add(x)
+    _write(url, side, start, x, storage_options)
+    return meter.take()
+
+
+@ray.remote(num_cpus=0.5)
+def read_block(url: str, storage_options):
+    """A committed block back into the object store: (float32 rows, usage)."""
+    meter = Meter("read-block")
+    fs, path = resolve(url, storage_options)
+    t = pq.read_table(io.BytesIO(read_bytes(fs, path, url)))
+    return np.ascontiguousarray(vectors_numpy(t), np.float32), meter.take()
+
+
+# ---- features ----------------------------------------------------------------------------------
+def _table_rows(dataset_url: str, storage_options, modality: str, side: str, start: int,
+                stop: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``start:stop`` of a precomputed feature table (absent rows zero)."""
+    from psqe_ray.io.dataset import Dataset
+
+    x = np.zeros((stop - start, dim), np.float32)
+    present = np.zeros(stop - start, bool)
+    ds = Dataset(dataset_url, storage_options=storage_options)
+    for part in ds.iter_parts(f"features/{modality}"):
+        ids = part.column("entity_id")
+        keep = pc.and_(pc.equal(part.column("side"), side),
+                       pc.and_(pc.greater_equal(ids, start), pc.less(ids, stop)))
+        t = part.filter(keep)
+        if t.num_rows:
+            rows = t.column("entity_id").to_numpy() - start
+            x[rows] = vectors_numpy(t)
+            present[rows] = t.column("present").to_numpy(zero_copy_only=False)
+    return x, present
+
+
+@ray.remote(num_cpus=0.5)
+def raw_task(sources: dict[str, Source], side: str, start: int, stop: int, fc, names,
+             dataset_url: str, storage_options, fills: dict[str, bool], chunk: int):
+    """One block's raw modality rows: one return per modality ((x, present)), then the
+    block's stats (modality -> :func:`~psqe_ray.core.blocks.block_stats`) and usage."""
+    meter = Meter("features-raw")
+    out, stats = [], {}
+    for m, src in sources.items():
+        table = _table_rows(dataset_url, storage_options, m, side, start, stop, src.dim) \
+            if src.kind == "table" else None
+        x, present = raw_rows(src, side, start, stop, fc, names=names, table=table)
+        stats[m] = block_stats(x, present, start, fills[m], chunk)
+        out.append((x, present))
+    return (*out, (stats, meter.take()))
+
+
+@ray.remote(num_cpus=0.5)
+def prepare_task(names: list[str], side: str, start: int, fills: dict, seed: int, chunk: int,
+                 *raw):
+    """One block's prepared modality rows (filled, normalised): one return per modality, then
+    the usage record."""
+    meter = Meter("features-prepare").add(raw)
+    out = [prepare_rows(x, present, start, fills[m], seed, m, side, chunk)
+           for m, (x, present) in zip(names, raw)]
+    return (*out, meter.take())
+
+
+@ray.remote(num_cpus=0.5)
+def fuse_task(names: list[str], weights: dict, *blocks):
+    """One block's fused vectors from its prepared modality rows: (rows, usage)."""
+    meter = Meter("fuse").add(blocks)
+    return fuse(dict(zip(names, blocks)), weights), meter.take()
+
+
+@ray.remote(num_cpus=0.5)
+def joined_task(fused: np.ndarray, learned: np.ndarray):
+    """Stage III's vectors of one block: raw fused and learned side by side, normalised."""
+    meter = Meter("stage3-vectors").add(fused, learned)
+    return l2_normalize(np.concatenate([fused, learned], axis=1)), meter.take()
+
+
+# ---- Stage I -----------------------------------------------------------------------------------
+@ray.remote(num_cpus=0.5)
+def take_task(block: np.ndarray, rows: np.ndarray):
+    """Rows (block-local numbers) of one block: (rows, usage)."""
+    meter = Meter("take-rows").add(block)
+    return np.ascontiguousarray(block[rows]), meter.take()
+
+
+@ray.remote(num_cpus=0.5)
+def kmeans_task(block: np.ndarray, centroids: np.ndarray, k: int, final: bool, chunk: int):
+    """One Lloyd step's share of a block: its cluster sums (or, ``final``, its labels)."""
+    meter = Meter("kmeans").add(block)
+    labels = assign(block, centroids, chunk)
+    return (labels if final else cluster_sums(block, labels, k, chunk)), meter.take()
+
+
+@ray.remote(num_cpus=0.5)
+def split_task(block: np.ndarray, labels: np.ndarray, start: int, k: int):
+    """A block cut by cluster: ``k`` returns of (entity ids, rows), then the usage record."""
+    meter = Meter("cluster-split").add(block)
+    out = []
+    for c in range(k):
+        sel = np.flatnonzero(labels == c)
+        out.append((sel.astype(np.int64) + start, np.ascontiguousarray(block[sel])))
+    return (*out, meter.take())
