@@ -33,7 +33,27 @@ log = logging.getLogger(__name__)
 
 # fit(feats, graph, n_left, seed_left, seed_right) -> a fitted Aligner (the Ray Train path
 # passes its own)
-AlignEngine = Callable[..., Aligner]
+class AlignEngine:
+    """Where the aligner's inputs are made and where it trains (:func:`run_align`'s
+    ``engine``).  This one: in this process; :class:`psqe_ray.distributed.align.RayAlignEngine`
+    on Ray (inputs as row blocks made by tasks, training on Ray Train)."""
+
+    def __init__(self, cfg: PSQEConfig) -> None:
+        self.cfg = cfg
+
+    def inputs(self, ds: Dataset):
+        """(pair, the generator that prepared the features, modality -> (left, right))."""
+        pair = load_pair(ds)
+        gen = SeedGenerator(self.cfg)
+        mods, _ = gen.prepare(pair)
+        return pair, gen, mods
+
+    def fit(self, gen, mods, graph, n_left: int, seed_l: np.ndarray, seed_r: np.ndarray
+            ) -> Aligner:
+        cfg = self.cfg
+        return Aligner(cfg.align, cfg.seed, gen.searcher,
+                       resolve_device(cfg.distributed.device)).fit(
+            model_inputs(mods), graph, n_left, seed_l, seed_r)
 
 
 def align_settings(cfg: PSQEConfig) -> dict[str, Any]:
@@ -127,22 +147,15 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
         if writer.committed:
             log.info("%s already holds this alignment (fingerprint %s)", out_url, fp)
             return read_json(join(out_url, "metrics.json"), storage_options)
-        pair = load_pair(ds)
-        gen = SeedGenerator(cfg)
+        engine = engine or AlignEngine(cfg)
         try:
-            mods, _ = gen.prepare(pair)
+            pair, gen, mods = engine.inputs(ds)
         except ValueError as exc:
             raise ConfigError(f"{dataset_url}: {exc}") from None
-        feats = model_inputs(mods)
         graph = joint_graph(pair.left.neighbours(), pair.right.neighbours(), pair.left.n)
         log.info("align %s: %d seeds, modalities %s + structure", cfg.align.recipe, len(seed_l),
                  gen.modalities_)
-        if engine is not None:
-            aligner = engine(feats, graph, pair.left.n, seed_l, seed_r)
-        else:
-            aligner = Aligner(cfg.align, cfg.seed, gen.searcher,
-                              resolve_device(cfg.distributed.device)).fit(
-                feats, graph, pair.left.n, seed_l, seed_r)
+        aligner = engine.fit(gen, mods, graph, pair.left.n, seed_l, seed_r)
         left, right = aligner.embeddings_
         t = time.perf_counter()
         table = alignment_table(left, right, cfg.align.topk, gen.searcher)

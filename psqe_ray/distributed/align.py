@@ -22,13 +22,13 @@ import ray
 
 from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import PSQEConfig, to_dict
-from psqe_ray.distributed.psqe import run_seeds_on_ray
+from psqe_ray.distributed.psqe import RaySeedGenerator, run_seeds_on_ray
 from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_device,
                                           fit_on_ray, gather_usage, merge_nodes, node_usage,
                                           ray_session, train_threads)
 from psqe_ray.distributed.tasks import rss
 from psqe_ray.io.fs import StorageOptions, join, resolve
-from psqe_ray.pipeline import run_align, run_pipeline
+from psqe_ray.pipeline import AlignEngine, run_align, run_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,12 @@ def _align_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
+    from psqe_ray.distributed.blocks import fetch_features
+
     meter = Meter("align-train", actor=True)
-    feats, graph, seeds = ray.get(config["refs"])
-    meter.add(feats, graph, seeds)
+    graph, seeds = ray.get(config["refs"])
+    meter.add(graph, seeds)
+    feats = fetch_features(config["mods"], meter)
     cfg = AlignConfig(**{**config["align"], "fanout": tuple(config["align"]["fanout"])})
     searcher = Searcher.from_config(SearchConfig(**config["search"]), config["seed"])
     aligner = Aligner(cfg, config["seed"], searcher, config.get("device", "cpu")).fit(
@@ -69,21 +72,38 @@ def _align_worker(config: dict) -> None:
         ray.train.report({"epochs": len(aligner.losses_)})
 
 
-def ray_align_engine(cfg: PSQEConfig, out_url: str, storage_options: StorageOptions = None):
-    """An ``engine`` for :func:`psqe_ray.pipeline.run_align` that trains on Ray Train.  Make it
-    just before ``run_align``: its driver :class:`Meter` starts then."""
-    driver = Meter("driver")
+class RayAlignEngine(AlignEngine):
+    """:class:`psqe_ray.pipeline.AlignEngine` on Ray: the inputs are made block by block by
+    tasks (:meth:`psqe_ray.distributed.psqe.RaySeedGenerator.prepare`: the driver never holds
+    the feature matrices), the training runs on Ray Train, whose workers fetch the blocks.
+    Make it just before ``run_align``: its driver :class:`Meter` starts then."""
 
-    def fit(feats, graph, n_left: int, seed_l: np.ndarray, seed_r: np.ndarray) -> Aligner:
+    def __init__(self, cfg: PSQEConfig, out_url: str,
+                 storage_options: StorageOptions = None) -> None:
+        super().__init__(cfg)
+        self.out_url, self.storage_options = out_url, storage_options
+        self.driver = Meter("driver")
+
+    def inputs(self, ds):
+        gen = RaySeedGenerator(self.cfg, self.out_url, "align", driver=self.driver,
+                               storage_options=self.storage_options)
+        pair = gen.load(ds)
+        mods, _ = gen.prepare(pair)
+        return pair, gen, mods
+
+    def fit(self, gen, mods, graph, n_left: int, seed_l: np.ndarray, seed_r: np.ndarray
+            ) -> Aligner:
+        cfg, storage_options = self.cfg, self.storage_options
         d = cfg.distributed
         threads = train_threads(d.train_workers)
-        refs = [ray.put(feats), ray.put(graph), ray.put((seed_l, seed_r))]
-        storage_url = join(out_url, TRAIN)
+        refs = [ray.put(graph), ray.put((seed_l, seed_r))]
+        storage_url = join(self.out_url, TRAIN)
         try:
             device = cluster_device(d.device)
             state = fit_on_ray(
                 _align_worker,
-                {"refs": refs, "align": to_dict(cfg.align), "search": to_dict(cfg.search),
+                {"refs": refs, "mods": {m: (v[0].refs, v[1].refs) for m, v in mods.items()},
+                 "align": to_dict(cfg.align), "search": to_dict(cfg.search),
                  "seed": cfg.seed, "n_left": n_left, "threads": threads},
                 workers=d.train_workers, cpus=d.train_cpus, name=f"align-{cfg.align.recipe}",
                 storage_url=storage_url, storage_options=storage_options,
@@ -101,10 +121,9 @@ def ray_align_engine(cfg: PSQEConfig, out_url: str, storage_options: StorageOpti
                                   "device": device,
                                   "threads_per_worker": threads,
                                   "worker_peak_rss_bytes": int(state["rss"]),
-                                  "nodes": node_usage(state["usage"], driver.take())}
+                                  "nodes": node_usage(gen.usage_ + state["usage"],
+                                                      self.driver.take())}
         return aligner
-
-    return fit
 
 
 def run_align_on_ray(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *,
@@ -112,7 +131,7 @@ def run_align_on_ray(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQECo
     """The align job: :func:`psqe_ray.pipeline.run_align` with the training on Ray Train."""
     with ray_session():
         return run_align(dataset_url, seeds_url, out_url, cfg, storage_options=storage_options,
-                         engine=ray_align_engine(cfg, out_url, storage_options))
+                         engine=RayAlignEngine(cfg, out_url, storage_options))
 
 
 def run_pipeline_on_ray(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
@@ -132,4 +151,4 @@ def run_pipeline_on_ray(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
                                                storage_options=storage_options),
             align=lambda s, out: run_align(dataset_url, s, out, cfg,
                                            storage_options=storage_options,
-                                           engine=ray_align_engine(cfg, out, storage_options)))
+                                           engine=RayAlignEngine(cfg, out, storage_options)))

@@ -81,6 +81,21 @@ class Rows:
                                                                           np.float32)
 
 
+def fetch_features(mods: dict, meter: Meter | None = None) -> dict:
+    """In a training worker: modality -> model input over both graphs, from every block of
+    every prepared modality (``mods``: modality -> (left block refs, right block refs))."""
+    from psqe_ray.core.train import model_inputs
+
+    whole = {}
+    for m, (left, right) in mods.items():
+        blocks = ray.get(list(left) + list(right))
+        if meter is not None:
+            meter.add(blocks)
+        whole[m] = (np.concatenate(blocks[:len(left)]), np.concatenate(blocks[len(left):]))
+        del blocks
+    return model_inputs(whole)
+
+
 def block_url(prefix: str, side: str, i: int) -> str:
     return f"{prefix.rstrip('/')}/{side}-{i:05d}.parquet"
 

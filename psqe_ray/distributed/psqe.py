@@ -84,22 +84,13 @@ def _train_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
-    import numpy as np
-
     from psqe_ray.core.fusion import fuse
-    from psqe_ray.core.train import model_inputs
-    from psqe_ray.distributed.blocks import write_block
+    from psqe_ray.distributed.blocks import fetch_features, write_block
 
     meter = Meter("stage2-train", actor=True)
     graph, seeds = ray.get(config["refs"])
-    mods = {}
-    for m, (left, right) in config["mods"].items():  # every block of every modality
-        blocks = ray.get(list(left) + list(right))
-        meter.add(blocks)
-        mods[m] = (np.concatenate(blocks[:len(left)]), np.concatenate(blocks[len(left):]))
-    feats = model_inputs(mods)
-    del mods, blocks
     meter.add(graph, seeds)
+    feats = fetch_features(config["mods"], meter)
     cfg = Stage2Config(**{**config["stage2"], "fanout": tuple(config["stage2"]["fanout"])})
     state = None
     if config["resume"]:
