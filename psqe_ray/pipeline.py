@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from psqe_ray import __version__
 from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import PSQEConfig, fingerprint, to_dict
-from psqe_ray.core.evaluation import alignment_metrics
+from psqe_ray.core.evaluation import Vectors, alignment_metrics
 from psqe_ray.core.psqe import SeedGenerator
 from psqe_ray.core.search import Searcher
 from psqe_ray.core.train import joint_graph, model_inputs, resolve_device
@@ -54,6 +54,25 @@ class AlignEngine:
         return Aligner(cfg.align, cfg.seed, gen.searcher,
                        resolve_device(cfg.distributed.device)).fit(
             model_inputs(mods), graph, n_left, seed_l, seed_r)
+
+    def topk(self, gen, left, right, k: int):
+        """Every left entity's top-``k`` right entities (scores, ids): the search layer."""
+        return gen.searcher.topk(left, right, k)
+
+    def metrics(self, gen, left, right, gold) -> dict:
+        """The ranking figures against the gold links (evaluation only)."""
+        a = self.cfg.align
+        return alignment_metrics(left, right, gold[0], gold[1], csls_k=a.csls_k,
+                                 split_seed=a.split_seed, searcher=gen.searcher,
+                                 vectors=self.vectors(gen))
+
+    def vectors(self, gen) -> Vectors | None:
+        """How the approximate evaluation reaches the vectors (None: arrays here)."""
+        return None
+
+    def nodes(self, gen) -> dict | None:
+        """Per-node usage of the step (None: no Ray)."""
+        return None
 
 
 def align_settings(cfg: PSQEConfig) -> dict[str, Any]:
@@ -117,7 +136,11 @@ def alignment_table(left: np.ndarray, right: np.ndarray, k: int,
                     searcher: Searcher | None = None) -> pa.Table:
     """Every left entity's top-``k`` right candidates from the search layer (exact up to its
     threshold, IVF above), rank 1 first."""
-    scores, ids = (searcher or Searcher()).topk(left, right, k)
+    return topk_table(*(searcher or Searcher()).topk(left, right, k))
+
+
+def topk_table(scores: np.ndarray, ids: np.ndarray) -> pa.Table:
+    """alignment.parquet's rows from every left entity's top-k (scores, ids)."""
     n, kk = ids.shape
     return pa.table({
         "left_id": pa.array(np.repeat(np.arange(n, dtype=np.int64), kk)),
@@ -158,13 +181,11 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
         aligner = engine.fit(gen, mods, graph, pair.left.n, seed_l, seed_r)
         left, right = aligner.embeddings_
         t = time.perf_counter()
-        table = alignment_table(left, right, cfg.align.topk, gen.searcher)
+        table = topk_table(*engine.topk(gen, left, right, cfg.align.topk))
         search_seconds = time.perf_counter() - t
         metrics: dict[str, Any] = {"hits@1": None, "hits@10": None, "mrr": None}
         if pair.gold is not None:  # evaluation only: after training, nothing chosen on it
-            metrics = alignment_metrics(left, right, pair.gold[0], pair.gold[1],
-                                        csls_k=cfg.align.csls_k, split_seed=cfg.align.split_seed,
-                                        searcher=gen.searcher)
+            metrics = engine.metrics(gen, left, right, pair.gold)
         metrics.update({
             "recipe": cfg.align.recipe,
             "dataset": dataset_url, "seeds": seeds_url,
@@ -182,6 +203,9 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
             "fingerprint": fp, "code_version": __version__,
             **getattr(aligner, "report_extras_", {}),
         })
+        nodes = engine.nodes(gen)
+        if nodes is not None:  # the Ray engine: every task and actor of this step, per node
+            metrics["nodes"] = nodes
         writer.write("alignment", table, filename="alignment.parquet")
         writer.put_file("metrics.json", json.dumps(metrics, indent=1).encode(), fixed=True)
         writer.commit(meta={"dataset": dataset_url, "seeds": seeds_url,

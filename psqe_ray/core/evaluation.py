@@ -40,7 +40,28 @@ import numpy as np
 from psqe_ray.core.search import Searcher
 from psqe_ray.core.topk import canonical_scores
 
-__all__ = ["alignment_metrics", "csls_penalty", "field_split", "gold_ranks"]
+__all__ = ["Vectors", "alignment_metrics", "csls_penalty", "field_split", "gold_ranks"]
+
+
+class Vectors:
+    """How the approximate evaluation reaches the vectors: here, arrays of this process.  The
+    Ray path passes one for row blocks in the object store (searches on shard actors, rows
+    gathered by tasks), so its driver never holds the N x d matrices."""
+
+    def __init__(self, searcher: Searcher) -> None:
+        self.searcher = searcher
+
+    def topk(self, query, base, k: int):
+        """(scores, ids) of every query row's ``k`` best base rows."""
+        return self.searcher.topk(query, base, k)
+
+    def rows(self, x, ids: np.ndarray) -> np.ndarray:
+        """float32 rows ``ids`` of ``x`` (gold-sized: fetched into this process)."""
+        return np.ascontiguousarray(x[ids], np.float32)
+
+    def subset(self, x, ids: np.ndarray):
+        """The rows ``ids`` of ``x``, in that order, as a new matrix of the same kind."""
+        return self.rows(x, ids)
 
 
 def csls_penalty(x: np.ndarray, others: np.ndarray, k: int = 3,
@@ -105,7 +126,8 @@ def gold_ranks(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids: np
 
 def _listed_ranks(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids: np.ndarray,
                   csls_k: int, searcher: Searcher, lists: tuple | None = None,
-                  penalty: np.ndarray | None = None) -> np.ndarray:
+                  penalty: np.ndarray | None = None, vectors: Vectors | None = None
+                  ) -> np.ndarray:
     """Ranks from each query's ``searcher.depth`` best candidates (module docstring).
 
     ``lists``: (scores, ids) of every query row's depth best candidates when already searched
@@ -116,7 +138,11 @@ def _listed_ranks(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids:
     else:
         s, ids = lists[0][q_ids], lists[1][q_ids]
     s = s.astype(np.float64)
-    true = canonical_scores(query, cand, q_ids, t_ids).astype(np.float64)
+    # the partner's score from the two rows alone (canonical: the same wherever computed)
+    vec = vectors or Vectors(searcher)
+    pos = np.arange(len(q_ids), dtype=np.int64)
+    true = canonical_scores(vec.rows(query, q_ids), vec.rows(cand, t_ids), pos,
+                            pos).astype(np.float64)
     listed = ids >= 0
     if csls_k > 0:
         r_q = s[:, :csls_k].mean(axis=1)
@@ -129,23 +155,26 @@ def _listed_ranks(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids:
     return 1 + better.sum(axis=1).astype(np.int64)
 
 
-def _approximate_variants(left, right, gl, gr, test, csls_k, hits, searcher) -> dict:
+def _approximate_variants(left, right, gl, gr, test, csls_k, hits, searcher,
+                          vectors: Vectors | None = None) -> dict:
     """Every variant from two searches per candidate set (left -> right and right -> left over
     all rows of the set, ``depth`` deep): each direction's lists and the other side's CSLS
-    penalties come from them."""
+    penalties come from them.  ``vectors`` reaches the vectors (default: arrays here)."""
+    vec = vectors or Vectors(searcher)
     depth = max(searcher.depth, csls_k)
     variants = {}
     local = np.arange(len(test), dtype=np.int64)
     for name, (lv, rv, li, ri) in {"all": (left, right, gl, gr),
-                                   "test": (left[gl[test]], right[gr[test]], local, local)}.items():
-        lr = searcher.topk(lv, rv, depth)
-        rl = searcher.topk(rv, lv, depth)
+                                   "test": (vec.subset(left, gl[test]), vec.subset(right, gr[test]),
+                                            local, local)}.items():
+        lr = vec.topk(lv, rv, depth)
+        rl = vec.topk(rv, lv, depth)
         pen = {"l2r": rl[0][:, :csls_k].astype(np.float64).mean(axis=1) if csls_k else None,
                "r2l": lr[0][:, :csls_k].astype(np.float64).mean(axis=1) if csls_k else None}
         for direction, (q, c, qi, ti, lists) in {"l2r": (lv, rv, li, ri, lr),
                                                  "r2l": (rv, lv, ri, li, rl)}.items():
             for scoring, k in (("plain", 0), ("csls", csls_k)):
-                rank = _listed_ranks(q, c, qi, ti, k, searcher, lists, pen[direction])
+                rank = _listed_ranks(q, c, qi, ti, k, searcher, lists, pen[direction], vec)
                 variants[f"{direction}/{scoring}/{name}"] = _summary(rank, hits)
     return variants
 
@@ -166,13 +195,16 @@ def _summary(rank: np.ndarray, hits: tuple[int, ...]) -> dict[str, float | int |
 
 def alignment_metrics(left: np.ndarray, right: np.ndarray, gold_left: np.ndarray,
                       gold_right: np.ndarray, *, csls_k: int = 3, split_seed: int = 0,
-                      hits: tuple[int, ...] = (1, 10), searcher: Searcher | None = None) -> dict:
+                      hits: tuple[int, ...] = (1, 10), searcher: Searcher | None = None,
+                      vectors: Vectors | None = None) -> dict:
     """Hits@k / MRR of aligned vectors against gold pairs.
 
     Headline keys (``hits@1``, ``hits@10``, ``mrr``): left -> right, plain scores, all gold
     pairs.  ``variants``: ``{direction}/{plain|csls}/{all|test}`` for both directions, with and
     without CSLS (``csls_k``), over all pairs (every entity a candidate) and over the field's
-    test split (test entities as candidates).
+    test split (test entities as candidates).  ``vectors``: how the approximate ranking
+    reaches the vectors (default: ``left`` / ``right`` are arrays here; the exact ranking
+    always takes arrays).
     """
     gl = np.asarray(gold_left, np.int64)
     gr = np.asarray(gold_right, np.int64)
@@ -182,9 +214,11 @@ def alignment_metrics(left: np.ndarray, right: np.ndarray, gold_left: np.ndarray
     variants = {}
     local = np.arange(len(test), dtype=np.int64)
     if not exact and len(gl):
-        variants = _approximate_variants(np.ascontiguousarray(left, np.float32),
-                                         np.ascontiguousarray(right, np.float32), gl, gr, test,
-                                         csls_k, hits, searcher)
+        if vectors is None:
+            left = np.ascontiguousarray(left, np.float32)
+            right = np.ascontiguousarray(right, np.float32)
+        variants = _approximate_variants(left, right, gl, gr, test, csls_k, hits, searcher,
+                                         vectors)
     for direction, (q, c, qi, ti) in {"l2r": (left, right, gl, gr),
                                       "r2l": (right, left, gr, gl)}.items():
         for scoring, k in (("plain", 0), ("csls", csls_k)):

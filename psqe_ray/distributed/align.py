@@ -28,6 +28,8 @@ from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_de
                                           ray_session, train_threads)
 from psqe_ray.distributed.tasks import rss
 from psqe_ray.io.fs import StorageOptions, join, resolve
+from psqe_ray.core.evaluation import Vectors
+from psqe_ray.distributed.blocks import subset
 from psqe_ray.pipeline import AlignEngine, run_align, run_pipeline
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ def _align_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
-    from psqe_ray.distributed.blocks import fetch_features
+    from psqe_ray.distributed.blocks import block_url, fetch_features, write_block
 
     meter = Meter("align-train", actor=True)
     graph, seeds = ray.get(config["refs"])
@@ -62,10 +64,22 @@ def _align_worker(config: dict) -> None:
         sync=lambda m: allreduce_gradients(m, world))
     usage = gather_usage(meter.take())
     if rank == 0:
+        # the joint vectors go block by block to storage (the checkpoint says where); the
+        # driver reads them back into the object store, never into its own memory
+        written = {"dim": int(aligner.embeddings_[0].shape[1])}
+        for side, x in zip(("left", "right"), aligner.embeddings_):
+            parts = []
+            for i, (a, b) in enumerate(config["bounds"][side]):
+                rel = block_url("embeddings", side, i)
+                write_block(join(config["blocks_url"], rel), side, a, x[a:b],
+                            config["storage_options"])
+                parts.append([a, b, rel])
+            written[side] = parts
+        result = {k: getattr(aligner, k) for k in _RESULT if k != "embeddings_"}
         with tempfile.TemporaryDirectory() as tmp:
             with open(os.path.join(tmp, "result.pkl"), "wb") as fh:
-                pickle.dump({**{k: getattr(aligner, k) for k in _RESULT}, "rss": rss(),
-                             "usage": usage}, fh)
+                pickle.dump({**result, "embeddings_": written, "rss": rss(), "usage": usage},
+                            fh)
             ray.train.report({"epochs": len(aligner.losses_)},
                              checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
@@ -98,16 +112,22 @@ class RayAlignEngine(AlignEngine):
         threads = train_threads(d.train_workers)
         refs = [ray.put(graph), ray.put((seed_l, seed_r))]
         storage_url = join(self.out_url, TRAIN)
+        blocks_url = join(storage_url, "blocks")
+        first = next(iter(mods.values()))
         try:
             device = cluster_device(d.device)
             state = fit_on_ray(
                 _align_worker,
                 {"refs": refs, "mods": {m: (v[0].refs, v[1].refs) for m, v in mods.items()},
+                 "bounds": {"left": first[0].bounds, "right": first[1].bounds},
+                 "blocks_url": blocks_url, "storage_options": storage_options,
                  "align": to_dict(cfg.align), "search": to_dict(cfg.search),
                  "seed": cfg.seed, "n_left": n_left, "threads": threads},
                 workers=d.train_workers, cpus=d.train_cpus, name=f"align-{cfg.align.recipe}",
                 storage_url=storage_url, storage_options=storage_options,
                 result_file="result.pkl", device=device)
+            # into the object store before the training folder goes
+            state["embeddings_"] = gen._read_blocks(state["embeddings_"], blocks_url)
         finally:
             fs, path = resolve(storage_url, storage_options)
             try:
@@ -120,10 +140,48 @@ class RayAlignEngine(AlignEngine):
         aligner.report_extras_ = {"engine": "ray", "train_workers": d.train_workers,
                                   "device": device,
                                   "threads_per_worker": threads,
-                                  "worker_peak_rss_bytes": int(state["rss"]),
-                                  "nodes": node_usage(gen.usage_ + state["usage"],
-                                                      self.driver.take())}
+                                  "worker_peak_rss_bytes": int(state["rss"])}
+        self.usage = state["usage"]
         return aligner
+
+    def topk(self, gen, left, right, k: int):
+        gen._current = "align"
+        return gen._search(left, right, k)
+
+    def metrics(self, gen, left, right, gold) -> dict:
+        if gen.searcher.is_exact(max(len(left), len(right))):
+            # exact ranking counts over whole candidate sets: below the search layer's exact
+            # threshold (at most search.exact_below rows per side) the driver holds them
+            n = np.arange
+            left, right = gen._take(left, n(len(left))), gen._take(right, n(len(right)))
+        return super().metrics(gen, left, right, gold)
+
+    def vectors(self, gen) -> Vectors:
+        return BlockVectors(gen)
+
+    def nodes(self, gen) -> dict:
+        """Per-node records of everything the align step ran (features, training, search)."""
+        return node_usage(gen.usage_ + self.usage, self.driver.take())
+
+
+class BlockVectors(Vectors):
+    """:class:`~psqe_ray.core.evaluation.Vectors` over row blocks: searches on shard actors,
+    gold rows gathered by tasks, subsets made by tasks."""
+
+    def __init__(self, gen: RaySeedGenerator) -> None:
+        super().__init__(gen.searcher)
+        self.gen = gen
+
+    def topk(self, query, base, k: int):
+        return self.gen._search(query, base, k)
+
+    def rows(self, x, ids):
+        return self.gen._take(x, ids)
+
+    def subset(self, x, ids):
+        out, usage = subset(x, ids, self.gen.config.distributed.block_rows)
+        self.gen._get_usage(usage)
+        return out
 
 
 def run_align_on_ray(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *,

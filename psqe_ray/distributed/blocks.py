@@ -133,6 +133,27 @@ def read_block(url: str, storage_options):
     return np.ascontiguousarray(vectors_numpy(t), np.float32), meter.take()
 
 
+@ray.remote(num_cpus=0.5)
+def gather_task(x: Sharded, ids: np.ndarray):
+    """Rows ``ids`` (any order) of a sharded matrix, as one new block: (rows, usage)."""
+    meter = Meter("gather-rows")
+    return Rows(x, meter)[ids], meter.take()
+
+
+def subset(x: Sharded, ids: np.ndarray, block_rows: int) -> tuple[Sharded, list]:
+    """Rows ``ids`` of ``x``, in that order, as a new sharded matrix (blocks of ``block_rows``
+    made by tasks; nothing passes through the caller) and the tasks' usage references."""
+    ids = np.asarray(ids, np.int64)
+    refs, usage, bounds = [], [], []
+    for a in range(0, max(len(ids), 1), max(1, block_rows)):
+        b = min(len(ids), a + block_rows)
+        ref, u = gather_task.options(num_returns=2).remote(x, ids[a:b])
+        refs.append(ref)
+        usage.append(u)
+        bounds.append((a, b))
+    return Sharded(refs, bounds, x.dim), usage
+
+
 # ---- features ----------------------------------------------------------------------------------
 def _table_rows(dataset_url: str, storage_options, modality: str, side: str, start: int,
                 stop: int, dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -564,53 +564,50 @@ class RaySeedGenerator(SeedGenerator):
         rel = best[len(path.rstrip("/")) + 1:]
         return join(run_url, rel)
 
-    def _global_topk(self, learned_l, learned_r, k):
+    def _search(self, query: Sharded, base: Sharded, k: int):
+        """Top-k (scores, ids) of every query row among the base rows: the search layer's plan
+        for the base's size, one shard actor each (fetching only its base blocks, the queries
+        block by block), merged with the associative top-k merge."""
         d = self.config.distributed
         # exact search: one shard per CPU (any split gives the same answer); IVF: the
         # searcher's size-based plan, whatever the cluster, so results never depend on it
         shards = d.shards or _cpus()
-        rss, plans, usage = [], [], []
         # IVF shards go to GPUs when the cluster has them (one per actor); exact shards and
         # the canonical rescoring are CPU work
         device = cluster_device(d.device)
         searcher = copy.copy(self.searcher)
         searcher.device = device
+        kk = min(k, len(base))
+        plan = self.searcher.plan(len(base), shards)
+        opts, threads = {}, 1
+        if plan.kind == "ivf":
+            # few large shards: each actor gets a share of the CPUs (at most a node's) and
+            # runs that many FAISS threads; exact shards are one single-threaded actor per CPU
+            # (more shards than CPUs: fractional CPUs, one thread each, so all fit at once)
+            per = _cpus() / len(plan.bounds)
+            threads = int(max(1, min(min(node_cpus()), per)))
+            opts = {"num_cpus": threads if per >= 1 else math.floor(per * 100) / 100,
+                    **({"num_gpus": 1} if device == "cuda" else {})}
+        actors = [TopKShard.options(**opts).remote(base.overlapping(a, b), searcher, plan, i,
+                                                   threads)
+                  for i, (a, b) in enumerate(plan.bounds)]
+        results = ray.get([a.search.remote(list(query.refs), kk) for a in actors])
+        for a in actors:
+            ray.kill(a)
+        merged = empty_topk(len(query), kk)
+        for (res, _, _) in results:
+            merged = merge_topk(merged, res, kk)
+        res = self._res(self._current)
+        res.setdefault("search", []).append(plan.describe())
+        res["shards"] = len(plan.bounds)
+        res["gpus"] = len(plan.bounds) if device == "cuda" and plan.kind == "ivf" else 0
+        res["worker_peak_rss_bytes"] = max([res.get("worker_peak_rss_bytes", 0)]
+                                           + [r[1] for r in results])
+        self._account(r[2] for r in results)
+        return merged
 
-        def search(query, base):
-            kk = min(k, len(base))
-            plan = self.searcher.plan(len(base), shards)
-            plans.append(plan.describe())
-            opts, threads = {}, 1
-            if plan.kind == "ivf":
-                # few large shards: each actor gets a share of the CPUs (at most a node's) and
-                # runs that many FAISS threads; exact shards are one single-threaded actor per CPU
-                # (more shards than CPUs: fractional CPUs, one thread each, so all fit at once)
-                per = _cpus() / len(plan.bounds)
-                threads = int(max(1, min(min(node_cpus()), per)))
-                opts = {"num_cpus": threads if per >= 1 else math.floor(per * 100) / 100,
-                        **({"num_gpus": 1} if device == "cuda" else {})}
-            # each shard actor fetches the base blocks that overlap its rows; the queries go
-            # block by block (references only: the actors fetch them)
-            actors = [TopKShard.options(**opts).remote(base.overlapping(a, b), searcher, plan,
-                                                       i, threads)
-                      for i, (a, b) in enumerate(plan.bounds)]
-            results = ray.get([a.search.remote(list(query.refs), kk) for a in actors])
-            for a in actors:
-                ray.kill(a)
-            merged = empty_topk(len(query), kk)
-            for (res, r, u) in results:
-                merged = merge_topk(merged, res, kk)
-                rss.append(r)
-                usage.append(u)
-            return merged
-
-        out = search(learned_l, learned_r), search(learned_r, learned_l)
-        self._res(self._current, shards=len(plans[0]["nlist"]), search=plans,
-                  gpus=len(plans[0]["nlist"]) if device == "cuda" and plans[0]["kind"] == "ivf"
-                  else 0,
-                  worker_peak_rss_bytes=max(rss, default=0))
-        self._account(usage)
-        return out
+    def _global_topk(self, learned_l, learned_r, k):
+        return self._search(learned_l, learned_r, k), self._search(learned_r, learned_l, k)
 
     def _partitions(self, n_seeds: int) -> int:
         return max(1, min(self.config.distributed.partitions or _cpus(), n_seeds))

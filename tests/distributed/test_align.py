@@ -31,9 +31,14 @@ def pair_and_seeds(tmp_path_factory) -> tuple[str, str]:
     return str(root / "pair"), str(root / "seeds")
 
 
-def test_ray_train_aligner_equals_inprocess(pair_and_seeds, tmp_path, ray_local, ray_timeout):
+@pytest.mark.parametrize("extra", [[], [
+    # the approximate search and ranking on row blocks (4 per side): shard actors, tasks
+    "search.exact_below=50", "distributed.block_rows=64", "distributed.chunk_rows=32"]],
+    ids=["exact", "approximate-blocks"])
+def test_ray_train_aligner_equals_inprocess(pair_and_seeds, tmp_path, ray_local, ray_timeout,
+                                            extra):
     pair, seeds = pair_and_seeds
-    cfg = load_config(None, SETS)
+    cfg = load_config(None, SETS + extra)
     old = torch.get_num_threads()
     torch.set_num_threads(2)  # a 2-CPU node's single training worker runs 2 threads
     try:
@@ -47,7 +52,12 @@ def test_ray_train_aligner_equals_inprocess(pair_and_seeds, tmp_path, ray_local,
     a = pq.read_table(tmp_path / "local" / "alignment.parquet")
     b = pq.read_table(tmp_path / "ray" / "alignment.parquet")
     assert a.column("right_id").equals(b.column("right_id"))
+    assert a.column("score").equals(b.column("score"))
     assert not (tmp_path / "ray" / "_train").exists()  # the hand-over checkpoint is removed
+    if extra:
+        assert on_ray["ranking"].startswith("approximate")
+        kinds = {k for e in on_ray["nodes"].values() for k in e["tasks"]}
+        assert {"features-raw", "gather-rows", "take-rows"} <= kinds
 
 
 def test_pipeline_job_on_ray(pair_and_seeds, tmp_path, ray_local, ray_timeout, capsys):
