@@ -27,7 +27,7 @@ from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_de
                                           fit_on_ray, gather_usage, merge_nodes, node_usage,
                                           ray_session, train_threads)
 from psqe_ray.distributed.tasks import rss
-from psqe_ray.io.fs import StorageOptions, join, resolve
+from psqe_ray.io.fs import StorageOptions, absolute, join, resolve
 from psqe_ray.core.evaluation import Vectors
 from psqe_ray.distributed.blocks import subset
 from psqe_ray.pipeline import AlignEngine, run_align, run_pipeline
@@ -95,7 +95,7 @@ class RayAlignEngine(AlignEngine):
     def __init__(self, cfg: PSQEConfig, out_url: str,
                  storage_options: StorageOptions = None) -> None:
         super().__init__(cfg)
-        self.out_url, self.storage_options = out_url, storage_options
+        self.out_url, self.storage_options = absolute(out_url), storage_options
         self.driver = Meter("driver")
 
     def inputs(self, ds):

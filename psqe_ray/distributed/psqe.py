@@ -58,7 +58,7 @@ from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_de
                                           train_threads)
 from psqe_ray.io.dataset import Dataset, DatasetWriter
 from psqe_ray.inprocess import run_seeds, seeds_table
-from psqe_ray.io.fs import StorageOptions, exists, join, read_bytes, resolve
+from psqe_ray.io.fs import StorageOptions, absolute, exists, join, read_bytes, resolve
 from psqe_ray.io.load import load_pair
 from psqe_ray.schemas import is_feature_table, modality_of
 
@@ -160,7 +160,7 @@ class RaySeedGenerator(SeedGenerator):
     def __init__(self, config: PSQEConfig, out_url: str, dataset_fingerprint: str, *,
                  storage_options: StorageOptions = None, driver: Meter | None = None) -> None:
         super().__init__(config)
-        self.out_url = out_url
+        self.out_url = absolute(out_url)  # workers may run elsewhere than the driver's cwd
         self.storage_options = storage_options
         cfg = seed_settings(config)
         cfg["distributed"] = {k: v for k, v in cfg["distributed"].items() if k not in _NEUTRAL}
@@ -224,7 +224,7 @@ class RaySeedGenerator(SeedGenerator):
     # -- the partitioned vectors (psqe_ray.distributed.blocks) -----------------------------------
     def load(self, ds: Dataset):
         """The pair without its feature tables (tasks read those block by block)."""
-        self._dataset_url = ds.url
+        self._dataset_url = absolute(ds.url)
         self._tables = {modality_of(t): int(ds.manifest["tables"][t]["dim"])
                         for t in ds.tables if is_feature_table(t)}
         return load_pair(ds, features=False)

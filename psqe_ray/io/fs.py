@@ -45,6 +45,15 @@ def resolve(url: str, storage_options: StorageOptions = None) -> tuple[fsspec.Ab
     return fs, path.rstrip("/") or path
 
 
+def absolute(url: str) -> str:
+    """``url`` with a local path made absolute, other URLs unchanged: Ray tasks and training
+    workers may run in another working directory than the driver (Ray Train's do)."""
+    url = str(url)
+    if url.startswith("file://"):
+        return os.path.abspath(url[len("file://"):])
+    return url if "://" in url else os.path.abspath(url)
+
+
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 

@@ -60,14 +60,16 @@ def test_ray_train_aligner_equals_inprocess(pair_and_seeds, tmp_path, ray_local,
         assert {"features-raw", "gather-rows", "take-rows"} <= kinds
 
 
-def test_pipeline_job_on_ray(pair_and_seeds, tmp_path, ray_local, ray_timeout, capsys):
+def test_pipeline_job_on_ray(pair_and_seeds, tmp_path, ray_local, ray_timeout, capsys,
+                             monkeypatch):
     sys.path.insert(0, str(REPO / "jobs"))
     try:
         import run as job
     finally:
         sys.path.pop(0)
     pair, _ = pair_and_seeds
-    out = tmp_path / "job"
+    monkeypatch.chdir(tmp_path)
+    out = Path("job")  # relative, as in the README: the training worker runs elsewhere
     # UVP seeds keep the job short: the PSQE stages on Ray have their own tests
     argv = [pair, str(out), "-q", "--method", "uvp"] + [x for s in SETS for x in ("--set", s)]
     assert job.main(argv) == 0

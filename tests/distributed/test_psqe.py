@@ -61,8 +61,11 @@ def reference(pair_url, tmp_path_factory) -> dict[str, list]:
 
 
 def test_distributed_path_gives_the_inprocess_seeds(pair_url, reference, tmp_path, ray_local,
-                                                    ray_timeout):
-    out = str(tmp_path / "out")
+                                                    ray_timeout, monkeypatch):
+    # a relative output, as the README's main job gives: Ray Train's workers run in another
+    # working directory, yet write the learned vectors into the right stage folder
+    monkeypatch.chdir(tmp_path)
+    out = "out"
     report = run_seeds_on_ray(pair_url, out, load_config(None, SETS))
     got = _seeds(out)
     assert got == reference  # accepted seeds in order, scores, sources, rejections
