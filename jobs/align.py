@@ -1,5 +1,5 @@
 """Align job: ``ray job submit --working-dir . -- python jobs/align.py DATASET_URL SEEDS_URL
-OUT_URL --recipe meaformer [...]``.
+OUT_URL --recipe pcmea [...]``.
 
 Same options and outputs as ``psqe-ray align`` (``OUT_URL/alignment.parquet``,
 ``metrics.json``), with the training on Ray Train (``distributed.train_workers`` workers).
