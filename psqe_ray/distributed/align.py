@@ -51,7 +51,7 @@ def _align_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
-    from psqe_ray.distributed.blocks import block_url, fetch_features, write_block
+    from psqe_ray.distributed.blocks import fetch_features, write_blocks
 
     meter = Meter("align-train", actor=True)
     graph, seeds = ray.get(config["refs"])
@@ -66,15 +66,8 @@ def _align_worker(config: dict) -> None:
     if rank == 0:
         # the joint vectors go block by block to storage (the checkpoint says where); the
         # driver reads them back into the object store, never into its own memory
-        written = {"dim": int(aligner.embeddings_[0].shape[1])}
-        for side, x in zip(("left", "right"), aligner.embeddings_):
-            parts = []
-            for i, (a, b) in enumerate(config["bounds"][side]):
-                rel = block_url("embeddings", side, i)
-                write_block(join(config["blocks_url"], rel), side, a, x[a:b],
-                            config["storage_options"])
-                parts.append([a, b, rel])
-            written[side] = parts
+        written = write_blocks(config["blocks_url"], "embeddings", *aligner.embeddings_,
+                               config["bounds"], config["storage_options"])
         result = {k: getattr(aligner, k) for k in _RESULT if k != "embeddings_"}
         with tempfile.TemporaryDirectory() as tmp:
             with open(os.path.join(tmp, "result.pkl"), "wb") as fh:
@@ -153,7 +146,7 @@ class RayAlignEngine(AlignEngine):
             # exact ranking counts over whole candidate sets: below the search layer's exact
             # threshold (at most search.exact_below rows per side) the driver holds them
             n = np.arange
-            left, right = gen._take(left, n(len(left))), gen._take(right, n(len(right)))
+            left, right = gen._rows(left, n(len(left))), gen._rows(right, n(len(right)))
         return super().metrics(gen, left, right, gold)
 
     def vectors(self, gen) -> Vectors:
@@ -176,7 +169,7 @@ class BlockVectors(Vectors):
         return self.gen._search(query, base, k)
 
     def rows(self, x, ids):
-        return self.gen._take(x, ids)
+        return self.gen._rows(x, ids)
 
     def subset(self, x, ids):
         out, usage = subset(x, ids, self.gen.config.distributed.block_rows)

@@ -29,7 +29,7 @@ from psqe_ray.core.blocks import (assign, block_stats, cluster_sums, prepare_row
 from psqe_ray.core.features import Source, raw_rows
 from psqe_ray.core.fusion import fuse, l2_normalize
 from psqe_ray.distributed.runtime import Meter
-from psqe_ray.io.fs import read_bytes, resolve
+from psqe_ray.io.fs import join, read_bytes, resolve
 from psqe_ray.schemas import feature_table, vectors_numpy
 
 
@@ -40,6 +40,7 @@ class Sharded:
     refs: list
     bounds: list[tuple[int, int]]
     dim: int
+    written: list[str] | None = None  # the blocks' parts in a stage folder, when already written
 
     def __len__(self) -> int:
         return self.bounds[-1][1] if self.bounds else 0
@@ -114,6 +115,22 @@ def _write(url: str, side: str, start: int, x: np.ndarray, storage_options) -> i
 
 def write_block(url: str, side: str, start: int, x: np.ndarray, storage_options) -> None:
     _write(url, side, start, x, storage_options)
+
+
+def write_blocks(root: str, prefix: str, left: np.ndarray, right: np.ndarray, bounds: dict,
+                 storage_options) -> dict:
+    """Both sides' rows, cut at ``bounds`` (side -> row ranges), as Parquet parts
+    ``root/prefix/<side>-<block>.parquet`` (a training worker's output): the manifest entry
+    ``{"dim", side: [[start, stop, path relative to root], ...]}``."""
+    entry: dict = {"dim": int(left.shape[1])}
+    for side, x in (("left", left), ("right", right)):
+        parts = []
+        for i, (a, b) in enumerate(bounds[side]):
+            rel = block_url(prefix, side, i)
+            write_block(join(root, rel), side, a, x[a:b], storage_options)
+            parts.append([a, b, rel])
+        entry[side] = parts
+    return entry
 
 
 @ray.remote(num_cpus=0.5)

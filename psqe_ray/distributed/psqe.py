@@ -85,7 +85,7 @@ def _train_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
     from psqe_ray.core.fusion import fuse
-    from psqe_ray.distributed.blocks import fetch_features, write_block
+    from psqe_ray.distributed.blocks import fetch_features, write_blocks
 
     meter = Meter("stage2-train", actor=True)
     graph, seeds = ray.get(config["refs"])
@@ -132,16 +132,9 @@ def _train_worker(config: dict) -> None:
     learned = None
     if rank == 0:
         vec = fuse(embed(model, feats, graph), config["weights"])
-        learned = {"dim": int(vec.shape[1])}
-        offset = 0
-        for side in ("left", "right"):
-            parts = []
-            for i, (a, b) in enumerate(config["bounds"][side]):
-                url = block_url(config["learned_prefix"], side, i)
-                write_block(url, side, a, vec[offset + a:offset + b], config["storage_options"])
-                parts.append([a, b, url])
-            learned[side] = parts
-            offset = config["n_left"]
+        n = config["n_left"]
+        learned = write_blocks(config["stage_url"], config["learned_prefix"], vec[:n], vec[n:],
+                               config["bounds"], config["storage_options"])
     report(len(losses), losses, lambda: {**snap(), "learned": learned, "usage": usage})
 
 
@@ -265,7 +258,8 @@ class RaySeedGenerator(SeedGenerator):
         for (s, _), (st, _) in zip(stat_refs, got):
             for m in names:
                 stats[m][s].append(st[m])
-        self._res("features", blocks=len(stat_refs), block_rows=[b - a for a, b in bounds["left"][:1]])
+        a, b = bounds["left"][0]
+        self._res("features", blocks=len(stat_refs), block_rows=b - a)
         fill = self.check(sources, stats)
         used = [m for m in names if m in fill]
         blocks = {m: {s: [] for s in SIDES} for m in used}
@@ -301,7 +295,7 @@ class RaySeedGenerator(SeedGenerator):
         self._get_usage(usage)
         return out[0], out[1]
 
-    def _take(self, x: Sharded, ids: np.ndarray) -> np.ndarray:
+    def _rows(self, x: Sharded, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` of a sharded matrix, gathered by one task per block that holds any."""
         ids = np.asarray(ids, np.int64)
         out = np.empty((len(ids), x.dim), np.float32)
@@ -316,9 +310,6 @@ class RaySeedGenerator(SeedGenerator):
         self._account(g[1] for g in got)
         return out
 
-    def _rows(self, x, ids):
-        return self._take(x, ids)
-
     def _cluster(self, fused_l, fused_r, k):
         """Spherical K-means block by block (:func:`psqe_ray.core.blocks.kmeans`, the same
         labels): the driver holds the k centroids and the labels only."""
@@ -328,8 +319,8 @@ class RaySeedGenerator(SeedGenerator):
             labels = np.zeros(n, np.int64) if k <= 1 else np.arange(n, dtype=np.int64)
             return labels[:nl], labels[nl:]
         rows = kmeans_init(n, k, seed)
-        cand = np.concatenate([self._take(fused_l, rows[rows < nl]),
-                               self._take(fused_r, rows[rows >= nl] - nl)])
+        cand = np.concatenate([self._rows(fused_l, rows[rows < nl]),
+                               self._rows(fused_r, rows[rows >= nl] - nl)])
         centroids = seed_centroids(cand, k, seed)
         blocks = list(fused_l.refs) + list(fused_r.refs)
         for _ in range(st1.kmeans_iters):
@@ -364,14 +355,13 @@ class RaySeedGenerator(SeedGenerator):
         """A committed kind's blocks (manifest meta) back into the object store."""
         out = []
         for side in SIDES:
-            refs, usage, bounds, urls = [], [], [], []
+            refs, usage, bounds = [], [], []
             for a, b, rel in entry[side]:
                 url = join(root_url, rel)
                 ref, u = read_block.options(num_returns=2).remote(url, self.storage_options)
                 refs.append(ref)
                 usage.append(u)
                 bounds.append((a, b))
-                urls.append(url)
             self._get_usage(usage)
             out.append(Sharded(refs, bounds, int(entry["dim"])))
         return out[0], out[1]
@@ -386,9 +376,8 @@ class RaySeedGenerator(SeedGenerator):
             parts = []
             for i, (ref, (a, b)) in enumerate(zip(x.refs, x.bounds)):
                 rel = block_url(prefix, side, i)
-                written = getattr(x, "written", None)
-                if written:  # Stage II's rank 0 wrote them there already
-                    rel = written[i]
+                if x.written:  # Stage II's rank 0 wrote them there already
+                    rel = x.written[i]
                 else:
                     jobs.append(write_task.remote(join(self._stage_url(name), rel), side, a, ref,
                                                   self.storage_options))
@@ -518,7 +507,8 @@ class RaySeedGenerator(SeedGenerator):
             _train_worker,
             {"refs": refs, "mods": {m: (v[0].refs, v[1].refs) for m, v in mods.items()},
              "weights": weights, "bounds": bounds,
-             "learned_prefix": join(self._stage_url(self._current), f"blocks/learned-{w.token}"),
+             "stage_url": self._stage_url(self._current),
+             "learned_prefix": f"blocks/learned-{w.token}",
              "stage2": to_dict(cfg.stage2), "seed": cfg.seed,
              "n_left": pair.left.n, "anchor": self.anchor_, "threads": threads,
              "checkpoint_every": d.checkpoint_every, "resume": resume,
@@ -532,13 +522,9 @@ class RaySeedGenerator(SeedGenerator):
                   threads=threads, checkpoints=join(storage_url, run_name),
                   worker_peak_rss_bytes=int(state.get("rss", 0)))
         self._account(state["usage"])
-        stage = self._stage_url(self._current)
-        rel = {s: [u[len(stage.rstrip("/")) + 1:] for _, _, u in learned[s]] for s in SIDES}
-        entry = {"dim": learned["dim"], **{s: [[a, b, r] for (a, b, _), r in
-                                              zip(learned[s], rel[s])] for s in SIDES}}
-        out = self._read_blocks(entry, stage)
+        out = self._read_blocks(learned, self._stage_url(self._current))
         for s, x in zip(SIDES, out):
-            x.written = rel[s]
+            x.written = [rel for _, _, rel in learned[s]]
         return out
 
     def _latest_checkpoint(self, run_url: str) -> str | None:
