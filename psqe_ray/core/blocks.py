@@ -15,6 +15,11 @@ independent of the cut:
   component becomes an integer held exactly in float64, so the sums are exact and their order
   does not matter; scores are computed one chunk at a time, the same matrix products wherever
   they run.
+
+A block is a float32 ndarray or, when at most :data:`MAX_DENSITY` of it is non-zero (hashed
+name n-grams, relation / attribute bags, their fusion), a scipy CSR matrix: about 8 bytes per
+non-zero instead of 4 bytes per column.  Every step here works on one *dense* chunk at a time
+(:func:`dense`), so the numbers do not depend on how a block is stored.
 """
 
 from __future__ import annotations
@@ -22,12 +27,63 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+import scipy.sparse as sp
 
 SIDES = ("left", "right")
 CHUNK = 4096            # rows: the unit of random draws, statistics and K-means scoring
 _SCALE = float(2 ** 30)  # fixed point of K-means sums: exact in float64 up to 2**23 rows
 _FILL = 21              # stage_rng purpose of the missing-row fill (psqe_ray.core.train)
 _KMEANS = 22            # stage_rng purpose of the K-means initial centroids
+MAX_DENSITY = 0.1       # a block at most this dense is stored as CSR (as the models take it)
+
+
+def dense(x) -> np.ndarray:
+    """A block (or a slice of one) as a float32 ndarray."""
+    if sp.issparse(x):
+        return x.toarray().astype(np.float32, copy=False)
+    return np.asarray(x, np.float32)
+
+
+def compact(x, max_density: float = MAX_DENSITY):
+    """A block in its storage form: CSR (sorted indices, no stored zeros) when at most
+    ``max_density`` of it is non-zero, else a dense float32 ndarray."""
+    if sp.issparse(x):
+        x = sp.csr_matrix(x, dtype=np.float32)
+        x.eliminate_zeros()
+        x.sort_indices()
+        nnz = x.nnz
+    else:
+        x = np.asarray(x, np.float32)
+        nnz = np.count_nonzero(x)
+    if x.shape[0] and x.shape[1] and nnz <= max_density * x.shape[0] * x.shape[1]:
+        return x if sp.issparse(x) else sp.csr_matrix(x)
+    return dense(x)
+
+
+def nonzeros(x) -> int:
+    return x.nnz if sp.issparse(x) else int(np.count_nonzero(x))
+
+
+def stack(blocks: list, dim: int | None = None):
+    """Row blocks as one matrix: CSR when every block is CSR, else a dense ndarray."""
+    if not blocks:
+        return np.zeros((0, dim or 0), np.float32)
+    if all(sp.issparse(b) for b in blocks):
+        return sp.vstack(blocks, format="csr", dtype=np.float32)
+    return np.concatenate([dense(b) for b in blocks])
+
+
+def by_chunk(fn, x, chunk: int = CHUNK):
+    """``fn(a, dense rows a:a+chunk)`` over the chunks of a block, results in order."""
+    return [fn(a, dense(x[a:a + chunk])) for a in range(0, x.shape[0], chunk)]
+
+
+def map_rows(fn, x, chunk: int = CHUNK):
+    """A block's rows through a row-wise ``fn`` one dense chunk at a time, kept in the
+    storage form of :func:`compact` (the same numbers as ``fn`` over the whole block)."""
+    if x.shape[0] == 0:
+        return dense(x)
+    return compact(stack([compact(y) for y in by_chunk(lambda a, c: fn(a, c), x, chunk)]))
 
 
 def row_ranges(n: int, rows: int, chunk: int = CHUNK) -> list[tuple[int, int]]:
@@ -53,9 +109,9 @@ def chunk_stats(x: np.ndarray, present: np.ndarray, start: int, chunk: int = CHU
     if start % chunk:
         raise ValueError(f"a block must start on a chunk boundary ({chunk} rows), not {start}")
     d = x.shape[1]
-    out = np.zeros((-(-len(x) // chunk), 1 + 2 * d))
-    for j, a in enumerate(range(0, len(x), chunk)):
-        rows = x[a:a + chunk][present[a:a + chunk]].astype(np.float64)
+    out = np.zeros((-(-x.shape[0] // chunk), 1 + 2 * d))
+    for j, a in enumerate(range(0, x.shape[0], chunk)):
+        rows = dense(x[a:a + chunk])[present[a:a + chunk]].astype(np.float64)
         out[j, 0] = len(rows)
         out[j, 1:1 + d] = rows.sum(axis=0)
         out[j, 1 + d:] = np.square(rows).sum(axis=0)
@@ -128,9 +184,9 @@ def _normalise(c: np.ndarray) -> np.ndarray:
 def assign(x: np.ndarray, centroids: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
     """int64 label per row: the centroid of largest inner product (ties: smaller label), scored
     one chunk at a time (a block starts on a chunk boundary)."""
-    out = np.empty(len(x), np.int64)
-    for a in range(0, len(x), chunk):
-        out[a:a + chunk] = np.argmax(x[a:a + chunk] @ centroids.T, axis=1)
+    out = np.empty(x.shape[0], np.int64)
+    for a in range(0, x.shape[0], chunk):
+        out[a:a + chunk] = np.argmax(dense(x[a:a + chunk]) @ centroids.T, axis=1)
     return out
 
 
@@ -139,8 +195,8 @@ def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int, chunk: int = CHUNK) 
     integers, so blocks add up in any order)."""
     out = np.zeros((k, 1 + x.shape[1]))
     out[:, 0] = np.bincount(labels, minlength=k)
-    for a in range(0, len(x), chunk):
-        q = x[a:a + chunk].astype(np.float64)
+    for a in range(0, x.shape[0], chunk):
+        q = dense(x[a:a + chunk]).astype(np.float64)
         q *= _SCALE
         np.rint(q, out=q)
         onehot = np.zeros((k, len(q)))
@@ -162,7 +218,7 @@ def kmeans(blocks: list[np.ndarray], k: int, *, iters: int = 20, seed: int = 42,
     """Spherical K-means over row blocks held in this process (the reference of the block-wise
     run on Ray): int64 labels of all rows, blocks in order.  Lloyd steps from ``k`` initial rows
     drawn by the seed; the same labels whatever the blocks."""
-    n = sum(len(b) for b in blocks)
+    n = sum(b.shape[0] for b in blocks)
     if k <= 1 or n <= k:
         return np.zeros(n, np.int64) if k <= 1 else np.arange(n, dtype=np.int64)
     centroids = seed_centroids(take_rows(blocks, kmeans_init(n, k, seed)), k, seed)
@@ -174,11 +230,12 @@ def kmeans(blocks: list[np.ndarray], k: int, *, iters: int = 20, seed: int = 42,
 
 def take_rows(blocks: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
     """Rows (global numbers over the blocks in order) gathered from a list of blocks."""
-    starts = np.cumsum([0] + [len(b) for b in blocks])
+    starts = np.cumsum([0] + [b.shape[0] for b in blocks])
     out = np.empty((len(rows), blocks[0].shape[1]), np.float32)
     for i, b in enumerate(blocks):
         m = (rows >= starts[i]) & (rows < starts[i + 1])
-        out[m] = b[rows[m] - starts[i]]
+        if m.any():
+            out[m] = dense(b[rows[m] - starts[i]])
     return out
 
 
@@ -186,16 +243,36 @@ def block_stats(x: np.ndarray, present: np.ndarray, start: int, fill: bool,
                 chunk: int = CHUNK) -> dict:
     """What :meth:`psqe_ray.core.psqe.SeedGenerator.check` needs of a block: present rows, non-zero columns and
     (when the modality is filled) the per-chunk sums of :func:`chunk_stats`."""
-    return {"present": int(present.sum()), "any": x.any(axis=0),
+    if sp.issparse(x):
+        nz = np.zeros(x.shape[1], bool)
+        nz[x.indices[x.data != 0]] = True
+    else:
+        nz = x.any(axis=0)
+    return {"present": int(present.sum()), "any": nz,
             "chunks": chunk_stats(x, present, start, chunk) if fill else None}
 
 
 def prepare_rows(x: np.ndarray, present: np.ndarray, start: int, fill, seed: int, modality: str,
                  side: str, chunk: int = CHUNK) -> np.ndarray:
     """A block's prepared rows: absent rows filled (``fill``: :func:`fill_stats`, or None for no
-    fill), then L2-normalised."""
+    fill), then L2-normalised; in the storage form of :func:`compact`."""
     from psqe_ray.core.fusion import l2_normalize
 
-    if fill is not None:
-        x = fill_block(x, present, start, fill, seed, modality, SIDES.index(side), chunk)
-    return l2_normalize(x)
+    def prep(a: int, rows: np.ndarray) -> np.ndarray:
+        if fill is not None:
+            rows = fill_block(rows, present[a:a + chunk], start + a, fill, seed, modality,
+                              SIDES.index(side), chunk)
+        return l2_normalize(rows)
+
+    return map_rows(prep, x, chunk)
+
+
+def fuse_rows(blocks: dict, weights: dict[str, float], chunk: int = CHUNK):
+    """One block's fused vectors (:func:`psqe_ray.core.fusion.fuse`) from its prepared modality
+    blocks, one dense chunk at a time, in the storage form of :func:`compact`."""
+    from psqe_ray.core.fusion import fuse
+
+    names = sorted(blocks)
+    first = blocks[names[0]]
+    return map_rows(lambda a, _: fuse({m: dense(blocks[m][a:a + chunk]) for m in names},
+                                      weights), first, chunk)

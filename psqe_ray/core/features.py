@@ -11,7 +11,9 @@
   processes, unlike Python's ``hash``).
 
 Each function returns ``(vectors float32 (n, d), present bool (n,))``; an entity without any
-relation / attribute / name is *absent* and its row is zero.
+relation / attribute / name is *absent* and its row is zero.  :func:`raw_rows` (what the seed
+job and the aligner use) gives the bags and the n-grams as scipy CSR rows: tens of non-zeros
+per row out of a thousand columns, never held dense.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from psqe_ray.core.graph import KGSide
 
@@ -37,13 +40,15 @@ def _columns(keys: np.ndarray, vocab: dict[str, int]) -> np.ndarray:
 
 
 def bag_block(entity: np.ndarray, column: np.ndarray, start: int, stop: int, dim: int
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``start:stop`` of a bag feature: float32 (stop - start, dim) counts of the
+              ) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Rows ``start:stop`` of a bag feature: CSR float32 (stop - start, dim) counts of the
     (entity, column) incidences (column -1: not in the vocabulary), and which rows have any."""
     keep = (column >= 0) & (entity >= start) & (entity < stop)
-    out = np.zeros((stop - start, max(1, dim)), np.float32)
-    np.add.at(out, (entity[keep] - start, column[keep]), 1.0)
-    return out, out.any(axis=1)
+    out = sp.csr_matrix((np.ones(int(keep.sum()), np.float32),
+                         (entity[keep] - start, column[keep])),
+                        shape=(stop - start, max(1, dim)), dtype=np.float32)
+    out.sum_duplicates()
+    return out, np.diff(out.indptr) > 0
 
 
 def relation_incidence(left: KGSide, right: KGSide, top: int = 1000
@@ -71,7 +76,11 @@ def attribute_incidence(left: KGSide, right: KGSide, top: int = 1000
 
 
 def _bags(dim: int, inc: dict, left: KGSide, right: KGSide) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return {s: bag_block(*inc[s], 0, side.n, dim) for s, side in (("left", left), ("right", right))}
+    out = {}
+    for s, side in (("left", left), ("right", right)):
+        x, present = bag_block(*inc[s], 0, side.n, dim)
+        out[s] = (x.toarray(), present)
+    return out
 
 
 def relation_features(left: KGSide, right: KGSide, top: int = 1000) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -87,6 +96,13 @@ def attribute_features(left: KGSide, right: KGSide, top: int = 1000) -> dict[str
 def name_features(names: list, dim: int = 1024, ngram_min: int = 2,
                   ngram_max: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Hashed character n-grams of names: float32 (n, dim), L2-normalised; present = has a name."""
+    x, present = name_rows(names, dim, ngram_min, ngram_max)
+    return x.toarray(), present
+
+
+def name_rows(names: list, dim: int = 1024, ngram_min: int = 2,
+              ngram_max: int = 3) -> tuple[sp.csr_matrix, np.ndarray]:
+    """:func:`name_features` as CSR rows (sorted indices, no stored zeros)."""
     from sklearn.feature_extraction.text import HashingVectorizer
 
     present = np.array([bool(s and s.strip()) for s in names], dtype=bool)
@@ -94,7 +110,9 @@ def name_features(names: list, dim: int = 1024, ngram_min: int = 2,
     vec = HashingVectorizer(analyzer="char_wb", ngram_range=(ngram_min, ngram_max),
                             n_features=dim, alternate_sign=False, norm="l2", lowercase=False,
                             dtype=np.float32)
-    x = vec.transform(text).toarray().astype(np.float32, copy=False)
+    x = sp.csr_matrix(vec.transform(text), dtype=np.float32)
+    x.eliminate_zeros()
+    x.sort_indices()
     return x, present
 
 
@@ -115,7 +133,8 @@ class Source:
 
 def raw_rows(src: Source, side: str, start: int, stop: int, fc, *, names=None, table=None
              ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``start:stop`` of one side's raw modality: (float32 (rows, dim), present bool).
+    """Rows ``start:stop`` of one side's raw modality: (float32 (rows, dim): CSR for bags and
+    names, present bool).
 
     ``names``: the side's names from ``start`` on (name); ``table``: (x, present) of the side's
     precomputed table, rows from ``start`` on (table)."""
@@ -125,4 +144,4 @@ def raw_rows(src: Source, side: str, start: int, stop: int, fc, *, names=None, t
         return np.asarray(x[:n], np.float32), np.asarray(present[:n], bool)
     if src.kind == "bag":
         return bag_block(*src.incidence[side], start, stop, src.dim)
-    return name_features(list(names[:n]), fc.name_dim, fc.name_ngram_min, fc.name_ngram_max)
+    return name_rows(list(names[:n]), fc.name_dim, fc.name_ngram_min, fc.name_ngram_max)

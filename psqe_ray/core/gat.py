@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GATConv
 
+from psqe_ray.core.blocks import MAX_DENSITY
+
 
 @dataclass
 class Block:
@@ -440,7 +442,7 @@ def propagate_full(convs, h: torch.Tensor, sampler: CSRSampler, chunk: int = 819
     return h
 
 
-def as_model_input(x: np.ndarray, max_density: float = 0.1):
+def as_model_input(x: np.ndarray, max_density: float = MAX_DENSITY):
     """float32 (N, d) -> scipy CSR when at most ``max_density`` of it is non-zero, else a tensor."""
     import scipy.sparse as sp
 

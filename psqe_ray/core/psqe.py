@@ -24,7 +24,7 @@ import numpy as np
 from psqe_ray.config import PSQEConfig
 from psqe_ray.core.correction import (expand_from_candidates, expansion_candidates,
                                       mic_keep)
-from psqe_ray.core.blocks import SIDES, block_stats, fill_stats, kmeans, prepare_rows
+from psqe_ray.core.blocks import SIDES, block_stats, dense, fill_stats, kmeans, prepare_rows
 from psqe_ray.core.features import (Source, attribute_incidence, raw_rows,
                                     relation_incidence)
 from psqe_ray.core.fusion import fuse, l2_normalize
@@ -208,8 +208,9 @@ class SeedGenerator:
         stats = {m: {s: [block_stats(*raw[m][s], 0, self.fills(m), chunk)] for s in SIDES}
                  for m in sources}
         fills = self.check(sources, stats)
-        mods = {m: tuple(self.prepared_rows(m, *raw[m][s], 0, s, fills[m]) for s in SIDES)
-                for m in fills}
+        # in-process the sides stay whole, dense arrays (the Ray path keeps sparse blocks)
+        mods = {m: tuple(dense(self.prepared_rows(m, *raw[m][s], 0, s, fills[m]))
+                         for s in SIDES) for m in fills}
         return mods, self._weights(mods)
 
     def _weights(self, mods) -> dict[str, float]:

@@ -72,6 +72,19 @@ def model_inputs(mods: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, An
     return {m: as_model_input(np.concatenate([v[0], v[1]])) for m, v in mods.items()}
 
 
+def block_model_input(blocks: list) -> Any:
+    """:func:`as_model_input` of the row blocks (ndarray or CSR) stacked in order, the same
+    matrix, without a dense copy when the result is sparse."""
+    import scipy.sparse as sp
+
+    from psqe_ray.core.blocks import MAX_DENSITY, dense, nonzeros, stack
+
+    size = sum(b.shape[0] * b.shape[1] for b in blocks)
+    if size and sum(nonzeros(b) for b in blocks) <= MAX_DENSITY * size:
+        return stack([sp.csr_matrix(b, dtype=np.float32) for b in blocks])
+    return torch.from_numpy(np.ascontiguousarray(dense(stack(blocks)), dtype=np.float32))
+
+
 def layer_fanouts(fanout: tuple[int, ...], layers: int) -> tuple[int | None, ...]:
     """Sampled neighbours per hop for ``layers`` GAT layers (None = all, past the list's end)."""
     return tuple(fanout[:layers]) + (None,) * max(0, layers - len(fanout))

@@ -2,7 +2,9 @@
 store, made and used by tasks; the driver holds object references and O(N) integers only.
 
 A :class:`Sharded` is one side's matrix: a reference per row block (``distributed.block_rows``
-rows, whole chunks of :mod:`psqe_ray.core.blocks`) and the blocks' row ranges.  Tasks fetch
+rows, whole chunks of :mod:`psqe_ray.core.blocks`) and the blocks' row ranges.  A block is a
+float32 ndarray or, when sparse enough, a scipy CSR matrix (:func:`psqe_ray.core.blocks.compact`:
+the name n-grams, the bags and their fusion); what a task hands back to the driver is dense.  Tasks fetch
 the blocks they need (zero-copy views when the object is on their node); :class:`Rows` gives
 row access across them.  The same ``core`` functions run on each block as the in-process path
 runs on whole sides, and every cross-block reduction is exact (``core.blocks``), so the seeds
@@ -10,7 +12,8 @@ do not depend on the block size or on the cluster.
 
 Blocks a stage commits (fused and learned vectors) are written by the task that makes them, as
 Parquet parts under the stage folder (``blocks/<kind>/<side>-<block>-<token>.parquet``); the
-stage's manifest lists them, and a rerun reads them back block by block.  Light imports (no
+stage's manifest lists them, and a rerun reads them back block by block (a CSR block as
+per-row ``indices`` / ``values`` lists).  Light imports (no
 torch): a fresh worker starts these quickly.
 """
 
@@ -20,14 +23,15 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from psqe_ray.core.blocks import (assign, block_stats, cluster_sums, prepare_rows,
-                                  take_rows)
+from psqe_ray.core.blocks import (CHUNK, assign, block_stats, by_chunk, cluster_sums, dense,
+                                  fuse_rows, prepare_rows, stack, take_rows)
 from psqe_ray.core.features import Source, raw_rows
-from psqe_ray.core.fusion import fuse, l2_normalize
+from psqe_ray.core.fusion import l2_normalize
 from psqe_ray.distributed.runtime import Meter
 from psqe_ray.io.fs import join, read_bytes, resolve
 from psqe_ray.schemas import feature_table, vectors_numpy
@@ -35,7 +39,8 @@ from psqe_ray.schemas import feature_table, vectors_numpy
 
 @dataclass
 class Sharded:
-    """One side's (n, dim) float32 matrix as row blocks in Ray's object store."""
+    """One side's (n, dim) float32 matrix as row blocks (ndarray or CSR) in Ray's object
+    store."""
 
     refs: list
     bounds: list[tuple[int, int]]
@@ -78,34 +83,68 @@ class Rows:
         return take_rows(self.blocks, ids.ravel()).reshape(*ids.shape, self.shape[1])
 
     def all(self) -> np.ndarray:
-        return np.concatenate(self.blocks) if self.blocks else np.zeros((0, self.shape[1]),
-                                                                          np.float32)
+        return dense(stack(self.blocks, self.shape[1]))
 
 
 def fetch_features(mods: dict, meter: Meter | None = None) -> dict:
-    """In a training worker: modality -> model input over both graphs, from every block of
-    every prepared modality (``mods``: modality -> (left block refs, right block refs))."""
-    from psqe_ray.core.train import model_inputs
+    """In a training worker: modality -> model input over both graphs (left rows, then right),
+    from every block of every prepared modality (``mods``: modality -> (left block refs, right
+    block refs)): what :func:`psqe_ray.core.train.model_inputs` makes of the whole matrices,
+    built without a dense copy of a sparse modality."""
+    from psqe_ray.core.train import block_model_input
 
-    whole = {}
+    out = {}
     for m, (left, right) in mods.items():
         blocks = ray.get(list(left) + list(right))
         if meter is not None:
             meter.add(blocks)
-        whole[m] = (np.concatenate(blocks[:len(left)]), np.concatenate(blocks[len(left):]))
+        out[m] = block_model_input(blocks)
         del blocks
-    return model_inputs(whole)
+    return out
 
 
 def block_url(prefix: str, side: str, i: int) -> str:
     return f"{prefix.rstrip('/')}/{side}-{i:05d}.parquet"
 
 
-def _write(url: str, side: str, start: int, x: np.ndarray, storage_options) -> int:
-    """A block as a Parquet part (the ``features/<kind>`` columns); returns its size."""
+def _sparse_table(side: str, start: int, x) -> pa.Table:
+    """A CSR block as Parquet columns: side, entity_id, per-row ``indices`` and ``values``."""
+    n = x.shape[0]
+    offsets = pa.array(x.indptr.astype(np.int32))
+    return pa.table({"side": pa.array([side] * n, pa.string()),
+                     "entity_id": pa.array(np.arange(start, start + n, dtype=np.int64)),
+                     "indices": pa.ListArray.from_arrays(offsets, pa.array(
+                         x.indices.astype(np.int32))),
+                     "values": pa.ListArray.from_arrays(offsets, pa.array(
+                         x.data.astype(np.float32)))},
+                    metadata={"dim": str(x.shape[1])})
+
+
+def _block_of(table: pa.Table):
+    """A block back from its Parquet columns (dense ``vector``, or CSR ``indices``/``values``)."""
+    if "indices" not in table.column_names:
+        return np.ascontiguousarray(vectors_numpy(table), np.float32)
+    import scipy.sparse as sp
+
+    ind, val = table.column("indices").combine_chunks(), table.column("values").combine_chunks()
+    dim = int(table.schema.metadata[b"dim"])
+    return sp.csr_matrix((val.values.to_numpy(zero_copy_only=False).astype(np.float32),
+                          ind.values.to_numpy(zero_copy_only=False),
+                          ind.offsets.to_numpy(zero_copy_only=False)),
+                         shape=(table.num_rows, dim))
+
+
+def _write(url: str, side: str, start: int, x, storage_options) -> int:
+    """A block as a Parquet part (the ``features/<kind>`` columns, or :func:`_sparse_table`'s
+    for a CSR block); returns its size."""
+    import scipy.sparse as sp
+
     buf = io.BytesIO()
-    table = feature_table(side, np.arange(start, start + len(x), dtype=np.int64), x,
-                          np.ones(len(x), bool))
+    if sp.issparse(x):
+        table = _sparse_table(side, start, x)
+    else:
+        table = feature_table(side, np.arange(start, start + len(x), dtype=np.int64), x,
+                              np.ones(len(x), bool))
     pq.write_table(table, buf, compression="zstd")
     fs, path = resolve(url, storage_options)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
@@ -143,11 +182,10 @@ def write_task(url: str, side: str, start: int, x: np.ndarray, storage_options):
 
 @ray.remote(num_cpus=0.5)
 def read_block(url: str, storage_options):
-    """A committed block back into the object store: (float32 rows, usage)."""
+    """A committed block back into the object store: (float32 rows or CSR, usage)."""
     meter = Meter("read-block")
     fs, path = resolve(url, storage_options)
-    t = pq.read_table(io.BytesIO(read_bytes(fs, path, url)))
-    return np.ascontiguousarray(vectors_numpy(t), np.float32), meter.take()
+    return _block_of(pq.read_table(io.BytesIO(read_bytes(fs, path, url)))), meter.take()
 
 
 @ray.remote(num_cpus=0.5)
@@ -220,25 +258,29 @@ def prepare_task(names: list[str], side: str, start: int, fills: dict, seed: int
 
 
 @ray.remote(num_cpus=0.5)
-def fuse_task(names: list[str], weights: dict, *blocks):
+def fuse_task(names: list[str], weights: dict, chunk: int, *blocks):
     """One block's fused vectors from its prepared modality rows: (rows, usage)."""
     meter = Meter("fuse").add(blocks)
-    return fuse(dict(zip(names, blocks)), weights), meter.take()
+    return fuse_rows(dict(zip(names, blocks)), weights, chunk), meter.take()
 
 
 @ray.remote(num_cpus=0.5)
-def joined_task(fused: np.ndarray, learned: np.ndarray):
-    """Stage III's vectors of one block: raw fused and learned side by side, normalised."""
+def joined_task(fused, learned: np.ndarray):
+    """Stage III's vectors of one block: raw fused and learned side by side, normalised
+    (row by row, so chunk by chunk)."""
     meter = Meter("stage3-vectors").add(fused, learned)
-    return l2_normalize(np.concatenate([fused, learned], axis=1)), meter.take()
+    parts = by_chunk(lambda a, f: l2_normalize(np.concatenate([f, learned[a:a + CHUNK]],
+                                                              axis=1)), fused, CHUNK)
+    return (np.concatenate(parts) if parts else np.zeros((0, fused.shape[1] + learned.shape[1]),
+                                                          np.float32)), meter.take()
 
 
 # ---- Stage I -----------------------------------------------------------------------------------
 @ray.remote(num_cpus=0.5)
-def take_task(block: np.ndarray, rows: np.ndarray):
-    """Rows (block-local numbers) of one block: (rows, usage)."""
+def take_task(block, rows: np.ndarray):
+    """Rows (block-local numbers) of one block, dense: (rows, usage)."""
     meter = Meter("take-rows").add(block)
-    return np.ascontiguousarray(block[rows]), meter.take()
+    return np.ascontiguousarray(dense(block[rows])), meter.take()
 
 
 @ray.remote(num_cpus=0.5)
@@ -256,5 +298,5 @@ def split_task(block: np.ndarray, labels: np.ndarray, start: int, k: int):
     out = []
     for c in range(k):
         sel = np.flatnonzero(labels == c)
-        out.append((sel.astype(np.int64) + start, np.ascontiguousarray(block[sel])))
+        out.append((sel.astype(np.int64) + start, block[sel]))
     return (*out, meter.take())

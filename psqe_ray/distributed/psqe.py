@@ -288,7 +288,8 @@ class RaySeedGenerator(SeedGenerator):
             refs = []
             for i, (a, b) in enumerate(mods[names[0]][side].bounds):
                 ref, u = fuse_task.options(num_returns=2).remote(
-                    names, weights, *[mods[m][side].refs[i] for m in names])
+                    names, weights, self.config.distributed.chunk_rows,
+                    *[mods[m][side].refs[i] for m in names])
                 refs.append(ref)
                 usage.append(u)
             out.append(Sharded(refs, mods[names[0]][side].bounds, dim))

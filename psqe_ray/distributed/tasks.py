@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from psqe_ray.core.blocks import dense, stack
 from psqe_ray.core.correction import expansion_candidates
 from psqe_ray.core.sampling import greedy_seeds, sample_cluster
 from psqe_ray.core.search import Searcher, SearchPlan, ShardIndex
@@ -37,8 +38,7 @@ def cluster_task(left_pieces: list, right_pieces: list, budget, k, searcher: Sea
         meter.add(got)
         d = got[0][1].shape[1] if got else 0
         ids = np.concatenate([g[0] for g in got]) if got else np.zeros(0, np.int64)
-        rows = np.concatenate([g[1] for g in got]) if got else np.zeros((0, d), np.float32)
-        sides.append((ids, rows))
+        sides.append((ids, dense(stack([g[1] for g in got], d))))
     (il, sim_l), (ir, sim_r) = sides
     return (*sample_cluster(sim_l, sim_r, il, ir, budget, k, searcher), rss(), meter.take())
 
@@ -66,8 +66,8 @@ class TopKShard:
         a, b = plan.bounds[i]
         got = ray.get([ref for ref, _, _ in blocks])
         self.meter.add(got)
-        rows = np.concatenate([x[max(a, s) - s:min(b, e) - s]
-                               for x, (_, s, e) in zip(got, blocks)]) if got else None
+        rows = dense(stack([x[max(a, s) - s:min(b, e) - s]
+                            for x, (_, s, e) in zip(got, blocks)])) if got else None
         del got
         if plan.kind == "ivf":
             import faiss
@@ -82,7 +82,7 @@ class TopKShard:
         for ref in query_blocks:
             q = ray.get(ref)
             self.meter.add(q)
-            s, i = self.index.search(q, k)
+            s, i = self.index.search(dense(q), k)
             scores.append(s)
             ids.append(i)
         return (np.concatenate(scores), np.concatenate(ids)), rss(), self.meter.take()
