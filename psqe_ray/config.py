@@ -169,6 +169,9 @@ class AlignConfig:
     lr: float = 0.005             # AdamW
     weight_decay: float = 0.01
     batch_size: int = 1024        # seed pairs per step (in-batch negatives)
+    epoch_pairs: int = 32768      # ours: pairs one epoch visits at most (0: all); above it
+                                  # each epoch is a fresh seeded sample, so the steps per epoch
+                                  # stop growing with the graph (README "The aligner")
     temperature: float = 0.1      # ICL temperature (MCLEA / MEAformer)
     structure: str = "auto"       # the structure GAT's input: features (a fixed projection
                                   # of the entity's features) | free (EVA's learned embedding)
@@ -233,10 +236,10 @@ class PSQEConfig:
             raise ConfigError("align.structure must be auto, features, free or init, "
                               f"got {a.structure!r}")
         if min(a.dim, a.batch_size, a.topk, a.gat_layers) < 1 or a.epochs < 0 \
-                or a.round_epochs < 0 or a.rounds < -1 or a.temperature <= 0 or a.csls_k < 0 \
+                or a.epoch_pairs < 0 or a.round_epochs < 0 or a.rounds < -1 or a.temperature <= 0 or a.csls_k < 0 \
                 or not 0.0 <= a.momentum < 1.0 or a.lr <= 0:
             raise ConfigError("align: dim, batch_size, topk, gat_layers >= 1; epochs, "
-                              "round_epochs, csls_k >= 0; rounds >= -1; temperature, lr > 0; "
+                              "epoch_pairs, round_epochs, csls_k >= 0; rounds >= -1; temperature, lr > 0; "
                               "0 <= momentum < 1")
         if self.encode.device not in ("auto", "cpu", "cuda") and not self.encode.device.startswith("cuda:"):
             raise ConfigError("encode.device must be auto, cpu or cuda[:N]")

@@ -191,6 +191,7 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
             "dataset": dataset_url, "seeds": seeds_url,
             "seeds_used": int(len(seed_l)),
             "pairs_added": [int(x) for x in aligner.added_],
+            "train_steps": int(aligner.steps_),
             "modalities": list(aligner.modality_weights_),
             "modality_weights": aligner.modality_weights_,
             "structure": aligner.structure_,

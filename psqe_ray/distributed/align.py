@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 TRAIN = "_train"
 _RESULT = ("embeddings_", "modality_weights_", "added_", "losses_", "train_seconds_",
-           "structure_")
+           "structure_", "steps_")
 
 
 def _align_worker(config: dict) -> None:

@@ -201,3 +201,22 @@ def test_better_seeds_give_a_better_aligner(inputs):
     noisy = Aligner(cfg, 1).fit(feats, graph, n_left, *_seeds(gold, wrong=0.6))
     assert (alignment_metrics(*clean.embeddings_, *gold)["hits@1"]
             > alignment_metrics(*noisy.embeddings_, *gold)["hits@1"])
+
+
+def test_epoch_pairs_bounds_the_steps_per_epoch(inputs):
+    """The size rule: below ``epoch_pairs`` an epoch visits every pair (the same training as
+    without a cap); above it, a sample of that many, so the steps per epoch stop growing."""
+    feats, graph, n_left, gold = inputs
+    seeds = _seeds(gold)
+    n = len(seeds[0])
+    assert n > 40
+    cfg = replace(FAST, recipe="eva", epochs=3, rounds=0, batch_size=16)
+    whole = Aligner(replace(cfg, epoch_pairs=0), 1).fit(feats, graph, n_left, *seeds)
+    above = Aligner(replace(cfg, epoch_pairs=1000), 1).fit(feats, graph, n_left, *seeds)
+    capped = Aligner(replace(cfg, epoch_pairs=32), 1).fit(feats, graph, n_left, *seeds)
+    # one step per batch of 16 (a last batch under two pairs is skipped)
+    per_epoch = n // 16 + (n % 16 >= 2)
+    assert whole.steps_ == above.steps_ == 3 * per_epoch
+    assert np.array_equal(whole.embeddings_[0], above.embeddings_[0])
+    assert capped.steps_ == 3 * 2  # 32 pairs per epoch
+    assert not np.array_equal(whole.embeddings_[0], capped.embeddings_[0])
