@@ -90,6 +90,9 @@ def test_distributed_path_gives_the_inprocess_seeds(pair_url, reference, tmp_pat
                                                           [384, 400]]
         assert all((Path(out) / "stages" / name / rel).exists()
                    for side in ("left", "right") for _, _, rel in blocks[side])
+        # the fusion of this pair is ~8 % non-zero: committed as CSR rows; learned: dense
+        cols = pq.read_schema(Path(out) / "stages" / name / blocks["left"][0][2]).names
+        assert ("indices" in cols) == (kind == "fused") and ("vector" in cols) == (kind != "fused")
     # Ray Train wrote its checkpoints under the run's storage
     assert list((Path(out) / "stages" / "_train").rglob("state.pkl"))
 
