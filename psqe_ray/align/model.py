@@ -115,16 +115,6 @@ class AlignModel(nn.Module):
             out[m] = project(self.inp[m], feats[m], targets)
         return out
 
-    @torch.no_grad()
-    def encode_all(self, feats: dict, sampler: CSRSampler, chunk: int = 8192) -> dict[str, torch.Tensor]:
-        """Branch vectors of every node (full neighbourhoods): modality -> (N, dim)."""
-        n = self.structure.shape[0]
-        out = {STRUCTURE: propagate_full(self.convs, self.structure.detach(), sampler, chunk)}
-        for m in self.inp:
-            out[m] = torch.cat([project(self.inp[m], feats[m], np.arange(a, min(n, a + chunk)))
-                                for a in range(0, n, chunk)])
-        return out
-
     def fuse(self, emb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(joint float32 (T, M * dim), modality weights float32 (T, M), rows sum to 1)."""
         zs = [F.normalize(emb[m], dim=1) for m in self.modalities]
@@ -140,11 +130,21 @@ class AlignModel(nn.Module):
                   ) -> tuple[np.ndarray, np.ndarray]:
         """(joint vectors of every node, L2-normalised, float32 (N, M * dim); mean modality
         weights float32 (M,))."""
-        emb = self.encode_all(feats, sampler, chunk)
-        n = emb[STRUCTURE].shape[0]
-        joints, wsum = [], torch.zeros(len(self.modalities), device=self.logits.device)
+        # the structure branch whole (the graph needs it); the feature branches projected,
+        # fused and written chunk by chunk: never every branch of every node at once
+        n = self.structure.shape[0]
+        structure = propagate_full(self.convs, self.structure.detach(), sampler, chunk)
+        out = None
+        wsum = torch.zeros(len(self.modalities), device=self.logits.device)
         for a in range(0, n, chunk):
-            j, w = self.fuse({m: v[a:a + chunk] for m, v in emb.items()})
-            joints.append(F.normalize(j, dim=1))
+            rows = np.arange(a, min(n, a + chunk))
+            emb = {STRUCTURE: structure[a:a + chunk],
+                   **{m: project(self.inp[m], feats[m], rows) for m in self.inp}}
+            j, w = self.fuse(emb)
+            if out is None:
+                out = np.empty((n, j.shape[1]), np.float32)
+            out[a:a + len(rows)] = F.normalize(j, dim=1).cpu().numpy()
             wsum += w.sum(0)
-        return torch.cat(joints).cpu().numpy(), (wsum / max(n, 1)).cpu().numpy()
+        if out is None:
+            out = np.zeros((0, 0), np.float32)
+        return out, (wsum / max(n, 1)).cpu().numpy()

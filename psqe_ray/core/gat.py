@@ -389,15 +389,22 @@ class SeedEncoder(nn.Module):
         return out
 
     @torch.no_grad()
-    def embed_all(self, feats: dict, sampler: CSRSampler,
-                  chunk: int = 8192) -> dict[str, np.ndarray]:
-        """Embeddings of every node, layer by layer over chunks with full neighbourhoods
-        (each layer's projection once per node, then the attention per chunk)."""
+    def embed_anchor(self, feats: dict, sampler: CSRSampler, chunk: int = 8192) -> np.ndarray:
+        """The anchor branch of every node, layer by layer over chunks with full
+        neighbourhoods (each layer's projection once per node, then the attention per chunk)."""
         n = next(iter(feats.values())).shape[0]
-        out = {}
         chunks = [np.arange(a, min(n, a + chunk)) for a in range(0, n, chunk)]
         h = torch.cat([self.project(self.anchor, feats, rows) for rows in chunks])
-        out[self.anchor] = propagate_full(self.convs, h, sampler, chunk).cpu().numpy()
+        return propagate_full(self.convs, h, sampler, chunk).cpu().numpy()
+
+    @torch.no_grad()
+    def embed_all(self, feats: dict, sampler: CSRSampler,
+                  chunk: int = 8192) -> dict[str, np.ndarray]:
+        """Embeddings of every node per modality (the anchor's by :meth:`embed_anchor`, the
+        others projected chunk by chunk)."""
+        n = next(iter(feats.values())).shape[0]
+        out = {self.anchor: self.embed_anchor(feats, sampler, chunk)}
+        chunks = [np.arange(a, min(n, a + chunk)) for a in range(0, n, chunk)]
         for m in self.modalities:
             if m != self.anchor:
                 out[m] = torch.cat([self.project(m, feats, rows)

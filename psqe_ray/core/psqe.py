@@ -33,7 +33,7 @@ from psqe_ray.core.matching import greedy_one_to_one
 from psqe_ray.core.sampling import (candidates_union, cluster_budgets, greedy_seeds,
                                     n_clusters, sample_cluster)
 from psqe_ray.core.search import Searcher
-from psqe_ray.core.train import (embed, joint_graph, model_inputs, pick_anchor,
+from psqe_ray.core.train import (embed_fused, joint_graph, model_inputs, pick_anchor,
                                  resolve_device, train_encoder)
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,7 @@ class SeedGenerator:
         model, self.losses_ = train_encoder(feats, graph, seed_l, seed_r, pair.left.n,
                                             self.anchor_, cfg.stage2, cfg.seed,
                                             device=resolve_device(cfg.distributed.device))
-        learned = fuse(embed(model, feats, graph), weights)
+        learned = embed_fused(model, feats, graph, weights)
         return learned[:pair.left.n], learned[pair.left.n:]
 
     def _cluster(self, fused_l, fused_r, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -175,3 +175,29 @@ def embed(model: SeedEncoder, feats: dict, graph: tuple[np.ndarray, np.ndarray]
           ) -> dict[str, np.ndarray]:
     """Every entity's learned vector per modality (full neighbourhoods, no sampling)."""
     return model.embed_all(feats, CSRSampler(graph[0], graph[1], stage_rng(0, SAMPLE)))
+
+
+@torch.no_grad()
+def embed_fused(model: SeedEncoder, feats: dict, graph: tuple[np.ndarray, np.ndarray],
+                weights: dict[str, float], chunk: int = 8192) -> np.ndarray:
+    """``fuse(embed(model, feats, graph), weights)``, the same numbers, without every
+    modality's vectors at once: the anchor's GAT output whole (the graph needs it), the other
+    modalities projected and fused one chunk at a time into the result (fusion is row-wise).
+    float32 (N, width)."""
+    from psqe_ray.core.fusion import fuse
+
+    anchor = model.embed_anchor(feats, CSRSampler(graph[0], graph[1], stage_rng(0, SAMPLE)),
+                                chunk)
+    used = [m for m in model.modalities if weights.get(m, 0.0) > 0]
+    if not used:
+        raise ValueError("no modality with a positive weight to fuse")
+    n = anchor.shape[0]
+    out = None
+    for a in range(0, n, chunk):
+        rows = np.arange(a, min(n, a + chunk))
+        part = fuse({m: anchor[a:a + chunk] if m == model.anchor
+                     else model.project(m, feats, rows).cpu().numpy() for m in used}, weights)
+        if out is None:
+            out = np.empty((n, part.shape[1]), np.float32)
+        out[a:a + len(rows)] = part
+    return out if out is not None else np.zeros((0, 0), np.float32)

@@ -79,12 +79,11 @@ def _train_worker(config: dict) -> None:
     import torch
 
     from psqe_ray.config import Stage2Config
-    from psqe_ray.core.train import cpu_state, embed, train_encoder
+    from psqe_ray.core.train import cpu_state, embed_fused, train_encoder
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
-    from psqe_ray.core.fusion import fuse
     from psqe_ray.distributed.blocks import fetch_features, write_blocks
 
     meter = Meter("stage2-train", actor=True)
@@ -131,7 +130,7 @@ def _train_worker(config: dict) -> None:
     usage = gather_usage(meter.take())  # every worker's record, for rank 0's checkpoint
     learned = None
     if rank == 0:
-        vec = fuse(embed(model, feats, graph), config["weights"])
+        vec = embed_fused(model, feats, graph, config["weights"])
         n = config["n_left"]
         learned = write_blocks(config["stage_url"], config["learned_prefix"], vec[:n], vec[n:],
                                config["bounds"], config["storage_options"])

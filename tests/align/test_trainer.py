@@ -14,6 +14,7 @@ from psqe_ray.align.recipes import RECIPES, get_recipe
 from psqe_ray.align.trainer import Aligner, mutual_nearest, structure_input
 from psqe_ray.config import AlignConfig, load_config
 from psqe_ray.core.evaluation import alignment_metrics
+from psqe_ray.core.gat import CSRSampler, project, propagate_full
 from psqe_ray.core.psqe import SeedGenerator
 from psqe_ray.core.train import joint_graph, model_inputs
 from psqe_ray.io.dataset import Dataset
@@ -220,3 +221,22 @@ def test_epoch_pairs_bounds_the_steps_per_epoch(inputs):
     assert np.array_equal(whole.embeddings_[0], above.embeddings_[0])
     assert capped.steps_ == 3 * 2  # 32 pairs per epoch
     assert not np.array_equal(whole.embeddings_[0], capped.embeddings_[0])
+
+
+def test_joint_all_is_every_branch_fused_row_by_row(inputs):
+    """The joint vectors of every entity, made chunk by chunk (never every branch at once),
+    are the model's fusion of its branch vectors, L2-normalised."""
+    feats, graph, n_left, gold = inputs
+    a = Aligner(replace(FAST, recipe="meaformer", epochs=2, rounds=0), 1).fit(
+        feats, graph, n_left, *_seeds(gold))
+    model = a.model_
+    full = CSRSampler(graph[0], graph[1], np.random.default_rng(0))
+    joint, weights = model.joint_all(feats, full, chunk=64)
+    with torch.no_grad():
+        n = len(graph[0]) - 1
+        emb = {STRUCTURE: propagate_full(model.convs, model.structure.detach(), full, 64),
+               **{m: project(model.inp[m], feats[m], np.arange(n)) for m in model.inp}}
+        j, w = model.fuse(emb)
+    assert joint.shape == (n, j.shape[1])
+    assert np.allclose(joint, torch.nn.functional.normalize(j, dim=1).numpy(), atol=1e-5)
+    assert np.allclose(weights, w.mean(0).numpy(), atol=1e-5)
