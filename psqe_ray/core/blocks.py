@@ -83,7 +83,7 @@ def map_rows(fn, x, chunk: int = CHUNK):
     storage form of :func:`compact` (the same numbers as ``fn`` over the whole block)."""
     if x.shape[0] == 0:
         return dense(x)
-    return compact(stack([compact(y) for y in by_chunk(lambda a, c: fn(a, c), x, chunk)]))
+    return compact(stack([compact(y) for y in by_chunk(fn, x, chunk)]))
 
 
 def row_ranges(n: int, rows: int, chunk: int = CHUNK) -> list[tuple[int, int]]:

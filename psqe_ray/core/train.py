@@ -178,12 +178,12 @@ def embed(model: SeedEncoder, feats: dict, graph: tuple[np.ndarray, np.ndarray]
 
 
 @torch.no_grad()
-def embed_fused(model: SeedEncoder, feats: dict, graph: tuple[np.ndarray, np.ndarray],
-                weights: dict[str, float], chunk: int = 8192) -> np.ndarray:
-    """``fuse(embed(model, feats, graph), weights)``, the same numbers, without every
-    modality's vectors at once: the anchor's GAT output whole (the graph needs it), the other
-    modalities projected and fused one chunk at a time into the result (fusion is row-wise).
-    float32 (N, width)."""
+def embed_fused_chunks(model: SeedEncoder, feats: dict, graph: tuple[np.ndarray, np.ndarray],
+                       weights: dict[str, float], chunk: int = 8192):
+    """``fuse(embed(model, feats, graph), weights)``, the same numbers, as consecutive row
+    chunks (both graphs, left first), without every modality's vectors at once: the anchor's
+    GAT output whole (the graph needs it), the other modalities projected and fused one chunk
+    at a time (fusion is row-wise).  Yields float32 (rows, width)."""
     from psqe_ray.core.fusion import fuse
 
     anchor = model.embed_anchor(feats, CSRSampler(graph[0], graph[1], stage_rng(0, SAMPLE)),
@@ -191,13 +191,14 @@ def embed_fused(model: SeedEncoder, feats: dict, graph: tuple[np.ndarray, np.nda
     used = [m for m in model.modalities if weights.get(m, 0.0) > 0]
     if not used:
         raise ValueError("no modality with a positive weight to fuse")
-    n = anchor.shape[0]
-    out = None
-    for a in range(0, n, chunk):
-        rows = np.arange(a, min(n, a + chunk))
-        part = fuse({m: anchor[a:a + chunk] if m == model.anchor
-                     else model.project(m, feats, rows).cpu().numpy() for m in used}, weights)
-        if out is None:
-            out = np.empty((n, part.shape[1]), np.float32)
-        out[a:a + len(rows)] = part
-    return out if out is not None else np.zeros((0, 0), np.float32)
+    for a in range(0, anchor.shape[0], chunk):
+        rows = np.arange(a, min(anchor.shape[0], a + chunk))
+        yield fuse({m: anchor[a:a + chunk] if m == model.anchor
+                    else model.project(m, feats, rows).cpu().numpy() for m in used}, weights)
+
+
+def embed_fused(model: SeedEncoder, feats: dict, graph: tuple[np.ndarray, np.ndarray],
+                weights: dict[str, float], chunk: int = 8192) -> np.ndarray:
+    """:func:`embed_fused_chunks` as one float32 (N, width) array."""
+    parts = list(embed_fused_chunks(model, feats, graph, weights, chunk))
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)

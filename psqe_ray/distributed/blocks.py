@@ -28,8 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from psqe_ray.core.blocks import (CHUNK, assign, block_stats, by_chunk, cluster_sums, dense,
-                                  fuse_rows, prepare_rows, stack, take_rows)
+from psqe_ray.core.blocks import (assign, block_stats, cluster_sums, dense, fuse_rows,
+                                  prepare_rows, stack, take_rows)
 from psqe_ray.core.features import Source, raw_rows
 from psqe_ray.core.fusion import l2_normalize
 from psqe_ray.distributed.runtime import Meter
@@ -65,24 +65,51 @@ def put_sharded(x: np.ndarray, bounds: list[tuple[int, int]]) -> Sharded:
                    list(bounds), int(x.shape[1]))
 
 
-class Rows:
-    """Row access over a :class:`Sharded` inside a task (its blocks fetched once): ``x[ids]``,
-    ``x.shape``, ``len(x)``."""
+@dataclass
+class Joined:
+    """Stage III's vectors of one side, never materialised: row i is the L2-normalised
+    concatenation of the fused row i and the learned row i, made when a task reads it."""
 
-    def __init__(self, sharded: Sharded, meter: Meter | None = None) -> None:
+    fused: Sharded
+    learned: Sharded
+
+    def __len__(self) -> int:
+        return len(self.fused)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.fused), self.fused.dim + self.learned.dim
+
+
+class Rows:
+    """Row access over a :class:`Sharded` (or a :class:`Joined`) inside a task (its blocks
+    fetched once: zero-copy on the task's node): ``x[ids]`` (dense), ``x.shape``, ``len(x)``."""
+
+    def __init__(self, sharded: Sharded | Joined, meter: Meter | None = None) -> None:
+        self.shape = sharded.shape
+        self.parts = None
+        if isinstance(sharded, Joined):
+            self.parts = (Rows(sharded.fused, meter), Rows(sharded.learned, meter))
+            return
         self.blocks = ray.get(list(sharded.refs))
         if meter is not None:
             meter.add(self.blocks)
-        self.shape = sharded.shape
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, ids) -> np.ndarray:
         ids = np.asarray(ids, np.int64)
-        return take_rows(self.blocks, ids.ravel()).reshape(*ids.shape, self.shape[1])
+        flat = ids.ravel()
+        if self.parts is not None:  # row-wise, so the numbers of a whole joined matrix
+            rows = l2_normalize(np.concatenate([p[flat] for p in self.parts], axis=1))
+        else:
+            rows = take_rows(self.blocks, flat)
+        return rows.reshape(*ids.shape, self.shape[1])
 
     def all(self) -> np.ndarray:
+        if self.parts is not None:
+            return self[np.arange(self.shape[0])]
         return dense(stack(self.blocks, self.shape[1]))
 
 
@@ -110,12 +137,12 @@ def block_url(prefix: str, side: str, i: int) -> str:
 def _sparse_table(side: str, start: int, x) -> pa.Table:
     """A CSR block as Parquet columns: side, entity_id, per-row ``indices`` and ``values``."""
     n = x.shape[0]
-    offsets = pa.array(x.indptr.astype(np.int32))
+    offsets = pa.array(x.indptr.astype(np.int64))
     return pa.table({"side": pa.array([side] * n, pa.string()),
                      "entity_id": pa.array(np.arange(start, start + n, dtype=np.int64)),
-                     "indices": pa.ListArray.from_arrays(offsets, pa.array(
+                     "indices": pa.LargeListArray.from_arrays(offsets, pa.array(
                          x.indices.astype(np.int32))),
-                     "values": pa.ListArray.from_arrays(offsets, pa.array(
+                     "values": pa.LargeListArray.from_arrays(offsets, pa.array(
                          x.data.astype(np.float32)))},
                     metadata={"dim": str(x.shape[1])})
 
@@ -152,24 +179,57 @@ def _write(url: str, side: str, start: int, x, storage_options) -> int:
     return len(buf.getvalue())
 
 
-def write_block(url: str, side: str, start: int, x: np.ndarray, storage_options) -> None:
-    _write(url, side, start, x, storage_options)
+class BlockSink:
+    """Rows of both sides arriving in order (left rows, then right rows, in runs of any
+    length) written as Parquet parts ``root/prefix/<side>-<block>.parquet`` as soon as each
+    block of ``bounds`` (side -> row ranges) is complete: a training worker's output, never
+    whole in its memory.  :meth:`entry` is the manifest entry
+    ``{"dim", side: [[start, stop, path relative to root], ...]}``."""
+
+    def __init__(self, root: str, prefix: str, bounds: dict, storage_options) -> None:
+        self.root, self.prefix, self.storage_options = root, prefix, storage_options
+        self.todo = [(side, i, a, b) for side in ("left", "right")
+                     for i, (a, b) in enumerate(bounds[side])]
+        self.parts: dict = {"left": [], "right": []}
+        self.pending: list = []
+        self.held, self.dim = 0, None
+
+    def add(self, rows: np.ndarray) -> None:
+        """The next rows in order (float32 (r, dim))."""
+        self.dim = int(rows.shape[1])
+        if len(rows):
+            self.pending.append(rows)
+            self.held += len(rows)
+        self._flush()
+
+    def _flush(self) -> None:
+        while self.todo and self.dim is not None \
+                and self.held >= self.todo[0][3] - self.todo[0][2]:
+            side, i, a, b = self.todo.pop(0)
+            block = (np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]) \
+                if self.pending else np.zeros((0, self.dim), np.float32)
+            rel = block_url(self.prefix, side, i)
+            _write(join(self.root, rel), side, a, block[:b - a], self.storage_options)
+            self.parts[side].append([a, b, rel])
+            rest = block[b - a:]
+            self.pending, self.held = ([rest] if len(rest) else []), len(rest)
+
+    def entry(self) -> dict:
+        """The manifest entry, once every block is written."""
+        self._flush()
+        if self.todo or self.held:
+            raise ValueError(f"block sink: {self.held} rows left over, {len(self.todo)} blocks "
+                             "not complete")
+        return {"dim": self.dim or 0, **self.parts}
 
 
 def write_blocks(root: str, prefix: str, left: np.ndarray, right: np.ndarray, bounds: dict,
                  storage_options) -> dict:
-    """Both sides' rows, cut at ``bounds`` (side -> row ranges), as Parquet parts
-    ``root/prefix/<side>-<block>.parquet`` (a training worker's output): the manifest entry
-    ``{"dim", side: [[start, stop, path relative to root], ...]}``."""
-    entry: dict = {"dim": int(left.shape[1])}
-    for side, x in (("left", left), ("right", right)):
-        parts = []
-        for i, (a, b) in enumerate(bounds[side]):
-            rel = block_url(prefix, side, i)
-            write_block(join(root, rel), side, a, x[a:b], storage_options)
-            parts.append([a, b, rel])
-        entry[side] = parts
-    return entry
+    """Both sides' whole matrices through a :class:`BlockSink`; its manifest entry."""
+    sink = BlockSink(root, prefix, bounds, storage_options)
+    sink.add(left)
+    sink.add(right)
+    return sink.entry()
 
 
 @ray.remote(num_cpus=0.5)
@@ -262,17 +322,6 @@ def fuse_task(names: list[str], weights: dict, chunk: int, *blocks):
     """One block's fused vectors from its prepared modality rows: (rows, usage)."""
     meter = Meter("fuse").add(blocks)
     return fuse_rows(dict(zip(names, blocks)), weights, chunk), meter.take()
-
-
-@ray.remote(num_cpus=0.5)
-def joined_task(fused, learned: np.ndarray):
-    """Stage III's vectors of one block: raw fused and learned side by side, normalised
-    (row by row, so chunk by chunk)."""
-    meter = Meter("stage3-vectors").add(fused, learned)
-    parts = by_chunk(lambda a, f: l2_normalize(np.concatenate([f, learned[a:a + CHUNK]],
-                                                              axis=1)), fused, CHUNK)
-    return (np.concatenate(parts) if parts else np.zeros((0, fused.shape[1] + learned.shape[1]),
-                                                          np.float32)), meter.take()
 
 
 # ---- Stage I -----------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from psqe_ray.core.blocks import (SIDES, kmeans_init, row_ranges, seed_centroids
                                   update_centroids)
 from psqe_ray.core.psqe import SeedGenerator, SeedTable
 from psqe_ray.core.topk import empty_topk, merge_topk
-from psqe_ray.distributed.blocks import (Sharded, block_url, fuse_task, joined_task,
+from psqe_ray.distributed.blocks import (Joined, Sharded, block_url, fuse_task,
                                          kmeans_task, prepare_task, raw_task, read_block,
                                          split_task, take_task, write_task)
 from psqe_ray.distributed.tasks import (TopKShard, cluster_task, expand_map, greedy_task,
@@ -79,12 +79,12 @@ def _train_worker(config: dict) -> None:
     import torch
 
     from psqe_ray.config import Stage2Config
-    from psqe_ray.core.train import cpu_state, embed_fused, train_encoder
+    from psqe_ray.core.train import cpu_state, embed_fused_chunks, train_encoder
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
-    from psqe_ray.distributed.blocks import fetch_features, write_blocks
+    from psqe_ray.distributed.blocks import BlockSink, fetch_features
 
     meter = Meter("stage2-train", actor=True)
     graph, seeds = ray.get(config["refs"])
@@ -129,11 +129,12 @@ def _train_worker(config: dict) -> None:
                                              "losses": losses, "epoch": len(losses)})
     usage = gather_usage(meter.take())  # every worker's record, for rank 0's checkpoint
     learned = None
-    if rank == 0:
-        vec = embed_fused(model, feats, graph, config["weights"])
-        n = config["n_left"]
-        learned = write_blocks(config["stage_url"], config["learned_prefix"], vec[:n], vec[n:],
-                               config["bounds"], config["storage_options"])
+    if rank == 0:  # chunk by chunk into the blocks: the learned vectors are never whole here
+        sink = BlockSink(config["stage_url"], config["learned_prefix"], config["bounds"],
+                         config["storage_options"])
+        for rows in embed_fused_chunks(model, feats, graph, config["weights"]):
+            sink.add(rows)
+        learned = sink.entry()
     report(len(losses), losses, lambda: {**snap(), "learned": learned, "usage": usage})
 
 
@@ -338,13 +339,8 @@ class RaySeedGenerator(SeedGenerator):
         return labels[:nl], labels[nl:]
 
     def _joined(self, fused, learned):
-        refs, usage = [], []
-        for f, g in zip(fused.refs, learned.refs):
-            ref, u = joined_task.options(num_returns=2).remote(f, g)
-            refs.append(ref)
-            usage.append(u)
-        self._get_usage(usage)
-        return Sharded(refs, fused.bounds, fused.dim + learned.dim)
+        # made row by row where a map task reads them: no third copy of every vector
+        return Joined(fused, learned)
 
     def _greedy(self, xl, xr, budget):
         l, r, s, usage = ray.get(greedy_task.remote(xl, xr, budget, self.searcher))
