@@ -127,7 +127,7 @@ class SearchConfig:
     exact_below: int = 50000      # base rows searched exactly at or below this
     index: str = "auto"           # auto (exact, then IVF above exact_below) | flat | ivf
     nlist: int = 0                # ivf lists per shard; 0 = round(4 sqrt(rows)), >= 39 rows each
-    nprobe: int = 0               # ivf lists probed; 0 = max(16, nlist / 8)
+    nprobe: int = 0               # ivf lists probed; 0 = nlist / 8, <= ~16K rows (README)
     shard_rows: int = 1000000     # ivf: rows per index shard (one actor each on Ray)
     depth: int = 50               # evaluation above exact_below: candidates ranked per query
 

@@ -19,14 +19,20 @@ cluster), so the result is too:
   product) with
 
       nlist  = clamp(round(4 sqrt(m_s)), 1, m_s // 39)        (m_s: the shard's rows)
-      nprobe = clamp(max(16, ceil(nlist / 8)), 1, nlist)
+      nprobe = clamp(min(ceil(nlist / 8), ceil(SCAN_ROWS * nlist / m_s)), 16, nlist)
 
   i.e. FAISS's usual 4 sqrt(N) lists (at least 39 training points each) and 1/8 of them probed
-  (at least 16).  Measured recall@10 against exact search (BENCHMARKS.md "Search layer, devices
+  (at least 16), but never more lists than hold :data:`SCAN_ROWS` (16,384) base rows on
+  average.  Below ~130,000 rows the eighth is the smaller (1,265 / 159 at 100K); above, the
+  row budget is (2,530 / 104 at 400K, 4,000 / 66 at 1M), so a query scores at most ~16K rows
+  plus the ``nlist`` centroids and the search grows as m^1.5 at worst instead of m^2.  The
+  coarse k-means trains on at most :data:`TRAIN_PER_LIST` (80) rows per list: all rows up to
+  ~100K, a seeded sample above, so building an index grows linearly in m.  Measured recall@10 against exact search (BENCHMARKS.md "Search layer, devices
   and scale"): .997 on DBP15K fr_en's Stage II vectors, but .93-.97 on the synthetic 100k pair
   and .85 on fr_en's aligner vectors, whose 2nd-10th neighbours are near ties (top-1 agreement
-  .97-.99).  Probing a fixed share of the lists costs about ``m / 8`` scored rows per query, a
-  constant factor below exact search; ``search.nprobe`` trades recall for time.
+  .97-.99).  Up to the row budget a query scores about ``m / 8`` rows, a constant factor below
+  exact search; above it, recall falls as the share of lists probed falls (measured at 400K in
+  BENCHMARKS.md); ``search.nprobe`` trades recall for time.
 
 IVF only *proposes* candidates (``k + 8`` per query and shard); they are rescored with the
 canonical inner product (:func:`~psqe_ray.core.topk.canonical_scores`) and ordered by (score
@@ -50,12 +56,14 @@ import numpy as np
 from psqe_ray.core.topk import (TopK, canonical_scores, empty_topk, merge_topk,
                                 topk_from_candidates, topk_search)
 
-__all__ = ["INDEXES", "SearchPlan", "Searcher", "ShardIndex"]
+__all__ = ["INDEXES", "SCAN_ROWS", "SearchPlan", "Searcher", "ShardIndex"]
 
 INDEXES = ("auto", "flat", "ivf")
 _IVF_SLACK = 8            # candidates asked of IVF beyond k, rescored canonically
 _QUERY_CHUNK = 32768      # query rows per IVF call (bounds the candidate buffers)
 _BIG_BATCH = 2048         # query rows from which the bucketed (BLAS) IVF search pays off
+SCAN_ROWS = 16384         # base rows an IVF query scores at most, on average (nprobe rule)
+TRAIN_PER_LIST = 80       # k-means training rows per IVF list at most (a seeded sample above)
 
 
 @dataclass(frozen=True)
@@ -82,9 +90,11 @@ def ivf_lists(rows: int) -> int:
     return int(max(1, min(round(4.0 * math.sqrt(rows)), rows // 39)))
 
 
-def ivf_probes(nlist: int) -> int:
-    """nprobe for ``nlist`` lists: an eighth of them, at least 16 (at most nlist)."""
-    return int(min(nlist, max(16, math.ceil(nlist / 8))))
+def ivf_probes(nlist: int, rows: int) -> int:
+    """nprobe for ``nlist`` lists over ``rows`` base rows: an eighth of the lists, but no more
+    than hold :data:`SCAN_ROWS` rows on average; at least 16, at most ``nlist``."""
+    budget = math.ceil(SCAN_ROWS * nlist / max(int(rows), 1))
+    return int(min(nlist, max(16, min(math.ceil(nlist / 8), budget))))
 
 
 class Searcher:
@@ -138,7 +148,8 @@ class Searcher:
         bounds = _bounds(rows, max(1, math.ceil(rows / self.shard_rows)))
         nlist = tuple(min(b - a, self.nlist) if self.nlist else ivf_lists(b - a)
                       for a, b in bounds)
-        nprobe = tuple(min(nl, self.nprobe) if self.nprobe else ivf_probes(nl) for nl in nlist)
+        nprobe = tuple(min(nl, self.nprobe) if self.nprobe else ivf_probes(nl, b - a)
+                       for nl, (a, b) in zip(nlist, bounds))
         return SearchPlan("ivf", rows, bounds, nlist, nprobe)
 
     def shard(self, base: np.ndarray, plan: SearchPlan, i: int) -> "ShardIndex":
@@ -203,6 +214,10 @@ class ShardIndex:
             quantizer = faiss.IndexFlatIP(d)
             ivf = faiss.IndexIVFFlat(quantizer, d, int(nlist), faiss.METRIC_INNER_PRODUCT)
             ivf.cp.seed = int(seed)
+            # the coarse k-means sees at most TRAIN_PER_LIST rows per list (FAISS samples
+            # them with cp.seed): every row up to ~100K base rows, so its cost grows as
+            # nlist^2 ~ m above, not m * nlist ~ m^1.5
+            ivf.cp.max_points_per_centroid = TRAIN_PER_LIST
             ivf.train(self.base)
             ivf.add(self.base)
             ivf.nprobe = int(nprobe)

@@ -11,7 +11,7 @@ import torch
 from psqe_ray.align.losses import ial_loss, mi_loss, momentum_icl, nca_loss
 from psqe_ray.align.model import STRUCTURE, AlignModel, feature_base
 from psqe_ray.align.recipes import RECIPES, get_recipe
-from psqe_ray.align.trainer import Aligner, mutual_nearest, structure_input
+from psqe_ray.align.trainer import Aligner, mutual_nearest, still_mutual, structure_input
 from psqe_ray.config import AlignConfig, load_config
 from psqe_ray.core.evaluation import alignment_metrics
 from psqe_ray.core.gat import CSRSampler, project, propagate_full
@@ -72,6 +72,35 @@ def test_mutual_nearest_on_known_vectors():
     l, r = mutual_nearest(left, right, np.array([True, True, True, False]), free_r)
     assert list(zip(l.tolist(), r.tolist())) == [(0, 2), (1, 0)]
 
+
+
+@pytest.mark.parametrize("index", ["flat", "ivf"])
+def test_mutual_nearest_searches_back_only_what_it_needs(index):
+    """The way back searched for the pointed-to entities only, and the calibration's check of
+    given pairs, equal the definitions: every nearest neighbour both ways, then the pairs."""
+    from psqe_ray.core.search import Searcher
+
+    rng = np.random.default_rng(3)
+    left = rng.standard_normal((300, 16)).astype(np.float32)
+    right = (left[rng.permutation(300)] + 0.8 * rng.standard_normal((300, 16))).astype(np.float32)
+    other = (right + 0.5 * rng.standard_normal((300, 16))).astype(np.float32)
+    free_l, free_r = rng.random(300) < 0.8, rng.random(300) < 0.8
+    searcher = Searcher(index=index, nlist=8, nprobe=2, seed=1)
+
+    def definition(lv, rv):
+        fl, fr = np.flatnonzero(free_l), np.flatnonzero(free_r)
+        l2r = fr[searcher.topk(lv[fl], rv[fr], 1)[1][:, 0]]
+        r2l = fl[searcher.topk(rv[fr], lv[fl], 1)[1][:, 0]]
+        back = dict(zip(fr.tolist(), r2l.tolist()))
+        return {(a, b) for a, b in zip(fl.tolist(), l2r.tolist()) if back[b] == a}
+
+    l, r = mutual_nearest(left, right, free_l, free_r, searcher)
+    want = definition(left, right)
+    assert set(zip(l.tolist(), r.tolist())) == want and len(want) > 20
+    agree = still_mutual(left, other, free_l, free_r, l, r, searcher)
+    assert {p for p, a in zip(zip(l.tolist(), r.tolist()), agree) if a} == \
+        want & definition(left, other)
+    assert 0 < agree.sum() < len(agree)
 
 def test_model_fusion_weights():
     m = AlignModel({"name": 5}, n_nodes=6, dim=4, fusion="entity")

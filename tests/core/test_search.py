@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from psqe_ray.core.evaluation import alignment_metrics, gold_ranks
-from psqe_ray.core.search import Searcher, ShardIndex, ivf_lists, ivf_probes
+from psqe_ray.core.search import SCAN_ROWS, Searcher, ShardIndex, ivf_lists, ivf_probes
 from psqe_ray.core.topk import canonical_scores, empty_topk, merge_topk, topk_search
 
 
@@ -24,7 +24,13 @@ def recall(got_ids, want_ids):
 
 def test_rule_and_plan_depend_on_size_only():
     assert ivf_lists(100) == 2 and ivf_lists(100_000) == 1265 and ivf_lists(1_000_000) == 4000
-    assert ivf_probes(2) == 2 and ivf_probes(1265) == 159 and ivf_probes(100) == 16
+    assert ivf_probes(2, 78) == 2 and ivf_probes(100, 3900) == 16
+    # an eighth of the lists up to the row budget (~130K rows), the budget above it
+    assert ivf_probes(1265, 100_000) == 159
+    assert ivf_probes(2530, 400_000) == 104 and ivf_probes(4000, 1_000_000) == 66
+    for m in (100_000, 400_000, 1_000_000, 4_000_000):
+        nl = ivf_lists(m)
+        assert ivf_probes(nl, m) * m / nl <= SCAN_ROWS + m / nl  # rows scored per query
     s = Searcher(exact_below=1000, shard_rows=700)
     assert s.plan(1000).kind == "exact" and s.plan(1001).kind == "ivf"
     p = s.plan(2000)
