@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GATConv
 
-from psqe_ray.core.blocks import MAX_DENSITY
 
 
 @dataclass
@@ -447,15 +446,6 @@ def propagate_full(convs, h: torch.Tensor, sampler: CSRSampler, chunk: int = 819
             nxt[rows[0]:rows[-1] + 1] = F.elu(y) if k < len(convs) - 1 else y
         h = nxt
     return h
-
-
-def as_model_input(x: np.ndarray, max_density: float = MAX_DENSITY):
-    """float32 (N, d) -> scipy CSR when at most ``max_density`` of it is non-zero, else a tensor."""
-    import scipy.sparse as sp
-
-    if x.size and np.count_nonzero(x) <= max_density * x.size:
-        return sp.csr_matrix(x)
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
 def icl_loss(zl: torch.Tensor, zr: torch.Tensor, temperature: float = 1.0,

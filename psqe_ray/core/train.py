@@ -20,7 +20,7 @@ import torch
 
 from psqe_ray.config import Stage2Config
 from psqe_ray.core.blocks import stage_rng  # noqa: F401  (re-exported: the keyed streams)
-from psqe_ray.core.gat import CSRSampler, SeedEncoder, as_model_input, icl_loss
+from psqe_ray.core.gat import CSRSampler, SeedEncoder, icl_loss
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +69,13 @@ def joint_graph(adj_left: tuple[np.ndarray, np.ndarray], adj_right: tuple[np.nda
 
 def model_inputs(mods: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
     """modality -> model input over both graphs (left rows, then right rows)."""
-    return {m: as_model_input(np.concatenate([v[0], v[1]])) for m, v in mods.items()}
+    return {m: block_model_input([v[0], v[1]]) for m, v in mods.items()}
 
 
 def block_model_input(blocks: list) -> Any:
-    """:func:`as_model_input` of the row blocks (ndarray or CSR) stacked in order, the same
-    matrix, without a dense copy when the result is sparse."""
+    """The training input of the matrix made of these row blocks (ndarray or CSR, stacked in
+    order): scipy CSR when at most :data:`~psqe_ray.core.blocks.MAX_DENSITY` of it is
+    non-zero (built without a dense copy), else a float32 tensor."""
     import scipy.sparse as sp
 
     from psqe_ray.core.blocks import MAX_DENSITY, dense, nonzeros, stack
