@@ -63,6 +63,7 @@ _IVF_SLACK = 8            # candidates asked of IVF beyond k, rescored canonical
 _QUERY_CHUNK = 32768      # query rows per IVF call (bounds the candidate buffers)
 _BIG_BATCH = 2048         # query rows from which the bucketed (BLAS) IVF search pays off
 SCAN_ROWS = 16384         # base rows an IVF query scores at most, on average (nprobe rule)
+_RESCORE_PAIRS = 65536    # IVF candidates rescored per slice (bounds the gathered vectors)
 TRAIN_PER_LIST = 80       # k-means training rows per IVF list at most (a seeded sample above)
 
 
@@ -197,20 +198,23 @@ class ShardIndex:
     """Rows ``[offset, offset + len(base))`` of one base side, ready to answer top-k queries.
 
     Exact shards search with :func:`~psqe_ray.core.topk.topk_search`; IVF shards build a
-    ``faiss.IndexIVFFlat`` once and rescore its candidates canonically.  One Ray actor holds
-    one of these on the distributed path.
+    ``faiss.IndexIVFFlat`` once and rescore its candidates canonically from the vectors the
+    index stores (a direct map, the same float32 values), so the shard holds the base once,
+    not twice.  One Ray actor holds one of these on the distributed path.
     """
 
     def __init__(self, base: np.ndarray, offset: int, kind: str = "exact", nlist: int = 0,
                  nprobe: int = 0, seed: int = 0, device: str = "cpu") -> None:
-        self.base = np.ascontiguousarray(base, np.float32)
+        base = np.ascontiguousarray(base, np.float32)
+        self.rows = len(base)
         self.offset, self.kind = int(offset), kind
         self.on_gpu = False
-        self._ivf = self._res = None
-        if kind == "ivf" and len(self.base):
+        self.base = base  # exact shards (and empty IVF ones) search it; IVF ones drop it
+        self._ivf = self._res = self._stored = None
+        if kind == "ivf" and len(base):
             import faiss
 
-            d = self.base.shape[1]
+            d = base.shape[1]
             quantizer = faiss.IndexFlatIP(d)
             ivf = faiss.IndexIVFFlat(quantizer, d, int(nlist), faiss.METRIC_INNER_PRODUCT)
             ivf.cp.seed = int(seed)
@@ -218,19 +222,21 @@ class ShardIndex:
             # them with cp.seed): every row up to ~100K base rows, so its cost grows as
             # nlist^2 ~ m above, not m * nlist ~ m^1.5
             ivf.cp.max_points_per_centroid = TRAIN_PER_LIST
-            ivf.train(self.base)
-            ivf.add(self.base)
+            ivf.train(base)
+            ivf.add(base)
             ivf.nprobe = int(nprobe)
-            self._quantizer = quantizer
+            self._quantizer, self._stored = quantizer, ivf
             self._ivf, self._res = _gpu(ivf, device)
+            ivf.make_direct_map()  # row -> its stored vector (CPU copy), for the rescoring
             self.on_gpu = self._res is not None
             if self.on_gpu:
                 self._ivf.nprobe = int(nprobe)
+            self.base = None
 
     def search(self, query: np.ndarray, k: int) -> TopK:
         """scores (n, k) float32, ids (n, k) int64 (global: shard offset added)."""
         query = np.ascontiguousarray(query, np.float32)
-        k = int(min(k, len(self.base)))
+        k = int(min(k, self.rows))
         if self._ivf is None:
             return topk_search(query, self.base, k, base_offset=self.offset)
         scores, ids = empty_topk(len(query), k)
@@ -242,13 +248,20 @@ class ShardIndex:
         zero = norms == 0
         scores[zero], ids[zero] = 0.0, self.offset + np.arange(k)
         live = np.flatnonzero(~zero)
-        kk = min(len(self.base), k + _IVF_SLACK)
+        kk = min(self.rows, k + _IVF_SLACK)
         for a in range(0, len(live), _QUERY_CHUNK):
             rows = live[a:a + _QUERY_CHUNK]
             cand = self._candidates(query[rows], kk)
             r, c = np.nonzero(cand >= 0)
             cols = cand[r, c].astype(np.int64)
-            s = canonical_scores(query, self.base, rows[r], cols)
+            s = np.empty(len(cols), np.float32)
+            # rescored a slice of candidates at a time: the stored vectors of its distinct
+            # columns, never every candidate's vector at once
+            for e in range(0, len(cols), _RESCORE_PAIRS):
+                uniq, at = np.unique(cols[e:e + _RESCORE_PAIRS], return_inverse=True)
+                s[e:e + _RESCORE_PAIRS] = canonical_scores(
+                    query, self._stored.reconstruct_batch(uniq), rows[r[e:e + _RESCORE_PAIRS]],
+                    at.ravel())
             part = topk_from_candidates(r, s, cols + self.offset, len(rows), k)
             scores[rows], ids[rows] = part
         return scores, ids

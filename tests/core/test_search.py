@@ -103,6 +103,13 @@ def test_ivf_zero_queries_and_small_bases_follow_the_exact_rule():
     assert (ids[2] == [100, 101, 102]).all() and (s[2] == 0).all()
     want = topk_search(q, b, 3, base_offset=100)  # all lists probed: exact
     np.testing.assert_array_equal(ids, want[1])
+    # rescored from the index's own stored vectors: the canonical scores, the base held once
+    np.testing.assert_array_equal(s, want[0])
+    big = ShardIndex(b, 0, "ivf", nlist=4, nprobe=4)
+    assert big.base is None
+    many = clustered(rng, 3000, 8)  # the big-batch path, rescored in several slices
+    got = big.search(many, 25)
+    np.testing.assert_array_equal(got[0], topk_search(many, b, 25)[0])
     s, ids = ShardIndex(b[:2], 0, "ivf", nlist=1, nprobe=1).search(q, 5)
     assert ids.shape == (5, 2)
     with pytest.raises(ValueError, match="nan"):
