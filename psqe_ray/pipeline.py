@@ -24,6 +24,7 @@ from psqe_ray.core.evaluation import Vectors, alignment_metrics
 from psqe_ray.core.psqe import SeedGenerator
 from psqe_ray.core.search import Searcher
 from psqe_ray.core.train import joint_graph, model_inputs, resolve_device
+from psqe_ray.inprocess import peak_rss_bytes
 from psqe_ray.errors import ConfigError, DataError
 from psqe_ray.io.dataset import Dataset, DatasetWriter
 from psqe_ray.io.fs import StorageOptions, exists, join, read_bytes, read_json, resolve
@@ -184,8 +185,10 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
         table = topk_table(*engine.topk(gen, left, right, cfg.align.topk))
         search_seconds = time.perf_counter() - t
         metrics: dict[str, Any] = {"hits@1": None, "hits@10": None, "mrr": None}
+        t = time.perf_counter()
         if pair.gold is not None:  # evaluation only: after training, nothing chosen on it
             metrics = engine.metrics(gen, left, right, pair.gold)
+        eval_seconds = time.perf_counter() - t
         metrics.update({
             "recipe": cfg.align.recipe,
             "dataset": dataset_url, "seeds": seeds_url,
@@ -199,7 +202,10 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
             "entities": counts,
             "train_seconds": round(aligner.train_seconds_, 3),
             "search_seconds": round(search_seconds, 3),
+            "eval_seconds": round(eval_seconds, 3),
             "seconds_total": round(time.perf_counter() - t0, 3),
+            # this process's peak so far (the pipeline job: seeds and aligner together)
+            "driver_peak_rss_bytes": peak_rss_bytes(),
             "align_config": to_dict(cfg.align),
             "fingerprint": fp, "code_version": __version__,
             **getattr(aligner, "report_extras_", {}),

@@ -54,8 +54,9 @@ def test_align_writes_alignment_and_metrics(tmp_path, capsys, pair_url, seeds_ur
     score = t.column("score").to_numpy().reshape(n_left, 5)
     assert (np.diff(score, axis=1) <= 0).all()
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("hits@1", "hits@10", "mrr", "recipe", "seconds_total"):
+    for key in ("hits@1", "hits@10", "mrr", "recipe", "seconds_total", "eval_seconds"):
         assert key in metrics
+    assert metrics["driver_peak_rss_bytes"] > 50 * 2**20  # this process: torch alone is more
     assert metrics["hits@1"] == metrics["variants"]["l2r/plain/all"]["hits@1"]
     assert set(metrics["variants"]) == {f"{d}/{s}/{p}" for d in ("l2r", "r2l")
                                         for s in ("plain", "csls") for p in ("all", "test")}

@@ -45,8 +45,8 @@ __all__ = ["Vectors", "alignment_metrics", "csls_penalty", "field_split", "gold_
 
 class Vectors:
     """How the approximate evaluation reaches the vectors: here, arrays of this process.  The
-    Ray path passes one for row blocks in the object store (searches on shard actors, rows
-    gathered by tasks), so its driver never holds the N x d matrices."""
+    Ray path passes one for row blocks in the object store (searches on shard actors, subsets
+    and pair scores made by tasks), so its driver never holds an N x d matrix."""
 
     def __init__(self, searcher: Searcher) -> None:
         self.searcher = searcher
@@ -55,13 +55,16 @@ class Vectors:
         """(scores, ids) of every query row's ``k`` best base rows."""
         return self.searcher.topk(query, base, k)
 
-    def rows(self, x, ids: np.ndarray) -> np.ndarray:
-        """float32 rows ``ids`` of ``x`` (gold-sized: fetched into this process)."""
-        return np.ascontiguousarray(x[ids], np.float32)
-
     def subset(self, x, ids: np.ndarray):
         """The rows ``ids`` of ``x``, in that order, as a new matrix of the same kind."""
-        return self.rows(x, ids)
+        return np.ascontiguousarray(x[ids], np.float32)
+
+    def pair_scores(self, x, x_ids: np.ndarray, y, y_ids: np.ndarray) -> np.ndarray:
+        """float32 (P,): the canonical inner product of ``x[x_ids[e]]`` and ``y[y_ids[e]]``
+        (:func:`~psqe_ray.core.topk.canonical_scores`), one number per pair: the rows
+        themselves never gather in one place."""
+        return canonical_scores(np.asarray(x, np.float32), np.asarray(y, np.float32),
+                                np.asarray(x_ids, np.int64), np.asarray(y_ids, np.int64))
 
 
 def csls_penalty(x: np.ndarray, others: np.ndarray, k: int = 3,
@@ -140,9 +143,7 @@ def _listed_ranks(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids:
     s = s.astype(np.float64)
     # the partner's score from the two rows alone (canonical: the same wherever computed)
     vec = vectors or Vectors(searcher)
-    pos = np.arange(len(q_ids), dtype=np.int64)
-    true = canonical_scores(vec.rows(query, q_ids), vec.rows(cand, t_ids), pos,
-                            pos).astype(np.float64)
+    true = vec.pair_scores(query, q_ids, cand, t_ids).astype(np.float64)
     listed = ids >= 0
     if csls_k > 0:
         r_q = s[:, :csls_k].mean(axis=1)

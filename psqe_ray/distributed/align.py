@@ -29,7 +29,7 @@ from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_de
 from psqe_ray.distributed.tasks import rss
 from psqe_ray.io.fs import StorageOptions, absolute, join, resolve
 from psqe_ray.core.evaluation import Vectors
-from psqe_ray.distributed.blocks import subset
+from psqe_ray.distributed.blocks import pair_scores_task, subset
 from psqe_ray.pipeline import AlignEngine, run_align, run_pipeline
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class RayAlignEngine(AlignEngine):
 
 class BlockVectors(Vectors):
     """:class:`~psqe_ray.core.evaluation.Vectors` over row blocks: searches on shard actors,
-    gold rows gathered by tasks, subsets made by tasks."""
+    the gold pairs' scores and the subsets made by tasks."""
 
     def __init__(self, gen: RaySeedGenerator) -> None:
         super().__init__(gen.searcher)
@@ -168,8 +168,13 @@ class BlockVectors(Vectors):
     def topk(self, query, base, k: int):
         return self.gen._search(query, base, k)
 
-    def rows(self, x, ids):
-        return self.gen._rows(x, ids)
+    def pair_scores(self, x, x_ids, y, y_ids):
+        """One task per ``block_rows`` pairs, each reading the two rows of its pairs."""
+        rows = self.gen.config.distributed.block_rows
+        got = ray.get([pair_scores_task.remote(x, x_ids[a:a + rows], y, y_ids[a:a + rows])
+                       for a in range(0, len(x_ids), rows)])
+        self.gen._account(g[1] for g in got)
+        return np.concatenate([g[0] for g in got]) if got else np.zeros(0, np.float32)
 
     def subset(self, x, ids):
         out, usage = subset(x, ids, self.gen.config.distributed.block_rows)

@@ -32,6 +32,7 @@ from psqe_ray.core.blocks import (assign, block_stats, cluster_sums, dense, fuse
                                   prepare_rows, stack, take_rows)
 from psqe_ray.core.features import Source, raw_rows
 from psqe_ray.core.fusion import l2_normalize
+from psqe_ray.core.topk import canonical_scores
 from psqe_ray.distributed.runtime import Meter
 from psqe_ray.io.fs import join, read_bytes, resolve
 from psqe_ray.schemas import feature_table, vectors_numpy
@@ -253,6 +254,16 @@ def gather_task(x: Sharded, ids: np.ndarray):
     """Rows ``ids`` (any order) of a sharded matrix, as one new block: (rows, usage)."""
     meter = Meter("gather-rows")
     return Rows(x, meter)[ids], meter.take()
+
+
+@ray.remote(num_cpus=0.5)
+def pair_scores_task(x: Sharded, x_ids: np.ndarray, y: Sharded, y_ids: np.ndarray):
+    """Canonical inner products of the row pairs (x[x_ids[e]], y[y_ids[e]]): (float32 (P,),
+    usage)."""
+    meter = Meter("pair-scores")
+    pos = np.arange(len(x_ids), dtype=np.int64)
+    return canonical_scores(Rows(x, meter)[x_ids], Rows(y, meter)[y_ids], pos, pos), \
+        meter.take()
 
 
 def subset(x: Sharded, ids: np.ndarray, block_rows: int) -> tuple[Sharded, list]:

@@ -57,7 +57,9 @@ def test_ray_train_aligner_equals_inprocess(pair_and_seeds, tmp_path, ray_local,
     if extra:
         assert on_ray["ranking"].startswith("approximate")
         kinds = {k for e in on_ray["nodes"].values() for k in e["tasks"]}
-        assert {"features-raw", "gather-rows", "take-rows"} <= kinds
+        # subsets and the gold pairs' scores made by tasks: no gold row reaches the driver
+        assert {"features-raw", "gather-rows", "pair-scores"} <= kinds
+        assert "take-rows" not in kinds
 
 
 def test_pipeline_job_on_ray(pair_and_seeds, tmp_path, ray_local, ray_timeout, capsys,
