@@ -2,6 +2,7 @@
 
     python benchmarks/search_recall.py --dataset /tmp/bench/syn100k [--vectors fused,name,learned]
     python benchmarks/search_recall.py --pair fr_en --vectors learned,aligner [--force-ivf]
+    python benchmarks/search_recall.py --dataset DS --stages OUT/seeds/stages --vectors learned
 
 For each vector set it searches left -> right and right -> left with the default rule (IVF when
 the base side is above ``search.exact_below``; ``--force-ivf`` applies the IVF rule below it
@@ -12,7 +13,9 @@ agreement, the plan, seconds (the search's seconds include building its IVF inde
 Vector sets: ``fused`` (Stage I / Type II input), ``name`` (UVP's pivot), ``learned`` (Stage II's
 learned vectors: Stage I and Stage II training run first), ``aligner`` (the default aligner's
 joint embeddings trained on those PSQE seeds: the final alignment, evaluation and iterative
-rounds search these).
+rounds search these).  ``--stages`` reads ``learned`` from a committed seed run's Stage II
+blocks (``OUT/seeds/stages`` of ``jobs/run.py``, or a ``psqe-ray seeds`` output's ``stages``)
+instead of training Stage II again.
 """
 
 from __future__ import annotations
@@ -69,6 +72,19 @@ def vector_sets(url: str, wanted: list[str], seed: int) -> dict:
     return {k: out[k] for k in wanted if k in out}
 
 
+def committed_learned(stages: str) -> tuple[np.ndarray, np.ndarray]:
+    """Stage II's learned vectors as a committed run wrote them (Parquet row blocks)."""
+    import pyarrow.parquet as pq
+
+    from psqe_ray.core.blocks import dense
+    from psqe_ray.distributed.blocks import _block_of
+
+    (folder,) = sorted((Path(stages) / "stage2-train" / "blocks").glob("learned-*"))
+    return tuple(np.concatenate([dense(_block_of(pq.read_table(f)))
+                                 for f in sorted(folder.glob(f"{side}-*.parquet"))])
+                 for side in ("left", "right"))
+
+
 def measure(name: str, left: np.ndarray, right: np.ndarray, sample: int, force_ivf: bool,
             seed: int, nprobes: list[int]) -> list[dict]:
     from psqe_ray.core.search import Searcher
@@ -110,6 +126,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--nprobe", default="0", help="comma-separated; 0 = the default rule")
     p.add_argument("--cache", default="/tmp/psqe-bench")
+    p.add_argument("--stages", help="read 'learned' from this committed run's stages folder")
     args = p.parse_args()
     url = args.dataset
     if args.pair:
@@ -121,6 +138,8 @@ def main() -> None:
     store = Path(args.cache) / "vectors" / f"{Path(url).name}-{args.seed}"
     sets = {v: (np.load(store / f"{v}-left.npy"), np.load(store / f"{v}-right.npy"))
             for v in wanted if (store / f"{v}-right.npy").exists()}
+    if args.stages and "learned" in wanted:  # not cached: the run's own vectors
+        sets["learned"] = committed_learned(args.stages)
     missing = [v for v in wanted if v not in sets]
     if missing:  # computed once, kept for later sweeps (--nprobe) in the cache folder
         store.mkdir(parents=True, exist_ok=True)
