@@ -27,7 +27,9 @@ cluster), so the result is too:
   row budget is (2,530 / 104 at 400K, 4,000 / 66 at 1M), so a query scores at most ~16K rows
   plus the ``nlist`` centroids and the search grows as m^1.5 at worst instead of m^2.  The
   coarse k-means trains on at most :data:`TRAIN_PER_LIST` (80) rows per list: all rows up to
-  ~100K, a seeded sample above, so building an index grows linearly in m.  Measured recall@10 against exact search (BENCHMARKS.md "Search layer, devices
+  ~100K, a seeded sample above, so building an index grows linearly in m.
+
+  Measured recall@10 against exact search (BENCHMARKS.md "Search layer, devices
   and scale"): .997 on DBP15K fr_en's Stage II vectors, but .93-.97 on the synthetic 100k pair
   and .85 on fr_en's aligner vectors, whose 2nd-10th neighbours are near ties (top-1 agreement
   .97-.99).  Up to the row budget a query scores about ``m / 8`` rows, a constant factor below
