@@ -8,7 +8,8 @@ benchmarks/seeds_real.py in CACHE/runs is reused), then UVP seeds with the same 
 PSQE seed count (same number of seeds, so the comparison is about which seeds).  Then one
 `psqe-ray align` child process per (recipe, seeds); one JSON line per run: Hits@1/10/MRR
 (left-to-right, all gold pairs, every entity a candidate), the field's test split, CSLS,
-seconds (train + evaluation, in the child) and peak RSS.  Without names, UVP's pivot is the
+seconds (train + evaluation, in the child) and peak RSS, and the one-to-one alignment's
+precision / recall / F1 (matches.parquet) with the Hits@k of the balanced scores.  Without names, UVP's pivot is the
 first available modality (attribute bags on OpenEA); DBP15K has no signal without names here
 (relations are unnamed ids) and the seed step says so.
 """
@@ -28,6 +29,17 @@ from seeds_real import ensure_import, modality_sets  # noqa: E402
 
 RECIPES = ["eva", "mclea", "meaformer", "pcmea"]
 CLI = [sys.executable, "-m", "psqe_ray.cli", "-q"]
+
+
+def matching_figures(match: dict | None) -> dict:
+    """The one-to-one alignment's figures (matches.parquet) for one JSON line."""
+    if not match or match.get("precision") is None:
+        return {}
+    r = match["ranking"]
+    return {"matching": match["method"], "matches": match["matches"],
+            "match_precision": match["precision"], "match_recall": match["recall"],
+            "match_f1": match["f1"], "balanced_hits@1": r["hits@1"],
+            "balanced_hits@10": r["hits@10"], "balanced_mrr": r["mrr"]}
 
 
 def seeds(ds: str, out: Path, method: str, modalities: str, sets: list[str]) -> dict:
@@ -92,6 +104,7 @@ def main() -> None:
                         "csls_test_hits@1": v["l2r/csls/test"]["hits@1"],
                         "r2l_hits@1": v["r2l/plain/all"]["hits@1"],
                         "pairs_added": met["pairs_added"],
+                        **matching_figures(met.get("matching")),
                         "modality_weights": met["modality_weights"],
                         "train_seconds": met["train_seconds"],
                         "seconds": m["seconds"], "peak_rss_mib": round(m["peak_rss_bytes"] / 2**20),

@@ -43,6 +43,8 @@ class FeatureConfig:
     name_ngram_min: int = 2       # ours
     name_ngram_max: int = 3       # ours
     fill_missing: bool = True     # paper: missing image -> N(mean, std) of the present ones
+    signal_test: bool = True      # ours: drop a modality with no signal shared by both graphs
+                                  # (psqe_ray.core.signal; no gold link read)
 
 
 @dataclass(frozen=True)
@@ -99,9 +101,11 @@ class EncodeConfig:
     before seed generation (skipped when the same settings already produced it).
     """
 
-    name_model: str = ""          # transformers model dir / URL / "minilm"; "" = not encoded
-    relation_model: str = ""      # same, over relation names
-    attribute_model: str = ""     # same, over attribute names (and values, see below)
+    name_model: str = "auto"      # transformers model dir / URL / "minilm" / "me5"; "" = not
+                                  # encoded (hashed n-grams); auto = "me5" when the `models`
+                                  # extra is installed, else ""
+    relation_model: str = "auto"  # same, over relation names
+    attribute_model: str = "auto"  # same, over attribute names (and values, see below)
     attribute_values: bool = False  # attribute text = "name value" instead of the name alone
     pooling: str = "auto"         # mean | cls | auto (as the model directory declares)
     max_length: int = 64          # tokens per text
@@ -114,6 +118,15 @@ class EncodeConfig:
     device: str = "auto"          # auto | cpu | cuda
 
     def model_for(self, modality: str) -> str:
+        """The model that encodes ``modality`` ("" = none), ``auto`` resolved."""
+        model = self.configured(modality)
+        if model == "auto":
+            from psqe_ray.encoders.text import engine_installed
+            model = "me5" if engine_installed("me5") else ""
+        return model
+
+    def configured(self, modality: str) -> str:
+        """The setting as written (``auto`` unresolved)."""
         return {"name": self.name_model, "relation": self.relation_model,
                 "attribute": self.attribute_model, "image": self.image_arch}.get(modality, "")
 
@@ -181,6 +194,12 @@ class AlignConfig:
     fanout: tuple[int, ...] = (10, 5)  # sampled neighbours per hop while training
     momentum: float = 0.99        # pcmea: EMA rate of the target encoder
     topk: int = 10                # candidates per left entity in alignment.parquet
+    matching: str = "sinkhorn"    # ours: the one-to-one matches.parquet: sinkhorn (balanced
+                                  # on the candidate graph) | greedy (mutual best on CSLS) | off
+    match_k: int = 10             # candidates per entity, each direction, of that assignment
+    match_temperature: float = 0.04  # Sinkhorn temperature on CSLS scores (0.02 on cosines)
+    match_iterations: int = 10    # Sinkhorn rounds (row + column normalisation each)
+    match_min_share: float = 0.5  # a match is kept when its balanced mass is at least this
     csls_k: int = 3               # evaluation: CSLS neighbourhood (field: 3)
     split_seed: int = 0           # evaluation: seed of the field's 30 / 70 split
 
@@ -241,6 +260,12 @@ class PSQEConfig:
             raise ConfigError("align: dim, batch_size, topk, gat_layers >= 1; epochs, "
                               "epoch_pairs, round_epochs, csls_k >= 0; rounds >= -1; temperature, lr > 0; "
                               "0 <= momentum < 1")
+        if a.matching not in ("sinkhorn", "greedy", "off"):
+            raise ConfigError(f"align.matching must be sinkhorn, greedy or off, got {a.matching!r}")
+        if a.match_k < 1 or a.match_iterations < 1 or a.match_temperature <= 0 \
+                or not 0.0 <= a.match_min_share <= 1.0:
+            raise ConfigError("align: match_k, match_iterations >= 1; match_temperature > 0; "
+                              "0 <= match_min_share <= 1")
         if self.encode.device not in ("auto", "cpu", "cuda") and not self.encode.device.startswith("cuda:"):
             raise ConfigError("encode.device must be auto, cpu or cuda[:N]")
 

@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 from psqe_ray import __version__
 from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import PSQEConfig, fingerprint, to_dict
+from psqe_ray.core.assignment import (CandidateGraph, MatchResult, candidate_graph, match,
+                                      match_metrics, rerank_metrics)
 from psqe_ray.core.evaluation import Vectors, alignment_metrics
 from psqe_ray.core.psqe import SeedGenerator
 from psqe_ray.core.search import Searcher
@@ -151,6 +153,30 @@ def topk_table(scores: np.ndarray, ids: np.ndarray) -> pa.Table:
     })
 
 
+def matches_table(m: MatchResult) -> pa.Table:
+    """matches.parquet: one row per matched pair, best first (``score``: the balanced mass of
+    the assignment, or the CSLS score for ``greedy``; ``similarity``: the aligner's cosine)."""
+    return pa.table({"left_id": pa.array(m.left, pa.int64()),
+                     "right_id": pa.array(m.right, pa.int64()),
+                     "score": pa.array(m.share.astype(np.float32)),
+                     "similarity": pa.array(m.similarity.astype(np.float32))})
+
+
+def matching_summary(m: MatchResult, g: CandidateGraph, a, gold) -> dict[str, Any]:
+    """metrics.json's ``matching``: how the assignment was solved and, when gold links exist,
+    its precision / recall / F1 and the ranking of the balanced scores (evaluation only)."""
+    out: dict[str, Any] = {"method": m.method, "matches": int(m.left.size),
+                           "candidates": m.candidates, "dropped_as_dangling": m.dropped,
+                           "candidates_per_entity": a.match_k}
+    if m.method == "sinkhorn":
+        out.update(temperature=a.match_temperature, iterations=a.match_iterations,
+                   min_share=a.match_min_share)
+    if gold is not None:
+        out.update(match_metrics(m, gold[0], gold[1]))
+        out["ranking"] = rerank_metrics(g, m.edge_share, gold[0], gold[1])
+    return out
+
+
 def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *,
               storage_options: StorageOptions = None,
               engine: AlignEngine | None = None) -> dict[str, Any]:
@@ -181,14 +207,34 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
                  gen.modalities_)
         aligner = engine.fit(gen, mods, graph, pair.left.n, seed_l, seed_r)
         left, right = aligner.embeddings_
+        a = cfg.align
         t = time.perf_counter()
-        table = topk_table(*engine.topk(gen, left, right, cfg.align.topk))
+        k = a.topk if a.matching == "off" else max(a.topk, a.match_k)
+        lr = engine.topk(gen, left, right, k)
+        table = topk_table(lr[0][:, :a.topk], lr[1][:, :a.topk])
         search_seconds = time.perf_counter() - t
+        matches = graph_ = None
+        t = time.perf_counter()
+        if a.matching != "off":
+            rl = engine.topk(gen, right, left, a.match_k)
+            graph_ = candidate_graph((lr[0][:, :a.match_k], lr[1][:, :a.match_k]), rl, a.csls_k)
+            del rl
+            matches = match(graph_, method=a.matching, temperature=a.match_temperature,
+                            iterations=a.match_iterations, min_share=a.match_min_share)
+            log.info("align %s: %d one-to-one matches (%s on %d candidate pairs; %d left out "
+                     "as dangling)", a.recipe, len(matches.left), a.matching,
+                     matches.candidates, matches.dropped)
+        del lr
+        match_seconds = time.perf_counter() - t
         metrics: dict[str, Any] = {"hits@1": None, "hits@10": None, "mrr": None}
         t = time.perf_counter()
         if pair.gold is not None:  # evaluation only: after training, nothing chosen on it
             metrics = engine.metrics(gen, left, right, pair.gold)
         eval_seconds = time.perf_counter() - t
+        if matches is not None:
+            metrics["matching"] = matching_summary(matches, graph_, a, pair.gold)
+            metrics["matching"]["seconds"] = round(match_seconds, 3)
+        del graph_
         metrics.update({
             "recipe": cfg.align.recipe,
             "dataset": dataset_url, "seeds": seeds_url,
@@ -197,6 +243,8 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
             "train_steps": int(aligner.steps_),
             "modalities": list(aligner.modality_weights_),
             "modality_weights": aligner.modality_weights_,
+            "skipped_modalities": gen.skipped_,
+            "modality_signal": getattr(gen, "signal_", {}),
             "structure": aligner.structure_,
             "gold": None if pair.gold is None else int(len(pair.gold[0])),
             "entities": counts,
@@ -214,6 +262,8 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
         if nodes is not None:  # the Ray engine: every task and actor of this step, per node
             metrics["nodes"] = nodes
         writer.write("alignment", table, filename="alignment.parquet")
+        if matches is not None:
+            writer.write("matches", matches_table(matches), filename="matches.parquet")
         writer.put_file("metrics.json", json.dumps(metrics, indent=1).encode(), fixed=True)
         writer.commit(meta={"dataset": dataset_url, "seeds": seeds_url,
                             "recipe": cfg.align.recipe})

@@ -89,6 +89,12 @@ ALIGNMENT = pa.schema([
     pa.field("rank", pa.int32(), nullable=False),
     pa.field("score", pa.float32(), nullable=False),
 ])
+MATCHES = pa.schema([
+    pa.field("left_id", pa.int64(), nullable=False),
+    pa.field("right_id", pa.int64(), nullable=False),
+    pa.field("score", pa.float32(), nullable=False),
+    pa.field("similarity", pa.float32(), nullable=False),
+])
 
 FIXED_SCHEMAS: dict[str, pa.Schema] = {
     "entities": ENTITIES,
@@ -99,6 +105,7 @@ FIXED_SCHEMAS: dict[str, pa.Schema] = {
     "gold": GOLD,
     "seeds": SEEDS,
     "alignment": ALIGNMENT,
+    "matches": MATCHES,
 }
 
 

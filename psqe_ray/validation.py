@@ -28,6 +28,7 @@ _REFS: dict[str, list[tuple[str, str]]] = {
     "gold": [("left_id", "left"), ("right_id", "right")],
     "seeds": [("left_id", "left"), ("right_id", "right")],
     "alignment": [("left_id", "left"), ("right_id", "right")],
+    "matches": [("left_id", "left"), ("right_id", "right")],
 }
 # Tables whose id column must be unique per side; entities and relations must also be dense.
 _UNIQUE: dict[str, str] = {"entities": "entity_id", "relations": "relation_id",

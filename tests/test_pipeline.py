@@ -67,6 +67,18 @@ def test_align_writes_alignment_and_metrics(tmp_path, capsys, pair_url, seeds_ur
     pred = dict(zip(top1.column("left_id").to_pylist(), top1.column("right_id").to_pylist()))
     hits = np.mean([pred[l] == r for l, r in zip(gold["left_id"], gold["right_id"])])
     assert hits == pytest.approx(metrics["hits@1"], abs=0.02)
+    # the one-to-one alignment: each entity at most once, its figures against the gold links
+    m = pq.read_table(out / "matches.parquet")
+    ml, mr = m.column("left_id").to_numpy(), m.column("right_id").to_numpy()
+    assert m.num_rows > 0 and len(set(ml)) == len(ml) and len(set(mr)) == len(mr)
+    assert (m.column("score").to_numpy() >= 0.5).all()
+    match = metrics["matching"]
+    assert match["method"] == "sinkhorn" and match["matches"] == m.num_rows
+    truth = set(zip(gold["left_id"], gold["right_id"]))
+    correct = sum((a, b) in truth for a, b in zip(ml.tolist(), mr.tolist()))
+    assert match["correct"] == correct and match["recall"] == correct / len(truth)
+    assert 0 < match["precision"] <= 1 and 0 < match["f1"] <= 1
+    assert set(match["ranking"]) >= {"hits@1", "hits@10", "mrr"}
     # the same command again: the committed result is returned, nothing retrained
     assert main(["-q", "align", pair_url, seeds_url, str(out), "--recipe", "eva",
                  *ALIGN_SETS]) == 0

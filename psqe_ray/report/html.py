@@ -265,6 +265,10 @@ def _summary_rows(report: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     yield "seed method", _esc(_get(seeds, "method") or "n/a")
     mods = _get(seeds, "modalities")
     yield "modalities", _esc(", ".join(map(str, mods)) if isinstance(mods, list) and mods else "n/a")
+    skipped = _get(seeds, "skipped_modalities")
+    if isinstance(skipped, Mapping) and skipped:
+        yield "modalities left out", "<br>".join(f"{_esc(m)}: {_esc(why)}"
+                                                 for m, why in skipped.items())
     ents = _get(seeds, "entities")
     yield "entities", (f"{_fmt_int(_get(ents, 'left'))} left · {_fmt_int(_get(ents, 'right'))} right"
                        if isinstance(ents, Mapping) else "n/a")
@@ -286,6 +290,19 @@ def _summary_rows(report: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         else:
             yield "alignment", " · ".join(f"{name} <b>{_fmt_frac(align.get(key))}</b>"
                                           for key, name in _METRICS)
+        match = align.get("matching")
+        if isinstance(match, Mapping):
+            head = f"{_fmt_int(match.get('matches'))} pairs ({_esc(match.get('method'))})"
+            if _num(match.get("f1")) is not None:
+                head += " · " + " · ".join(f"{k} <b>{_fmt_frac(match.get(k))}</b>"
+                                           for k in ("precision", "recall", "f1"))
+            else:
+                head += ' <span class="sub">(not scored: no gold links)</span>'
+            yield "one-to-one matches", head
+            rank = match.get("ranking")
+            if isinstance(rank, Mapping):
+                yield "balanced ranking", " · ".join(
+                    f"{name} <b>{_fmt_frac(rank.get(key))}</b>" for key, name in _METRICS)
         yield "seeds used / pairs added", (f"{_fmt_int(align.get('seeds_used'))} / "
                                            f"{_fmt_int(align.get('pairs_added'))}")
     secs = report.get("seconds")

@@ -53,6 +53,9 @@ def test_ray_train_aligner_equals_inprocess(pair_and_seeds, tmp_path, ray_local,
     b = pq.read_table(tmp_path / "ray" / "alignment.parquet")
     assert a.column("right_id").equals(b.column("right_id"))
     assert a.column("score").equals(b.column("score"))
+    assert pq.read_table(tmp_path / "local" / "matches.parquet").equals(
+        pq.read_table(tmp_path / "ray" / "matches.parquet"))
+    assert on_ray["matching"] == {**local["matching"], "seconds": on_ray["matching"]["seconds"]}
     assert not (tmp_path / "ray" / "_train").exists()  # the hand-over checkpoint is removed
     if extra:
         assert on_ray["ranking"].startswith("approximate")

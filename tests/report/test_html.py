@@ -234,3 +234,18 @@ def test_ray_nodes_table_lists_every_node_and_only_for_jobs() -> None:
     assert "aaaa1111bbbb" in section and "10.0.0.2" in section
     assert "cluster-sample 3, mic-map 4" in section and "align-train 1" in section
     assert "3.0 MiB" in section and "2.0 KiB" in section and "512 B" in section
+
+
+def test_matching_and_left_out_modalities_are_shown() -> None:
+    report = copy.deepcopy(FULL)
+    report["align"]["matching"] = {
+        "method": "sinkhorn", "matches": 14210, "precision": 0.9712, "recall": 0.9177,
+        "f1": 0.9437, "ranking": {"hits@1": 0.9403, "hits@10": 0.99, "mrr": 0.96}}
+    report["seeds"]["skipped_modalities"] = {
+        "name": "no shared signal (AUC 0.480 against a shuffled baseline, z -2.2)"}
+    text = "".join(parse(render_html(report)).text)
+    for expected in ("14,210 pairs (sinkhorn)", "precision 0.971", "recall 0.918", "f1 0.944",
+                     "Hits@1 0.940", "name: no shared signal (AUC 0.480"):
+        assert expected in text, expected
+    report["align"]["matching"] = {"method": "greedy", "matches": 12, "precision": None}
+    assert "not scored: no gold links" in "".join(parse(render_html(report)).text)
