@@ -33,6 +33,8 @@ from psqe_ray.core.matching import greedy_one_to_one
 from psqe_ray.core.sampling import (candidates_union, cluster_budgets, greedy_seeds,
                                     n_clusters, sample_cluster)
 from psqe_ray.core.search import Searcher
+from psqe_ray.core.signal import MIN_EFFECT, signal_test
+from psqe_ray.core.topk import topk_search
 from psqe_ray.core.train import (embed_fused, joint_graph, model_inputs, pick_anchor,
                                  resolve_device, train_encoder)
 
@@ -211,7 +213,35 @@ class SeedGenerator:
         # in-process the sides stay whole, dense arrays (the Ray path keeps sparse blocks)
         mods = {m: tuple(dense(self.prepared_rows(m, *raw[m][s], 0, s, fills[m]))
                          for s in SIDES) for m in fills}
+        mods = self.screen(mods, lambda x, ids: x[ids], topk_search)
         return mods, self._weights(mods)
+
+    def screen(self, mods: dict, rows, search) -> dict:
+        """``mods`` without the modalities that carry no signal shared by both graphs
+        (:mod:`psqe_ray.core.signal`; no gold link read).  rows(x, ids) -> rows of a side's
+        matrix; search(q, base, k) -> exact top-k of array ``q`` among ``base``'s rows (always
+        exact, whatever the search layer's plan: a few thousand queries).  Sets
+        ``signal_`` (modality -> the test's figures) and adds the dropped ones to ``skipped_``;
+        when every modality fails, the run stops with that error rather than align noise."""
+        self.signal_ = {}
+        if not self.config.features.signal_test:
+            return mods
+        for m, (left, right) in mods.items():
+            self.signal_[m] = signal_test(lambda ids, x=left: rows(x, ids),
+                                          lambda q, k, y=right: search(q, y, k),
+                                          len(left), len(right), self.config.seed)
+        dropped = [m for m, t in self.signal_.items() if not t["signal"]]
+        if len(dropped) == len(mods):
+            raise ValueError(f"none of the modalities {sorted(mods)} carries a signal shared by "
+                             f"both graphs (signal test: {self.signal_})")
+        for m in dropped:
+            t = self.signal_[m]
+            log.warning("modality %s: no signal shared by the two graphs (best-match scores "
+                        "against a coordinate-shuffled baseline: AUC %.3f, at most %.3f < "
+                        "%.2f); not used", m, t["auc"], t["upper"], 0.5 + MIN_EFFECT)
+            self.skipped_[m] = (f"no shared signal (AUC {t['auc']:.3f} against a shuffled "
+                                f"baseline, at most {t['upper']:.3f})")
+        return {m: v for m, v in mods.items() if m not in dropped}
 
     def _weights(self, mods) -> dict[str, float]:
         self.modalities_ = sorted(mods)

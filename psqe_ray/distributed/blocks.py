@@ -335,11 +335,23 @@ def fuse_task(names: list[str], weights: dict, chunk: int, *blocks):
     return fuse_rows(dict(zip(names, blocks)), weights, chunk), meter.take()
 
 
+@ray.remote(num_cpus=0.5)
+def best_task(block, start: int, query: np.ndarray, k: int):
+    """Exact top-``k`` (scores, global ids) of each query row among one block's rows (the
+    signal test's searches: a few thousand queries, no shard actor), and the usage."""
+    from psqe_ray.core.topk import topk_search
+
+    meter = Meter("signal-search").add(block, query)
+    s, i = topk_search(query, dense(block), k)
+    return (s, np.where(i >= 0, i + start, -1)), meter.take()
+
+
 # ---- Stage I -----------------------------------------------------------------------------------
 @ray.remote(num_cpus=0.5)
-def take_task(block, rows: np.ndarray):
-    """Rows (block-local numbers) of one block, dense: (rows, usage)."""
-    meter = Meter("take-rows").add(block)
+def take_task(block, rows: np.ndarray, kind: str = "take-rows"):
+    """Rows (block-local numbers) of one block, dense: (rows, usage); ``kind`` names the work
+    in the usage records."""
+    meter = Meter(kind).add(block)
     return np.ascontiguousarray(dense(block[rows])), meter.take()
 
 

@@ -48,7 +48,7 @@ from psqe_ray.core.blocks import (SIDES, kmeans_init, row_ranges, seed_centroids
                                   update_centroids)
 from psqe_ray.core.psqe import SeedGenerator, SeedTable
 from psqe_ray.core.topk import empty_topk, merge_topk
-from psqe_ray.distributed.blocks import (Joined, Sharded, block_url, fuse_task,
+from psqe_ray.distributed.blocks import (Joined, Sharded, best_task, block_url, fuse_task,
                                          kmeans_task, prepare_task, raw_task, read_block,
                                          split_task, take_task, write_task)
 from psqe_ray.distributed.tasks import (TopKShard, cluster_task, expand_map, greedy_task,
@@ -276,6 +276,10 @@ class RaySeedGenerator(SeedGenerator):
         del raw
         mods = {m: tuple(Sharded(blocks[m][s], bounds[s], sources[m].dim) for s in SIDES)
                 for m in used}
+        # the signal test's sample (2,000 rows per modality) comes to the driver; its exact
+        # searches are one task per right block, merged (the in-process answer, bit for bit)
+        mods = self.screen(mods, lambda x, ids: self._rows(x, ids, "signal-sample"),
+                           self._best)
         return mods, self._weights(mods)
 
     def _fuse(self, mods, weights):
@@ -296,7 +300,19 @@ class RaySeedGenerator(SeedGenerator):
         self._get_usage(usage)
         return out[0], out[1]
 
-    def _rows(self, x: Sharded, ids: np.ndarray) -> np.ndarray:
+    def _best(self, query: np.ndarray, base: Sharded, k: int):
+        """Exact top-``k`` of a few query rows of this process among a sharded base: one task
+        per block, merged with the associative merge."""
+        q = ray.put(np.ascontiguousarray(query, np.float32))
+        got = ray.get([best_task.remote(ref, a, q, k) for ref, (a, _) in
+                       zip(base.refs, base.bounds)])
+        self._account(g[1] for g in got)
+        merged = empty_topk(len(query), min(k, len(base)))
+        for res, _ in got:
+            merged = merge_topk(merged, res, merged[0].shape[1])
+        return merged
+
+    def _rows(self, x: Sharded, ids: np.ndarray, kind: str = "take-rows") -> np.ndarray:
         """Rows ``ids`` of a sharded matrix, gathered by one task per block that holds any."""
         ids = np.asarray(ids, np.int64)
         out = np.empty((len(ids), x.dim), np.float32)
@@ -304,7 +320,7 @@ class RaySeedGenerator(SeedGenerator):
         for ref, (a, b) in zip(x.refs, x.bounds):
             m = np.flatnonzero((ids >= a) & (ids < b))
             if len(m):
-                jobs.append((m, take_task.remote(ref, ids[m] - a)))
+                jobs.append((m, take_task.remote(ref, ids[m] - a, kind)))
         got = ray.get([j[1] for j in jobs])
         for (m, _), (rows, _) in zip(jobs, got):
             out[m] = rows

@@ -13,7 +13,8 @@ in both graphs and ``D = N - S`` dangling entities private to each side, so each
 
 Each side sees a noisy copy: every latent edge is dropped independently per side
 (``edge_dropout``), every attribute likewise (``attr_dropout``); names get per-character
-substitutions (``name_noise``) and may be missing (``name_missing``); feature vectors get
+substitutions (``name_noise``) and may be missing (``name_missing``) or, on one side, be opaque
+ids such as Wikidata's Q-numbers (``opaque_names``); feature vectors get
 Gaussian noise (``noise`` x unit variance) and may be absent (``missing``); a share of entities
 (``image_files``) get a real PNG whose picture is the latent one plus per-side pixel noise.
 Entity and relation ids are shuffled per side by seeded permutations.
@@ -94,6 +95,7 @@ class SynthConfig:
     attr_dropout: float = 0.2
     name_noise: float = 0.15
     name_missing: float = 0.0
+    opaque_names: str = ""        # "left" / "right": that side's names are opaque ids (Q123..)
     features: tuple[FeatureSpec, ...] = field(default_factory=lambda: (FeatureSpec(),))
     image_files: float = 0.05
     image_size: int = 32
@@ -114,6 +116,9 @@ class SynthConfig:
             raise ConfigError("avg_degree must be > 0 and degree_exponent > 2")
         if self.relations < 1 or self.attributes < 1 or self.attrs_per_entity < 0:
             raise ConfigError("relations and attributes must be >= 1, attrs_per_entity >= 0")
+        if self.opaque_names not in ("", "left", "right"):
+            raise ConfigError(f"opaque_names must be '', 'left' or 'right', got "
+                              f"{self.opaque_names!r}")
         if self.chunk_size < 1 or self.image_size < 4:
             raise ConfigError("chunk_size must be >= 1 and image_size >= 4")
         seen = set()
@@ -238,6 +243,8 @@ def _entity_chunk(cfg: SynthConfig, u: _Universe, c: int, a: int, b: int,
             continue
         rng_s = _rng(cfg.seed, _NAME_NOISE, k, c)
         side_names = _noisy_names([names[i] for i in sel.tolist()], cfg.name_noise, rng_s)
+        if cfg.opaque_names == side:  # e.g. Wikidata Q-numbers: no signal shared with the other
+            side_names = [f"Q{q}" for q in rng_s.integers(1, 10**7, len(sel)).tolist()]
         missing = rng_s.random(len(sel)) < cfg.name_missing
         writer.write("entities", pa.table({
             "side": pa.array([side] * len(sel), pa.string()),
