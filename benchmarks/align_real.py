@@ -9,9 +9,10 @@ PSQE seed count (same number of seeds, so the comparison is about which seeds). 
 `psqe-ray align` child process per (recipe, seeds); one JSON line per run: Hits@1/10/MRR
 (left-to-right, all gold pairs, every entity a candidate), the field's test split, CSLS,
 seconds (train + evaluation, in the child) and peak RSS, and the one-to-one alignment's
-precision / recall / F1 (matches.parquet) with the Hits@k of the balanced scores.  Without names, UVP's pivot is the
-first available modality (attribute bags on OpenEA); DBP15K has no signal without names here
-(relations are unnamed ids) and the seed step says so.
+precision / recall / F1 (matches.parquet) with the Hits@k of the balanced scores.  Without
+names, UVP's pivot is the first available modality (attribute bags on OpenEA); DBP15K has no
+signal without names here (relations are unnamed ids) and the seed step says so.
+``--features me5`` runs on the copy benchmarks/encode_real.py --model me5 encoded.
 """
 
 from __future__ import annotations
@@ -60,14 +61,23 @@ def main() -> None:
     p.add_argument("--names", choices=["with", "without", "both"], default="both")
     p.add_argument("--set", action="append", default=[], help="aligner settings (align.*)")
     p.add_argument("--cache", default="/tmp/psqe-bench")
+    p.add_argument("--features", default="",
+                   help="a model name: use the encoded copy CACHE/PAIR-MODEL made by "
+                        "benchmarks/encode_real.py --model MODEL (default: the imported pair)")
     args = p.parse_args()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     mods = modality_sets(args.names)
     for pair in args.pair or ["fr_en", "zh_en", "openea"]:
         ds = ensure_import(pair, cache)
+        if args.features:
+            ds = str(cache / f"{pair}-{args.features}")
+            if not (Path(ds) / "_MANIFEST.json").exists():
+                sys.exit(f"{ds}: run benchmarks/encode_real.py --pair {pair} --model "
+                         f"{args.features} first")
         for modalities in mods:
             tag = "names" if "name" in modalities else "nonames"
+            tag += f"-{args.features}" if args.features else ""
             runs = cache / "align-runs" / f"{pair}-{tag}"
             try:
                 old = cache / "runs" / f"{pair}-psqe-{tag}"
@@ -78,7 +88,7 @@ def main() -> None:
                             [f"stage1.budget={budget}"]) if "uvp" in (args.seeds or ["uvp"]) \
                     else None
             except SystemExit as exc:  # e.g. no modality with a cross-graph signal
-                print(json.dumps({"pair": pair, "names": tag == "names",
+                print(json.dumps({"pair": pair, "names": "name" in modalities,
                                   "error": str(exc).strip().splitlines()[-1][-300:]}), flush=True)
                 continue
             seed_sets = {"uvp": (runs / f"seeds-uvp-{budget}", uvp),
@@ -96,7 +106,8 @@ def main() -> None:
                     met = json.loads((out / "metrics.json").read_text())
                     v = met["variants"]
                     print(json.dumps({
-                        "pair": pair, "names": tag == "names", "recipe": recipe, "seeds": kind,
+                        "pair": pair, "names": "name" in modalities, "recipe": recipe,
+                        "seeds": kind, "features": args.features or "built-in",
                         "seed_count": rep["seeds"]["count"],
                         "seed_precision": rep["seeds"]["precision"],
                         "hits@1": met["hits@1"], "hits@10": met["hits@10"], "mrr": met["mrr"],

@@ -101,8 +101,18 @@ def encode_configured(dataset_url: str, cfg) -> list[dict]:
     if not todo:
         return []
     from psqe_ray.distributed.encode import encode_modality
+    from psqe_ray.errors import NothingToEncode
 
-    return [encode_modality(dataset_url, m, cfg.encode).as_dict() for m in todo]
+    out = []
+    for m in todo:
+        try:
+            out.append(encode_modality(dataset_url, m, cfg.encode).as_dict())
+        except NothingToEncode:
+            if cfg.encode.configured(m) != "auto":
+                raise
+            # the default model on a pair without that text (e.g. DBP15K's relation ids)
+            log.info("encode %s: no %s text in the dataset; the built-in features stay", m, m)
+    return out
 
 
 def _cmd_seeds(args: argparse.Namespace) -> int:

@@ -36,6 +36,10 @@ class DataError(PsqeError):
         super().__init__(f"{loc}: {problem}")
 
 
+class NothingToEncode(DataError):
+    """A modality asked of an encoder has no text in either graph."""
+
+
 class DestinationError(PsqeError):
     """The output location cannot be used (holds another dataset, unreachable, ...)."""
 

