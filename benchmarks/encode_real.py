@@ -51,6 +51,9 @@ def name_hits(ds_url: str, use_table: bool) -> dict:
             "hits@10": round(float(hit.any(axis=1).mean()), 4), "gold": int(len(gl))}
 
 
+NO_MODEL = ["encode.name_model=", "encode.relation_model=", "encode.attribute_model="]
+
+
 def seeds(ds_url: str, out: Path, method: str, modalities: str, sets: list[str]) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "psqe_ray.cli", "-q", "seeds", ds_url, str(out), "--method",
@@ -99,8 +102,10 @@ def main() -> None:
         print(json.dumps({"pair": pair, "model": args.model, "encode": encodes}), flush=True)
         for kind, url, use_table in (("char-ngram", base, False), (args.model, str(enc_url), True)):
             row = {"pair": pair, "features": kind, **name_hits(url, use_table)}
+            # the built-in features: no model, whatever encode.*_model=auto would pick here
+            builtin = [] if use_table else NO_MODEL
             row["uvp_names_1000"] = seeds(url, cache / "runs" / f"{pair}-{kind}-uvp", "uvp",
-                                          "name", [])
+                                          "name", builtin)
             if args.psqe and use_table:  # PSQE on the built-in features: seeds_real.py
                 row["psqe"] = seeds(url, cache / "runs" / f"{pair}-{kind}-psqe", "psqe",
                                     ",".join(mods), [])
