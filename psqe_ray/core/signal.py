@@ -96,6 +96,6 @@ def signal_test(rows: Callable[[np.ndarray], np.ndarray],
     observed, baseline = best[:n], best[n:]
     auc = _auc(observed, baseline)
     se = float(np.sqrt((2 * n + 1) / (12.0 * n * n)))
-    upper = auc + z_bound * se
+    upper = min(1.0, auc + z_bound * se)
     return {"auc": round(auc, 4), "z": round((auc - 0.5) / se, 2), "upper": round(upper, 4),
             "sample": n, "signal": bool(upper >= 0.5 + min_effect)}
