@@ -91,6 +91,8 @@ class Stage3Config:
     candidates_start: int = 6     # reference: per-seed candidate count falls from 6 ...
     candidates_end: int = 3       # ... to 3
     recheck: bool = True          # MIC again over the expanded set (4.3.2)
+    spread: str = "degree"        # ours: degree = each side's log2 degree buckets keep their
+                                  # entity share of the seed list (quotas); off = the paper's walk
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,8 @@ class PSQEConfig:
             raise ConfigError(f"method must be psqe, uvp or multimodal-greedy, got {self.method!r}")
         if self.stage1.similarity not in ("fused", "relation_attribute"):
             raise ConfigError("stage1.similarity must be 'fused' or 'relation_attribute'")
+        if self.stage3.spread not in ("degree", "off"):
+            raise ConfigError(f"stage3.spread must be degree or off, got {self.stage3.spread!r}")
         if self.stage1.budget < 0:
             raise ConfigError("stage1.budget must be >= 0 (0: by the graphs' size)")
         for name, w in self.weights.items():

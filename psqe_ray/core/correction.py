@@ -12,6 +12,15 @@ vectors (raw fused and learned, averaged); pairs above the threshold ``t(p)`` ar
 greedily one-to-one, at most ``c(p)`` per seed, where ``t`` rises linearly from
 ``threshold_start`` to ``threshold_end`` and ``c`` falls from ``candidates_start`` to
 ``candidates_end`` along the list (the reference code's schedule).
+
+Spread (ours, ``stage3.spread = degree``): a seed's neighbours are reached through edges, so the
+expansion favours high-degree entities (a hub is the neighbour of many seeds).  With degree
+quotas, each side's log2 degree buckets (:func:`psqe_ray.core.metrics.bucket_index`) get a share
+of the seed list proportional to their share of that side's entities, as Stage I splits its
+budget over clusters: the list size ``N`` is what the expansion reaches without quotas, bucket
+``b`` gets ``N * n_b / n`` seeds (largest remainder) less the seeds it already holds, and a pair
+is accepted only while both its left and its right bucket have room.  The walk is otherwise the
+same; quotas only ever skip a pair (its entities stay free for later seeds).
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ from __future__ import annotations
 import numpy as np
 
 from psqe_ray.core.matching import greedy_one_to_one
+from psqe_ray.core.metrics import bucket_index
+from psqe_ray.core.sampling import cluster_budgets
 from psqe_ray.core.search import Searcher
 from psqe_ray.core.topk import canonical_scores
 
@@ -101,15 +112,18 @@ def expand_from_candidates(candidates: dict[str, np.ndarray], total: int,
                            taken_left: np.ndarray, taken_right: np.ndarray, *,
                            threshold_start: float = 0.8, threshold_end: float = 0.9,
                            candidates_start: int = 6, candidates_end: int = 3,
+                           quota: "DegreeQuota | None" = None,
                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Reduce step: walk the seeds in confidence order over the map step's pairs.
 
-    For seed ``p``: drop pairs on an entity taken so far; each left neighbour keeps its ``c(p)``
-    best remaining right neighbours (score desc, id asc: the top-k of a search over the
-    remaining neighbours, restricted to pairs that can pass the threshold); accept greedily one
-    to one, at most ``c(p)`` pairs at or above ``t(p)``.  Sequential over seeds (each seed's
-    acceptances block the next ones) but vector work per seed; no similarity is computed here.
-    ``candidates`` must hold every position's pairs (the concatenation of all partitions).
+    For seed ``p``: drop pairs on an entity taken so far (or, with a ``quota``, in a bucket
+    without room); each left neighbour keeps its ``c(p)`` best remaining right neighbours
+    (score desc, id asc: the top-k of a search over the remaining neighbours, restricted to
+    pairs that can pass the threshold); accept greedily one to one, at most ``c(p)`` pairs at or
+    above ``t(p)`` (with a quota: while their buckets have room).  Sequential over seeds (each
+    seed's acceptances block the next ones) but vector work per seed; no similarity is computed
+    here.  ``candidates`` must hold every position's pairs (the concatenation of all
+    partitions).  ``quota`` is modified.
     """
     taken_l, taken_r = taken_left.copy(), taken_right.copy()
     pos = candidates["position"]
@@ -125,6 +139,8 @@ def expand_from_candidates(candidates: dict[str, np.ndarray], total: int,
         p = int(pos[a])
         cl, cr, cs = cl_all[a:b], cr_all[a:b], cs_all[a:b]
         live = ~taken_l[cl] & ~taken_r[cr]
+        if quota is not None:
+            live &= quota.open(cl, cr)
         if not live.any():
             continue
         cl, cr, cs = cl[live], cr[live], cs[live]
@@ -135,8 +151,11 @@ def expand_from_candidates(candidates: dict[str, np.ndarray], total: int,
         keep = (np.arange(len(cl)) - group_start) < cap
         cl, cr, cs = cl[keep], cr[keep], cs[keep]
         thr = schedule(p, total, threshold_start, threshold_end)
-        acc = greedy_one_to_one(cl, cr, cs, limit=cap, min_score=thr,
-                                taken_left=taken_l, taken_right=taken_r)
+        if quota is None:
+            acc = greedy_one_to_one(cl, cr, cs, limit=cap, min_score=thr,
+                                    taken_left=taken_l, taken_right=taken_r)
+        else:
+            acc = quota.accept(cl, cr, cs, cap, thr, taken_l, taken_r)
         if len(acc) == 0:
             continue
         al, ar = cl[acc], cr[acc]
@@ -151,6 +170,100 @@ def expand_from_candidates(candidates: dict[str, np.ndarray], total: int,
         return z, z.copy(), np.zeros(0, np.float32), z.copy()
     return (np.concatenate(out_l), np.concatenate(out_r),
             np.concatenate(out_s).astype(np.float32), np.concatenate(out_p))
+
+
+class DegreeQuota:
+    """Room left per log2 degree bucket on each side (see the module docstring, "Spread").
+
+    ``bucket_left`` / ``bucket_right``: int64 (n,) bucket of every entity; ``room_left`` /
+    ``room_right``: int64 (B,) seeds each bucket may still take (lowered as pairs are taken).
+    """
+
+    def __init__(self, degree_left: np.ndarray, degree_right: np.ndarray,
+                 seed_left: np.ndarray, seed_right: np.ndarray, size: int):
+        self.bucket_left = bucket_index(np.asarray(degree_left))
+        self.bucket_right = bucket_index(np.asarray(degree_right))
+        nb = int(max(self.bucket_left.max(initial=0), self.bucket_right.max(initial=0))) + 1
+        self.room_left = self._room(self.bucket_left, np.asarray(seed_left, np.int64), nb, size)
+        self.room_right = self._room(self.bucket_right, np.asarray(seed_right, np.int64), nb, size)
+
+    @staticmethod
+    def _room(bucket: np.ndarray, seeds: np.ndarray, nb: int, size: int) -> np.ndarray:
+        share = cluster_budgets(np.bincount(bucket, minlength=nb), size)
+        return np.maximum(share - np.bincount(bucket[seeds], minlength=nb), 0)
+
+    def open(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """bool mask: the pair's left and right buckets both have room."""
+        return (self.room_left[self.bucket_left[left]] > 0) & \
+            (self.room_right[self.bucket_right[right]] > 0)
+
+    def accept(self, left: np.ndarray, right: np.ndarray, score: np.ndarray, cap: int,
+               thr: float, taken_left: np.ndarray, taken_right: np.ndarray) -> np.ndarray:
+        """:func:`greedy_one_to_one` that also skips a pair whose bucket has no room left.
+
+        The vector greedy answers whenever its pairs fit the rooms (then no room check could
+        have fired); otherwise the same walk runs pair by pair with the room checks.
+        """
+        acc = greedy_one_to_one(left, right, score, limit=cap, min_score=thr,
+                                taken_left=taken_left, taken_right=taken_right)
+        if not self._fits(left[acc], right[acc]):
+            acc = self._walk(left, right, score, cap, thr, taken_left, taken_right)
+        self._take(left[acc], right[acc])
+        return acc
+
+    def _needs(self, left, right) -> tuple[np.ndarray, np.ndarray]:
+        nb = len(self.room_left)
+        return (np.bincount(self.bucket_left[left], minlength=nb),
+                np.bincount(self.bucket_right[right], minlength=nb))
+
+    def _fits(self, left, right) -> bool:
+        need_l, need_r = self._needs(left, right)
+        return bool((need_l <= self.room_left).all() and (need_r <= self.room_right).all())
+
+    def _take(self, left, right) -> None:
+        need_l, need_r = self._needs(left, right)
+        self.room_left -= need_l
+        self.room_right -= need_r
+
+    def _walk(self, left, right, score, cap, thr, taken_left, taken_right) -> np.ndarray:
+        room_l, room_r = self.room_left.copy(), self.room_right.copy()
+        used_l, used_r, acc = set(), set(), []
+        for e in np.lexsort((right, left, -score.astype(np.float64))).tolist():
+            if len(acc) >= cap or float(score[e]) < thr:
+                break
+            a, b = int(left[e]), int(right[e])
+            ba, bb = self.bucket_left[a], self.bucket_right[b]
+            if a in used_l or b in used_r or taken_left[a] or taken_right[b] \
+                    or room_l[ba] <= 0 or room_r[bb] <= 0:
+                continue
+            used_l.add(a)
+            used_r.add(b)
+            room_l[ba] -= 1
+            room_r[bb] -= 1
+            acc.append(e)
+        return np.asarray(acc, np.int64)
+
+
+def expand_spread(candidates: dict[str, np.ndarray], seed_left: np.ndarray,
+                  seed_right: np.ndarray, degree_left: np.ndarray, degree_right: np.ndarray,
+                  taken_left: np.ndarray, taken_right: np.ndarray, *, spread: str = "degree",
+                  **schedule_kw) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The reduce step with the seed list's spread as a goal (``spread``: ``degree`` or ``off``).
+
+    ``degree``: a first walk without quotas gives the list size ``N = |seeds| + |expansion|``;
+    the second walk, the answer, keeps each side's degree buckets to their share of ``N``
+    (:class:`DegreeQuota`).  ``off``: the paper's walk.  ``schedule_kw``: the threshold and
+    candidate schedule of :func:`expand_from_candidates`, whose return this has.
+    """
+    total = len(seed_left)
+    if spread == "off":
+        return expand_from_candidates(candidates, total, taken_left, taken_right, **schedule_kw)
+    if spread != "degree":
+        raise ValueError(f"spread must be degree or off, got {spread!r}")
+    first = expand_from_candidates(candidates, total, taken_left, taken_right, **schedule_kw)
+    quota = DegreeQuota(degree_left, degree_right, seed_left, seed_right, total + len(first[0]))
+    return expand_from_candidates(candidates, total, taken_left, taken_right, quota=quota,
+                                  **schedule_kw)
 
 
 def expand_neighbours(seed_left: np.ndarray, seed_right: np.ndarray,

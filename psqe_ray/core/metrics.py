@@ -65,6 +65,7 @@ __all__ = [
     "seed_precision_recall",
     "entity_degree",
     "edge_coverage",
+    "bucket_index",
     "degree_buckets",
     "bucket_shares",
     "cluster_shares",
@@ -197,7 +198,7 @@ def edge_coverage(seeded: np.ndarray, heads: np.ndarray, tails: np.ndarray) -> f
     return float(np.count_nonzero(mask[h] | mask[t]) / h.size)
 
 
-def _bucket_index(degree: np.ndarray) -> np.ndarray:
+def bucket_index(degree: np.ndarray) -> np.ndarray:
     """Log2 bucket of each degree: 0 -> 0, and ``d >= 1`` -> ``floor(log2 d) + 1``.
 
     ``frexp`` writes ``d = f * 2**e`` with ``f`` in ``[0.5, 1)``, so ``e = floor(log2 d) + 1``
@@ -231,7 +232,7 @@ def degree_buckets(degree: np.ndarray) -> list[tuple[int, int]]:
         A list of inclusive ``(lo, hi)`` bounds, as Python ints.
     """
     d = _degrees(degree)
-    last = int(_bucket_index(d).max(initial=0))
+    last = int(bucket_index(d).max(initial=0))
     return [(0, 0)] + [(1 << (k - 1), (1 << k) - 1) for k in range(1, last + 1)]
 
 
@@ -264,7 +265,7 @@ def bucket_shares(seeded: np.ndarray, degree: np.ndarray) -> list[dict]:
     if d.shape != mask.shape:
         raise ValueError(f"seeded and degree differ in length: {mask.size} vs {d.size}")
     bounds = degree_buckets(d)
-    entities, seeds = _shares(mask, _bucket_index(d), len(bounds))
+    entities, seeds = _shares(mask, bucket_index(d), len(bounds))
     n, s = int(mask.size), int(np.count_nonzero(mask))
     return [
         {

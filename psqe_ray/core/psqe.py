@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 from psqe_ray.config import PSQEConfig
-from psqe_ray.core.correction import (expand_from_candidates, expansion_candidates,
+from psqe_ray.core.correction import (expand_spread, expansion_candidates,
                                       mic_keep)
 from psqe_ray.core.blocks import SIDES, block_stats, dense, fill_stats, kmeans, prepare_rows
 from psqe_ray.core.features import (Source, attribute_incidence, raw_rows,
@@ -421,8 +421,9 @@ class SeedGenerator:
                 taken_l, taken_r = self._taken(nl, nr)
                 st = cfg.stage3
                 cand = self._expansion_candidates(l0, r0, pair, vec_l, vec_r, taken_l, taken_r)
-                el, er, es, _ = expand_from_candidates(
-                    cand, len(l0), taken_l, taken_r, threshold_start=st.threshold_start,
+                el, er, es, _ = expand_spread(
+                    cand, l0, r0, pair.left.degree(), pair.right.degree(), taken_l, taken_r,
+                    spread=st.spread, threshold_start=st.threshold_start,
                     threshold_end=st.threshold_end, candidates_start=st.candidates_start,
                     candidates_end=st.candidates_end)
                 self._add("stage3-expansion", el, er, es, t)

@@ -399,3 +399,114 @@ def test_embed_fused_is_the_fusion_of_every_modalitys_embedding():
     whole = model.embed_all(feats, CSRSampler(graph[0], graph[1], stage_rng(0, SAMPLE)), 64)
     for w in (weights, {**weights, "name": 0.0}):
         assert np.array_equal(embed_fused(model, feats, graph, w, chunk=64), fuse(whole, w))
+
+
+def _hub_side() -> KGSide:
+    """0 -- {1, 2, 3, 4}; 1 -- {5 .. 12}: entity 1 is a hub (degree 9), 0 has degree 4."""
+    heads = [0, 0, 0, 0] + [1] * 8
+    tails = [1, 2, 3, 4] + list(range(5, 13))
+    return KGSide(n=13, heads=np.array(heads), relations=np.zeros(12, np.int64),
+                  tails=np.array(tails))
+
+
+def test_degree_quota_leaves_the_hub_to_the_low_degree_buckets():
+    from psqe_ray.core.correction import expand_spread, expansion_candidates
+
+    side = _hub_side()
+    adj, deg = side.neighbours(), side.degree()
+    vec = np.eye(13, dtype=np.float32)
+    tl, tr = np.zeros(13, bool), np.zeros(13, bool)
+    tl[0] = tr[0] = True
+    seeds = np.array([0])
+    cand = expansion_candidates(seeds, seeds, seeds, adj, adj, vec, vec, tl, tr, 1)
+    off = expand_spread(cand, seeds, seeds, deg, deg, tl, tr, spread="off")
+    assert list(zip(off[0].tolist(), off[1].tolist())) == [(1, 1), (2, 2), (3, 3), (4, 4)]
+    # N = 5 seeds; buckets of degree 1 / 4-7 / 8-15 hold 11 / 1 / 1 of 13 entities: budgets
+    # 4 / 1 / 0 (largest remainder, tie to the lower bucket); the seed (0, 0) fills 4-7
+    got = expand_spread(cand, seeds, seeds, deg, deg, tl, tr, spread="degree")
+    assert list(zip(got[0].tolist(), got[1].tolist())) == [(2, 2), (3, 3), (4, 4)]
+    with pytest.raises(ValueError, match="spread must be degree or off"):
+        expand_spread(cand, seeds, seeds, deg, deg, tl, tr, spread="hub")
+
+
+def _sequential_spread(sl, sr, sides, vec_l, vec_r, tl, tr, **kw):
+    """Oracle for the quota walk: the first walk's size, then the sequential loop with a room
+    check on every acceptance (pair by pair, in greedy order)."""
+    from psqe_ray.core.metrics import bucket_index
+    from psqe_ray.core.topk import topk_search
+
+    adj_l, adj_r = sides[0].neighbours(), sides[1].neighbours()
+    size = len(sl) + len(_sequential_expand(sl, sr, adj_l, adj_r, vec_l, vec_r, tl, tr, **kw))
+    bl, br = bucket_index(sides[0].degree()), bucket_index(sides[1].degree())
+    nb = max(bl.max(), br.max()) + 1
+    room_l = np.maximum(cluster_budgets(np.bincount(bl, minlength=nb), size)
+                        - np.bincount(bl[sl], minlength=nb), 0)
+    room_r = np.maximum(cluster_budgets(np.bincount(br, minlength=nb), size)
+                        - np.bincount(br[sr], minlength=nb), 0)
+    taken_l, taken_r = tl.copy(), tr.copy()
+    (ipl, inl), (ipr, inr) = adj_l, adj_r
+    out = []
+    for p, (l, r) in enumerate(zip(sl.tolist(), sr.tolist())):
+        nl, nr = inl[ipl[l]:ipl[l + 1]], inr[ipr[r]:ipr[r + 1]]
+        nl = nl[~taken_l[nl] & (room_l[bl[nl]] > 0)]
+        nr = nr[~taken_r[nr] & (room_r[br[nr]] > 0)]
+        if len(nl) == 0 or len(nr) == 0:
+            continue
+        thr = schedule(p, len(sl), kw["threshold_start"], kw["threshold_end"])
+        cap = int(round(schedule(p, len(sl), kw["candidates_start"], kw["candidates_end"])))
+        k = min(cap, len(nr))
+        s, j = topk_search(vec_l[nl], vec_r[nr], k)
+        cl, cr, cs = np.repeat(nl, k), nr[j.reshape(-1)], s.reshape(-1)
+        n_acc = 0
+        for e in np.lexsort((cr, cl, -cs.astype(np.float64))).tolist():
+            a, b = int(cl[e]), int(cr[e])
+            if n_acc >= cap or float(cs[e]) < thr:
+                break
+            if taken_l[a] or taken_r[b] or room_l[bl[a]] <= 0 or room_r[br[b]] <= 0:
+                continue
+            taken_l[a] = taken_r[b] = True
+            room_l[bl[a]] -= 1
+            room_r[br[b]] -= 1
+            n_acc += 1
+            out.append((a, b, float(cs[e]), p))
+    return out, room_l, room_r
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_spread_expansion_matches_sequential_oracle_with_rooms(seed):
+    """The quota walk (map, then two reduce walks) == a pair-by-pair loop with room checks, on
+    random hub-heavy graphs where the rooms bind; no bucket goes over its share."""
+    from psqe_ray.core.correction import expand_spread, expansion_candidates
+
+    rng = np.random.default_rng(seed)
+    n, e = 300, 1500
+    sides = [KGSide(n=n, heads=rng.integers(0, n, e), relations=np.zeros(e, np.int64),
+                    tails=(rng.zipf(1.6, e) - 1) % n) for _ in range(2)]
+    base = rng.standard_normal((n, 3)).astype(np.float32)
+    vec_l = l2_normalize(base + 0.3 * rng.standard_normal((n, 3)).astype(np.float32))
+    vec_r = l2_normalize(base + 0.3 * rng.standard_normal((n, 3)).astype(np.float32))
+    hubs = np.argsort(-sides[0].degree())[:60]  # seeds on hubs: their buckets fill at once
+    sl, sr = hubs, rng.permutation(hubs)
+    tl, tr = np.zeros(n, bool), np.zeros(n, bool)
+    tl[sl] = tr[sr] = True
+    kw = dict(threshold_start=0.5, threshold_end=0.8, candidates_start=4, candidates_end=1)
+    oracle, room_l, room_r = _sequential_spread(sl, sr, sides, vec_l, vec_r, tl, tr, **kw)
+    adj_l, adj_r = sides[0].neighbours(), sides[1].neighbours()
+    plain = _sequential_expand(sl, sr, adj_l, adj_r, vec_l, vec_r, tl, tr, **kw)
+    assert len(oracle) > 10 and oracle != plain  # the rooms bind
+    assert room_l.min() >= 0 and room_r.min() >= 0
+    parts = np.array_split(rng.permutation(len(sl)), 3)
+    maps = [expansion_candidates(np.sort(q), sl, sr, adj_l, adj_r, vec_l, vec_r, tl, tr, len(sl),
+                                 threshold_start=0.5, threshold_end=0.8) for q in parts]
+    cand = {k: np.concatenate([m[k] for m in maps]) for k in maps[0]}
+    got = expand_spread(cand, sl, sr, sides[0].degree(), sides[1].degree(), tl, tr, **kw)
+    assert [(int(a), int(b), float(c), int(d)) for a, b, c, d in zip(*got)] == oracle
+
+
+def test_stage3_spread_setting_is_checked():
+    from psqe_ray.config import PSQEConfig, Stage3Config
+    from psqe_ray.errors import ConfigError
+
+    PSQEConfig(stage3=Stage3Config(spread="off")).check()
+    with pytest.raises(ConfigError, match="stage3.spread must be degree or off"):
+        PSQEConfig(stage3=Stage3Config(spread="hubs")).check()
