@@ -204,6 +204,9 @@ class AlignConfig:
     match_min_share: float = 0.5  # a match is kept when its balanced mass is at least this
     csls_k: int = 3               # evaluation: CSLS neighbourhood (field: 3)
     split_seed: int = 0           # evaluation: seed of the field's 30 / 70 split
+    checkpoint_every: int = 10    # ours: epochs between the aligner's checkpoints (and one
+                                  # after each round's check) under OUT_URL/_train; no effect
+                                  # on the result
 
 
 @dataclass(frozen=True)
@@ -264,6 +267,8 @@ class PSQEConfig:
             raise ConfigError("align: dim, batch_size, topk, gat_layers >= 1; epochs, "
                               "epoch_pairs, round_epochs, csls_k >= 0; rounds >= -1; temperature, lr > 0; "
                               "0 <= momentum < 1")
+        if a.checkpoint_every < 1:
+            raise ConfigError("align.checkpoint_every must be >= 1")
         if a.matching not in ("sinkhorn", "greedy", "off"):
             raise ConfigError(f"align.matching must be sinkhorn, greedy or off, got {a.matching!r}")
         if a.match_k < 1 or a.match_iterations < 1 or a.match_temperature <= 0 \

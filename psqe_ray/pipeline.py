@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from psqe_ray import __version__
+from psqe_ray.align.checkpoint import AlignCheckpoint
 from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import PSQEConfig, fingerprint, to_dict
 from psqe_ray.core.assignment import (CandidateGraph, MatchResult, candidate_graph, match,
@@ -33,6 +34,8 @@ from psqe_ray.io.fs import StorageOptions, exists, join, read_bytes, read_json, 
 from psqe_ray.io.load import load_pair
 
 log = logging.getLogger(__name__)
+
+TRAIN = "_train"  # under an align output: the aligner's checkpoint (and Ray Train's folders)
 
 # fit(feats, graph, n_left, seed_left, seed_right) -> a fitted Aligner (the Ray Train path
 # passes its own)
@@ -51,12 +54,13 @@ class AlignEngine:
         mods, _ = gen.prepare(pair)
         return pair, gen, mods
 
-    def fit(self, gen, mods, graph, n_left: int, seed_l: np.ndarray, seed_r: np.ndarray
-            ) -> Aligner:
+    def fit(self, gen, mods, graph, n_left: int, seed_l: np.ndarray, seed_r: np.ndarray,
+            checkpoint: AlignCheckpoint | None = None) -> Aligner:
+        """The trained aligner; ``checkpoint``: where it saves its state and resumes from."""
         cfg = self.cfg
         return Aligner(cfg.align, cfg.seed, gen.searcher,
                        resolve_device(cfg.distributed.device)).fit(
-            model_inputs(mods), graph, n_left, seed_l, seed_r)
+            model_inputs(mods), graph, n_left, seed_l, seed_r, checkpoint=checkpoint)
 
     def topk(self, gen, left, right, k: int):
         """Every left entity's top-``k`` right entities (scores, ids): the search layer."""
@@ -82,6 +86,7 @@ def align_settings(cfg: PSQEConfig) -> dict[str, Any]:
     """The configuration an alignment depends on: its features (modalities, feature settings,
     the seed of the missing-value fill), the ``align`` section and the training workers."""
     d = to_dict(cfg)
+    d["align"] = {k: v for k, v in d["align"].items() if k != "checkpoint_every"}
     return {k: d[k] for k in ("modalities", "features", "seed", "align", "search")} | {
         "train_workers": cfg.distributed.train_workers}
 
@@ -193,7 +198,7 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
                       "code": __version__, **({"engine": "ray"} if engine else {})})
     with DatasetWriter(out_url, stage=f"align-{cfg.align.recipe}", fingerprint=fp,
                        storage_options=storage_options, require_graph=False,
-                       entity_counts=counts, keep=("_train",)) as writer:
+                       entity_counts=counts, keep=(TRAIN,)) as writer:
         if writer.committed:
             log.info("%s already holds this alignment (fingerprint %s)", out_url, fp)
             return read_json(join(out_url, "metrics.json"), storage_options)
@@ -205,7 +210,9 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
         graph = joint_graph(pair.left.neighbours(), pair.right.neighbours(), pair.left.n)
         log.info("align %s: %d seeds, modalities %s + structure", cfg.align.recipe, len(seed_l),
                  gen.modalities_)
-        aligner = engine.fit(gen, mods, graph, pair.left.n, seed_l, seed_r)
+        checkpoint = AlignCheckpoint(join(out_url, TRAIN, "aligner.ckpt"), fp,
+                                     cfg.align.checkpoint_every, storage_options)
+        aligner = engine.fit(gen, mods, graph, pair.left.n, seed_l, seed_r, checkpoint)
         left, right = aligner.embeddings_
         a = cfg.align
         t = time.perf_counter()
@@ -267,6 +274,7 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
         writer.put_file("metrics.json", json.dumps(metrics, indent=1).encode(), fixed=True)
         writer.commit(meta={"dataset": dataset_url, "seeds": seeds_url,
                             "recipe": cfg.align.recipe})
+        checkpoint.clear()
     log.info("align %s: hits@1 %s, hits@10 %s, mrr %s, %.1f s", cfg.align.recipe,
              metrics["hits@1"], metrics["hits@10"], metrics["mrr"], metrics["seconds_total"])
     return metrics

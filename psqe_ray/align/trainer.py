@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from psqe_ray.align.checkpoint import AlignCheckpoint
 from psqe_ray.align.losses import ial_loss, mi_loss, momentum_icl, nca_loss
 from psqe_ray.align.model import STRUCTURE, AlignModel, feature_base
 from psqe_ray.align.recipes import Recipe, get_recipe
@@ -133,7 +134,9 @@ class Aligner:
     def fit(self, feats: dict, graph: tuple[np.ndarray, np.ndarray], n_left: int,
             seed_left: np.ndarray, seed_right: np.ndarray, *, rank: int = 0, world: int = 1,
             sync: Callable[[torch.nn.Module], None] | None = None,
-            on_epoch: Callable[[int, float], None] | None = None) -> "Aligner":
+            on_epoch: Callable[[int, float], None] | None = None,
+            checkpoint: AlignCheckpoint | None = None,
+            gather: Callable[[object], list] | None = None) -> "Aligner":
         """Train on seed pairs.
 
         Args:
@@ -144,6 +147,11 @@ class Aligner:
             seed_left, seed_right: int64 (S,) the pseudo seeds, left and right ids.
             rank, world, sync: data parallelism (module docstring).
             on_epoch: called with (epochs done, loss) after every epoch.
+            checkpoint: where to save the state every ``checkpoint.every`` epochs and after
+                each iterative round's check, and to resume from when it holds a state of
+                this job (:mod:`psqe_ray.align.checkpoint`); rank 0 saves.
+            gather: with ``world`` > 1, every rank's object as a list in rank order (the
+                neighbour samplers' random states go into rank 0's checkpoint).
         """
         cfg, rec = self.config, self.recipe
         n_nodes = len(graph[0]) - 1
@@ -216,10 +224,53 @@ class Aligner:
                                            for s in (slice(0, k), slice(k, None)))
             return loss
 
+        # the schedule: phase 0 trains ``epochs``; phase i >= 1 is round i's check, then
+        # ``round_epochs``; ``at`` says where it stands (what a checkpoint resumes from)
+        phases = [cfg.epochs] + [cfg.round_epochs] * self._rounds()
+        at = {"phase": 0, "epoch": 0, "checked": False}
+        previous: set[tuple[int, int]] | None = None
+        state = checkpoint.load(self.device) if checkpoint is not None else None
+        if state is not None:
+            model.load_state_dict(state["model"])
+            if target is not None:
+                target.load_state_dict(state["target"])
+            if log_var is not None:
+                with torch.no_grad():
+                    log_var.copy_(state["log_var"])
+            opt.load_state_dict(state["opt"])
+            torch.set_rng_state(state["torch_rng"])
+            order_rng.bit_generator.state = state["order_rng"]
+            sampler.rng.bit_generator.state = state["sampler_rng"][rank]
+            full.rng.bit_generator.state = state["full_rng"]
+            pairs_l, pairs_r = state["pairs"]
+            previous = None if state["previous"] is None else set(map(tuple, state["previous"]))
+            self.losses_, self.added_, self.steps_ = state["losses"], state["added"], state["steps"]
+            at = state["at"]
+            log.info("align %s: resumed from %s (epoch %d, round %d)", rec.name, checkpoint.url,
+                     len(self.losses_), at["phase"])
+
+        def save() -> None:
+            if checkpoint is None:
+                return
+            rngs = sampler.rng.bit_generator.state
+            rngs = gather(rngs) if gather is not None and world > 1 else [rngs]
+            if rank != 0:
+                return
+            checkpoint.save({
+                "model": model.state_dict(),
+                "target": None if target is None else target.state_dict(),
+                "log_var": None if log_var is None else log_var.detach().cpu(),
+                "opt": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                "order_rng": order_rng.bit_generator.state, "sampler_rng": rngs,
+                "full_rng": full.rng.bit_generator.state, "pairs": (pairs_l, pairs_r),
+                "previous": None if previous is None else sorted(previous),
+                "losses": list(self.losses_), "added": list(self.added_),
+                "steps": self.steps_, "at": dict(at)})
+
         def train(epochs: int) -> None:
             model.train()
             n = len(pairs_l)
-            for _ in range(epochs):
+            while at["epoch"] < epochs:
                 perm = order_rng.permutation(n)
                 if 0 < cfg.epoch_pairs < n:  # the size rule: a fresh sample each epoch
                     perm = perm[:cfg.epoch_pairs]
@@ -238,32 +289,37 @@ class Aligner:
                                 pt.mul_(cfg.momentum).add_(p.detach(), alpha=1 - cfg.momentum)
                     total += float(loss.detach())
                 self.losses_.append(total)
+                at["epoch"] += 1
                 done = len(self.losses_)
                 if done % 20 == 0 or done == 1:
                     log.info("align %s epoch %d loss %.4f (%.0f s)", rec.name, done, total,
                              time.perf_counter() - t0)
                 if on_epoch is not None:
                     on_epoch(done, total)
+                if checkpoint is not None and done % checkpoint.every == 0:
+                    save()
             model.eval()
 
-        if len(pairs_l) >= 2 * world:
-            train(cfg.epochs)
-        previous: set[tuple[int, int]] | None = None
-        for rnd in range(self._rounds()):
-            cand = self._check(model, target, feats, full, n_left, n_right, pairs_l, pairs_r)
-            keys = set(zip(cand[0].tolist(), cand[1].tolist()))
-            accept = keys if rec.agree <= 1 else (keys & previous if previous is not None else set())
-            previous = keys
-            new = sorted(accept)
-            self.added_.append(len(new))
-            log.info("align %s round %d: %d mutual nearest pairs, %d added", rec.name, rnd + 1,
-                     len(keys), len(new))
-            if new:
-                arr = np.asarray(new, np.int64)
-                pairs_l = np.concatenate([pairs_l, arr[:, 0]])
-                pairs_r = np.concatenate([pairs_r, arr[:, 1]])
+        while at["phase"] < len(phases):
+            if at["phase"] > 0 and not at["checked"]:
+                cand = self._check(model, target, feats, full, n_left, n_right, pairs_l, pairs_r)
+                keys = set(zip(cand[0].tolist(), cand[1].tolist()))
+                accept = keys if rec.agree <= 1 else (
+                    keys & previous if previous is not None else set())
+                previous = keys
+                new = sorted(accept)
+                self.added_.append(len(new))
+                log.info("align %s round %d: %d mutual nearest pairs, %d added", rec.name,
+                         at["phase"], len(keys), len(new))
+                if new:
+                    arr = np.asarray(new, np.int64)
+                    pairs_l = np.concatenate([pairs_l, arr[:, 0]])
+                    pairs_r = np.concatenate([pairs_r, arr[:, 1]])
+                at["checked"] = True
+                save()
             if len(pairs_l) >= 2 * world:
-                train(cfg.round_epochs)
+                train(phases[at["phase"]])
+            at = {"phase": at["phase"] + 1, "epoch": 0, "checked": False}
         joint, weights = model.joint_all(feats, full)
         self.embeddings_ = (joint[:n_left], joint[n_left:])
         self.modality_weights_ = {m: float(w) for m, w in zip(model.modalities, weights)}

@@ -20,21 +20,22 @@ from typing import Any
 import numpy as np
 import ray
 
+from psqe_ray.align.checkpoint import AlignCheckpoint
 from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import PSQEConfig, to_dict
 from psqe_ray.distributed.psqe import RaySeedGenerator, run_seeds_on_ray
 from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_device,
-                                          fit_on_ray, gather_usage, merge_nodes, node_usage,
-                                          ray_session, train_threads)
+                                          fit_on_ray, gather_objects, gather_usage,
+                                          merge_nodes, node_usage, ray_session,
+                                          train_threads)
 from psqe_ray.distributed.tasks import rss
 from psqe_ray.io.fs import StorageOptions, absolute, join, resolve
 from psqe_ray.core.evaluation import Vectors
 from psqe_ray.distributed.blocks import pair_scores_task, subset
-from psqe_ray.pipeline import AlignEngine, run_align, run_pipeline
+from psqe_ray.pipeline import TRAIN, AlignEngine, run_align, run_pipeline
 
 log = logging.getLogger(__name__)
 
-TRAIN = "_train"
 _RESULT = ("embeddings_", "modality_weights_", "added_", "losses_", "train_seconds_",
            "structure_", "steps_")
 
@@ -59,9 +60,14 @@ def _align_worker(config: dict) -> None:
     feats = fetch_features(config["mods"], meter)
     cfg = AlignConfig(**{**config["align"], "fanout": tuple(config["align"]["fanout"])})
     searcher = Searcher.from_config(SearchConfig(**config["search"]), config["seed"])
+    checkpoint = None
+    if config["checkpoint"] is not None:
+        url, tag, every = config["checkpoint"]
+        checkpoint = AlignCheckpoint(url, tag, every, config["storage_options"])
     aligner = Aligner(cfg, config["seed"], searcher, config.get("device", "cpu")).fit(
         feats, graph, config["n_left"], seeds[0], seeds[1], rank=rank, world=world,
-        sync=lambda m: allreduce_gradients(m, world))
+        sync=lambda m: allreduce_gradients(m, world), checkpoint=checkpoint,
+        gather=gather_objects)
     usage = gather_usage(meter.take())
     if rank == 0:
         # the joint vectors go block by block to storage (the checkpoint says where); the
@@ -98,8 +104,8 @@ class RayAlignEngine(AlignEngine):
         mods, _ = gen.prepare(pair)
         return pair, gen, mods
 
-    def fit(self, gen, mods, graph, n_left: int, seed_l: np.ndarray, seed_r: np.ndarray
-            ) -> Aligner:
+    def fit(self, gen, mods, graph, n_left: int, seed_l: np.ndarray, seed_r: np.ndarray,
+            checkpoint: AlignCheckpoint | None = None) -> Aligner:
         cfg, storage_options = self.cfg, self.storage_options
         d = cfg.distributed
         threads = train_threads(d.train_workers)
@@ -115,18 +121,21 @@ class RayAlignEngine(AlignEngine):
                  "bounds": {"left": first[0].bounds, "right": first[1].bounds},
                  "blocks_url": blocks_url, "storage_options": storage_options,
                  "align": to_dict(cfg.align), "search": to_dict(cfg.search),
-                 "seed": cfg.seed, "n_left": n_left, "threads": threads},
+                 "seed": cfg.seed, "n_left": n_left, "threads": threads,
+                 "checkpoint": None if checkpoint is None else
+                 (checkpoint.url, checkpoint.tag, checkpoint.every)},
                 workers=d.train_workers, cpus=d.train_cpus, name=f"align-{cfg.align.recipe}",
                 storage_url=storage_url, storage_options=storage_options,
                 result_file="result.pkl", device=device)
             # into the object store before the training folder goes
             state["embeddings_"] = gen._read_blocks(state["embeddings_"], blocks_url)
-        finally:
-            fs, path = resolve(storage_url, storage_options)
-            try:
-                fs.rm(path, recursive=True)
-            except (FileNotFoundError, OSError):
-                pass
+        finally:  # the aligner's checkpoint stays until the alignment is committed
+            for url in (join(storage_url, f"align-{cfg.align.recipe}"), blocks_url):
+                fs, path = resolve(url, storage_options)
+                try:
+                    fs.rm(path, recursive=True)
+                except (FileNotFoundError, OSError):
+                    pass
         aligner = Aligner(cfg.align, cfg.seed)
         for k in _RESULT:
             setattr(aligner, k, state[k])

@@ -99,6 +99,15 @@ def allreduce_gradients(module, world: int) -> None:
         p.grad /= world
 
 
+def gather_objects(obj) -> list:
+    """Every Ray Train worker's ``obj``, in rank order (a collective: all ranks call it)."""
+    import torch.distributed as dist
+
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def _train_storage(url: str, storage_options) -> tuple[Any, str]:
     """(pyarrow filesystem or None, path) for Ray Train's storage at any fsspec URL."""
     from psqe_ray.io.fs import is_local, resolve
