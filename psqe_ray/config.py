@@ -91,8 +91,9 @@ class Stage3Config:
     candidates_start: int = 6     # reference: per-seed candidate count falls from 6 ...
     candidates_end: int = 3       # ... to 3
     recheck: bool = True          # MIC again over the expanded set (4.3.2)
-    spread: str = "degree"        # ours: degree = each side's log2 degree buckets keep their
-                                  # entity share of the seed list (quotas); off = the paper's walk
+    spread: str = "off"           # ours: degree = each side's log2 degree buckets keep their
+                                  # entity share of the seed list (quotas); off = the paper's
+                                  # walk (default: the quotas only cut seeds, README deviation 15)
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,9 @@ class DistributedConfig:
     chunk_rows: int = 4096        # the unit of random fills and exact sums over blocks: the
                                   # seeds depend on it (not on block_rows, nor on the cluster)
     checkpoint_every: int = 100   # Stage II epochs between checkpoints (and one at the end)
+    max_failures: int = 2         # Ray Train: restarts of the training workers after one is
+                                  # lost (a node, a killed process); each resumes from the
+                                  # latest checkpoint, so the result is the same
 
 
 RECIPES = ("eva", "mclea", "meaformer", "pcmea")
@@ -247,9 +251,11 @@ class PSQEConfig:
         if d.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"distributed.device must be auto, cpu or cuda, got {d.device!r}")
         if d.train_workers < 1 or d.train_cpus <= 0 or d.shards < 0 or d.partitions < 0 \
-                or min(d.block_rows, d.chunk_rows) < 1 or d.checkpoint_every < 1:
+                or min(d.block_rows, d.chunk_rows) < 1 or d.checkpoint_every < 1 \
+                or d.max_failures < 0:
             raise ConfigError("distributed: train_workers, checkpoint_every must be >= 1, "
-                              "train_cpus > 0, block_rows / chunk_rows >= 1, shards / partitions >= 0")
+                              "train_cpus > 0, block_rows / chunk_rows >= 1, shards / "
+                              "partitions / max_failures >= 0")
         s = self.search
         if s.index not in ("auto", "flat", "ivf"):
             raise ConfigError(f"search.index must be auto, flat or ivf, got {s.index!r}")

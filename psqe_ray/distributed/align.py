@@ -126,7 +126,7 @@ class RayAlignEngine(AlignEngine):
                  (checkpoint.url, checkpoint.tag, checkpoint.every)},
                 workers=d.train_workers, cpus=d.train_cpus, name=f"align-{cfg.align.recipe}",
                 storage_url=storage_url, storage_options=storage_options,
-                result_file="result.pkl", device=device)
+                result_file="result.pkl", device=device, max_failures=d.max_failures)
             # into the object store before the training folder goes
             state["embeddings_"] = gen._read_blocks(state["embeddings_"], blocks_url)
         finally:  # the aligner's checkpoint stays until the alignment is committed

@@ -66,7 +66,8 @@ log = logging.getLogger(__name__)
 
 STAGES = "stages"
 # execution knobs that never change the seeds: not part of a stage's identity
-_NEUTRAL = ("shards", "partitions", "block_rows", "checkpoint_every", "train_cpus")
+_NEUTRAL = ("shards", "partitions", "block_rows", "checkpoint_every", "train_cpus",
+            "max_failures")
 
 
 def _cpus() -> int:
@@ -92,7 +93,13 @@ def _train_worker(config: dict) -> None:
     feats = fetch_features(config["mods"], meter)
     cfg = Stage2Config(**{**config["stage2"], "fanout": tuple(config["stage2"]["fanout"])})
     state = None
-    if config["resume"]:
+    restart = ray.train.get_checkpoint()  # this fit's latest, after a lost worker's restart
+    if restart is not None:
+        with restart.as_directory() as tmp:
+            with open(os.path.join(tmp, "state.pkl"), "rb") as fh:
+                state = pickle.load(fh)
+        log.info("stage2: a training worker was lost; continuing from epoch %d", state["epoch"])
+    elif config["resume"]:
         fs, path = resolve(config["resume"], config["storage_options"])
         state = pickle.loads(read_bytes(fs, path, config["resume"]))
     every = config["checkpoint_every"]
@@ -526,7 +533,8 @@ class RaySeedGenerator(SeedGenerator):
              "checkpoint_every": d.checkpoint_every, "resume": resume,
              "storage_options": self.storage_options},
             workers=d.train_workers, cpus=d.train_cpus, name=run_name, storage_url=storage_url,
-            storage_options=self.storage_options, keep=2, result_file="state.pkl", device=device)
+            storage_options=self.storage_options, keep=2, result_file="state.pkl", device=device,
+            max_failures=d.max_failures)
         self.losses_ = state["losses"]
         learned = state["learned"]
         self._res(self._current, workers=d.train_workers, cpus_per_worker=d.train_cpus,

@@ -122,14 +122,16 @@ def _train_storage(url: str, storage_options) -> tuple[Any, str]:
 
 def fit_on_ray(loop: Callable[[dict], None], config: dict, *, workers: int, cpus: float,
                name: str, storage_url: str, storage_options=None, keep: int = 1,
-               result_file: str, device: str = "cpu") -> Any:
+               result_file: str, device: str = "cpu", max_failures: int = 0) -> Any:
     """Run ``loop`` on Ray Train (``workers`` data-parallel workers of ``cpus`` CPUs each, and
     one GPU each when ``device`` is cuda; checkpoints under ``storage_url/name``, the newest
     ``keep``) and return the unpickled ``result_file`` of the final checkpoint (written by rank
-    0).  The loop finds the device in ``config["device"]``."""
+    0).  The loop finds the device in ``config["device"]``.  When a worker is lost (its node
+    or process), Ray Train restarts the group up to ``max_failures`` times; the loop resumes
+    from ``ray.train.get_checkpoint()`` or its own checkpoint."""
     import pickle
 
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from psqe_ray.io.fs import read_bytes, resolve
@@ -140,7 +142,8 @@ def fit_on_ray(loop: Callable[[dict], None], config: dict, *, workers: int, cpus
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=device == "cuda",
                                      resources_per_worker={"CPU": cpus}),
         run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=pafs,
-                             checkpoint_config=CheckpointConfig(num_to_keep=keep)))
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep),
+                             failure_config=FailureConfig(max_failures=max_failures)))
     result = trainer.fit()
     if getattr(result, "error", None) is not None:
         raise result.error
