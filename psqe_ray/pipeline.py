@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from psqe_ray import __version__
-from psqe_ray.align.checkpoint import AlignCheckpoint
+from psqe_ray.io.checkpoint import AlignCheckpoint
 from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import PSQEConfig, fingerprint, to_dict
 from psqe_ray.core.assignment import (CandidateGraph, MatchResult, candidate_graph, match,

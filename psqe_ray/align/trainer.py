@@ -22,12 +22,11 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from psqe_ray.align.checkpoint import AlignCheckpoint
 from psqe_ray.align.losses import ial_loss, mi_loss, momentum_icl, nca_loss
 from psqe_ray.align.model import STRUCTURE, AlignModel, feature_base
 from psqe_ray.align.recipes import Recipe, get_recipe
@@ -135,7 +134,7 @@ class Aligner:
             seed_left: np.ndarray, seed_right: np.ndarray, *, rank: int = 0, world: int = 1,
             sync: Callable[[torch.nn.Module], None] | None = None,
             on_epoch: Callable[[int, float], None] | None = None,
-            checkpoint: AlignCheckpoint | None = None,
+            checkpoint: Any = None,
             gather: Callable[[object], list] | None = None) -> "Aligner":
         """Train on seed pairs.
 
@@ -149,7 +148,9 @@ class Aligner:
             on_epoch: called with (epochs done, loss) after every epoch.
             checkpoint: where to save the state every ``checkpoint.every`` epochs and after
                 each iterative round's check, and to resume from when it holds a state of
-                this job (:mod:`psqe_ray.align.checkpoint`); rank 0 saves.
+                this job: an object with ``every``, ``url``, ``load(device) -> dict | None``
+                and ``save(dict)`` (:class:`psqe_ray.io.checkpoint.AlignCheckpoint`, which
+                stores it at any fsspec URL); rank 0 saves.
             gather: with ``world`` > 1, every rank's object as a list in rank order (the
                 neighbour samplers' random states go into rank 0's checkpoint).
         """

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from psqe_ray.align.checkpoint import AlignCheckpoint
+from psqe_ray.io.checkpoint import AlignCheckpoint
 from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import PSQEConfig, to_dict
 from psqe_ray.distributed.psqe import RaySeedGenerator, run_seeds_on_ray

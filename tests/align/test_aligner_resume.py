@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from psqe_ray.align.checkpoint import AlignCheckpoint
+from psqe_ray.io.checkpoint import AlignCheckpoint
 from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import AlignConfig, load_config
 from psqe_ray.core.psqe import SeedGenerator
