@@ -62,13 +62,21 @@ class AlignCheckpoint:
         self.saves += 1
 
     def clear(self) -> None:
-        """Remove the checkpoint (once the alignment it led to is committed)."""
-        for remove in (lambda: self.fs.rm_file(self.path),
-                       lambda: self.fs.rmdir(self.fs._parent(self.path))):  # when empty
+        """Remove the checkpoint and any save a kill cut short (once the alignment it led to
+        is committed), then its folder when that is empty."""
+        try:
+            cut = self.fs.glob(f"{self.path}.tmp-*")
+        except (FileNotFoundError, OSError):
+            cut = []
+        for path in [self.path, *cut]:
             try:
-                remove()
+                self.fs.rm_file(path)
             except (FileNotFoundError, OSError):
                 pass
+        try:
+            self.fs.rmdir(self.fs._parent(self.path))
+        except (FileNotFoundError, OSError):
+            pass
 
 
 __all__ = ["AlignCheckpoint"]
