@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -23,6 +19,7 @@ from psqe_ray.core.train import joint_graph, model_inputs
 from psqe_ray.io.dataset import Dataset
 from psqe_ray.io.load import load_pair
 from psqe_ray.pipeline import run_align
+from psqe_ray.testing.kill import run_until
 from psqe_ray.testing.synth import SynthConfig, synthesize
 
 CFG = AlignConfig(dim=16, epochs=6, round_epochs=3, rounds=2, batch_size=64)
@@ -107,19 +104,9 @@ def test_align_resumes_after_sigkill(tmp_path, caplog):
     assert main(["-q", "seeds", pair, seeds, "--method", "uvp", "--set", "stage1.budget=60"]) == 0
     ref = run_align(pair, seeds, str(tmp_path / "ref"), load_config(None, SETS))
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "psqe_ray.cli", "align", pair, seeds,
-                             str(out), *sum((["--set", s] for s in SETS), [])],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = out / "_train" / "aligner.ckpt"
-    try:
-        deadline = time.monotonic() + 240
-        while not ckpt.exists():
-            assert proc.poll() is None, "the job ended before it could be killed"
-            assert time.monotonic() < deadline, "the aligner never checkpointed"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    run_until([sys.executable, "-m", "psqe_ray.cli", "align", pair, seeds, str(out),
+               *sum((["--set", s] for s in SETS), [])], out / "_train" / "aligner.ckpt",
+              what="the aligner's first checkpoint")
     assert not (out / "_MANIFEST.json").exists() and not (out / "alignment.parquet").exists()
     with caplog.at_level("INFO", logger="psqe_ray.align.trainer"):
         got = run_align(pair, seeds, str(out), load_config(None, SETS))

@@ -22,6 +22,7 @@ from psqe_ray.distributed.psqe import run_seeds_on_ray
 from psqe_ray.inprocess import run_seeds
 from psqe_ray.io.dataset import Dataset
 from psqe_ray.io.fs import read_bytes, resolve
+from psqe_ray.testing.kill import run_until
 from psqe_ray.testing.synth import SynthConfig, synthesize
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,21 +118,10 @@ def test_two_training_workers_all_reduce(pair_url, reference, tmp_path, ray_loca
 def test_rerun_after_kill_skips_committed_stages(pair_url, reference, tmp_path, ray_local,
                                                  ray_timeout):
     out = tmp_path / "out"
-    env = {**os.environ, "PSQE_RAY_NUM_CPUS": "2"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "jobs" / "seeds.py"), pair_url, str(out),
-                             *sum((["--set", s] for s in SETS), [])], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    marker = out / "stages" / "stage2-train" / "_MANIFEST.json"
-    try:
-        deadline = time.monotonic() + 240
-        while not marker.exists():
-            assert proc.poll() is None, "the job ended before it could be killed"
-            assert time.monotonic() < deadline, "training never committed"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its embedded Ray
-        proc.wait()
+    run_until([sys.executable, str(REPO / "jobs" / "seeds.py"), pair_url, str(out),
+               *sum((["--set", s] for s in SETS), [])],
+              out / "stages" / "stage2-train" / "_MANIFEST.json", what="training committed",
+              env={**os.environ, "PSQE_RAY_NUM_CPUS": "2"}, poll=0.2)
     assert not (out / "_MANIFEST.json").exists() and not (out / "seeds.parquet").exists()
     report = run_seeds_on_ray(pair_url, str(out), load_config(None, SETS))
     assert {"features", "stage1-cluster", "stage2-train"} <= set(report["resumed_stages"])
