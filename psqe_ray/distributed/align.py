@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import ray
 
-from psqe_ray.io.checkpoint import AlignCheckpoint
 from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import PSQEConfig, to_dict
 from psqe_ray.distributed.psqe import RaySeedGenerator, run_seeds_on_ray
@@ -29,6 +28,7 @@ from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_de
                                           merge_nodes, node_usage, ray_session,
                                           train_threads)
 from psqe_ray.distributed.tasks import rss
+from psqe_ray.io.checkpoint import AlignCheckpoint
 from psqe_ray.io.fs import StorageOptions, absolute, join, resolve
 from psqe_ray.core.evaluation import Vectors
 from psqe_ray.distributed.blocks import pair_scores_task, subset
@@ -113,6 +113,7 @@ class RayAlignEngine(AlignEngine):
         storage_url = join(self.out_url, TRAIN)
         blocks_url = join(storage_url, "blocks")
         first = next(iter(mods.values()))
+        run_name = f"align-{cfg.align.recipe}"
         try:
             device = cluster_device(d.device)
             state = fit_on_ray(
@@ -124,13 +125,13 @@ class RayAlignEngine(AlignEngine):
                  "seed": cfg.seed, "n_left": n_left, "threads": threads,
                  "checkpoint": None if checkpoint is None else
                  (checkpoint.url, checkpoint.tag, checkpoint.every)},
-                workers=d.train_workers, cpus=d.train_cpus, name=f"align-{cfg.align.recipe}",
+                workers=d.train_workers, cpus=d.train_cpus, name=run_name,
                 storage_url=storage_url, storage_options=storage_options,
                 result_file="result.pkl", device=device, max_failures=d.max_failures)
             # into the object store before the training folder goes
             state["embeddings_"] = gen._read_blocks(state["embeddings_"], blocks_url)
         finally:  # the aligner's checkpoint stays until the alignment is committed
-            for url in (join(storage_url, f"align-{cfg.align.recipe}"), blocks_url):
+            for url in (join(storage_url, run_name), blocks_url):
                 fs, path = resolve(url, storage_options)
                 try:
                     fs.rm(path, recursive=True)
