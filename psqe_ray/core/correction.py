@@ -17,9 +17,10 @@ Spread (ours, ``stage3.spread = degree``; off by default): a seed's neighbours a
 through edges, so the expansion favours high-degree entities (a hub is the neighbour of many
 seeds).  With degree quotas, each side's log2 degree buckets
 (:func:`psqe_ray.core.metrics.bucket_index`) get a share of the seed list proportional to their
-share of that side's entities, as Stage I splits its budget over clusters: the list size ``N`` is what the expansion reaches without quotas, bucket
-``b`` gets ``N * n_b / n`` seeds (largest remainder) less the seeds it already holds, and a pair
-is accepted only while both its left and its right bucket have room.  The walk is otherwise the
+share of that side's entities, as Stage I splits its budget over clusters: the list size
+``N`` is what the expansion reaches without quotas, bucket ``b`` gets ``N * n_b / n`` seeds
+(largest remainder) less the seeds it already holds, and a pair is accepted only while both its
+left and its right bucket have room.  The walk is otherwise the
 same; quotas only ever skip a pair (its entities stay free for later seeds).
 """
 
