@@ -150,8 +150,9 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class DistributedConfig:
-    """How the Ray path spreads the work (ours).  Only ``train_workers`` > 1 changes the seeds;
-    everything else changes where and how fast they are computed."""
+    """How the Ray path spreads the work (ours).  ``train_workers`` > 1, ``chunk_rows`` and
+    ``device`` change the results (as does the top-level ``threads``); everything else changes
+    where and how fast they are computed (:func:`reproducibility`)."""
 
     train_workers: int = 1        # Ray Train workers for Stage II (data parallel, all-reduce)
     train_cpus: float = 1.0       # CPUs each training worker asks for
@@ -230,6 +231,12 @@ class PSQEConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
+    threads: int = 4              # torch threads of every training process (Stage II, the
+                                  # aligner; in-process and each Ray Train worker).  Some CPU
+                                  # kernels' sums depend on the thread count, so it is fixed
+                                  # (not the machine's cores) and part of the result: the same
+                                  # value gives the same seeds and alignment on any machine,
+                                  # under any load.  0 = the node's CPUs (not reproducible)
 
     def check(self) -> None:
         if self.method not in ("psqe", "uvp", "multimodal-greedy"):
@@ -238,6 +245,8 @@ class PSQEConfig:
             raise ConfigError("stage1.similarity must be 'fused' or 'relation_attribute'")
         if self.stage3.spread not in ("degree", "off"):
             raise ConfigError(f"stage3.spread must be degree or off, got {self.stage3.spread!r}")
+        if self.threads < 0:
+            raise ConfigError("threads must be >= 0 (0: the node's CPUs)")
         if self.stage1.budget < 0:
             raise ConfigError("stage1.budget must be >= 0 (0: by the graphs' size)")
         for name, w in self.weights.items():
@@ -377,3 +386,28 @@ def seed_settings(cfg: PSQEConfig) -> dict[str, Any]:
     """The configuration that decides the seeds (the aligner's section left out, so changing
     an aligner knob never invalidates committed seeds)."""
     return {k: v for k, v in to_dict(cfg).items() if k != "align"}
+
+
+def reproducibility(cfg: PSQEConfig) -> dict[str, Any]:
+    """What a run's result depends on besides the data (written into report.json and
+    metrics.json): the settings that change the result, those that only change where and how
+    fast it is computed, and whether the same settings give the same bits on another machine."""
+    d = cfg.distributed
+    anywhere = cfg.threads > 0
+    return {
+        "same_result_anywhere": anywhere,
+        "result_settings": {"seed": cfg.seed, "threads": cfg.threads,
+                            "distributed.train_workers": d.train_workers,
+                            "distributed.chunk_rows": d.chunk_rows,
+                            "distributed.device": d.device},
+        "no_effect": ["PSQE_RAY_NUM_CPUS", "the machine's cores and load", "in-process or Ray",
+                      "the number of Ray nodes", "distributed.block_rows",
+                      "distributed.partitions", "distributed.shards",
+                      "distributed.train_cpus", "distributed.max_failures",
+                      "distributed.checkpoint_every", "align.checkpoint_every"],
+        "note": ("the same dataset and result settings give byte-identical seeds and alignment "
+                 "on CPU; a GPU computes other floats, so cuda and cpu runs may differ slightly"
+                 if anywhere else
+                 "threads=0 trains with as many torch threads as the node has CPUs: some CPU "
+                 "sums depend on the thread count, so results can differ between machines"),
+    }

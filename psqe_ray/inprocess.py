@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from psqe_ray import __version__
-from psqe_ray.config import PSQEConfig, fingerprint, seed_settings
+from psqe_ray.config import PSQEConfig, fingerprint, reproducibility, seed_settings
 from psqe_ray.core.metrics import coverage_report, judged_precision, seed_precision_recall
 from psqe_ray.core.psqe import SeedGenerator
 from psqe_ray.errors import ConfigError
@@ -132,6 +132,7 @@ def run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
             "seconds_total": round(time.perf_counter() - t0, 3),
             "peak_rss_bytes": peak_rss_bytes(),
             "config": seed_settings(cfg),
+            "reproducibility": reproducibility(cfg),
             "fingerprint": fp,
             "code_version": __version__,
         }

@@ -20,13 +20,13 @@ import pyarrow.parquet as pq
 from psqe_ray import __version__
 from psqe_ray.io.checkpoint import AlignCheckpoint
 from psqe_ray.align.trainer import Aligner
-from psqe_ray.config import PSQEConfig, fingerprint, to_dict
+from psqe_ray.config import PSQEConfig, fingerprint, reproducibility, to_dict
 from psqe_ray.core.assignment import (CandidateGraph, MatchResult, candidate_graph, match,
                                       match_metrics, rerank_metrics)
 from psqe_ray.core.evaluation import Vectors, alignment_metrics
 from psqe_ray.core.psqe import SeedGenerator
 from psqe_ray.core.search import Searcher
-from psqe_ray.core.train import joint_graph, model_inputs, resolve_device
+from psqe_ray.core.train import joint_graph, model_inputs, resolve_device, torch_threads
 from psqe_ray.inprocess import peak_rss_bytes
 from psqe_ray.errors import ConfigError, DataError
 from psqe_ray.io.dataset import Dataset, DatasetWriter
@@ -58,9 +58,10 @@ class AlignEngine:
             checkpoint: AlignCheckpoint | None = None) -> Aligner:
         """The trained aligner; ``checkpoint``: where it saves its state and resumes from."""
         cfg = self.cfg
-        return Aligner(cfg.align, cfg.seed, gen.searcher,
-                       resolve_device(cfg.distributed.device)).fit(
-            model_inputs(mods), graph, n_left, seed_l, seed_r, checkpoint=checkpoint)
+        with torch_threads(cfg.threads):
+            return Aligner(cfg.align, cfg.seed, gen.searcher,
+                           resolve_device(cfg.distributed.device)).fit(
+                model_inputs(mods), graph, n_left, seed_l, seed_r, checkpoint=checkpoint)
 
     def topk(self, gen, left, right, k: int):
         """Every left entity's top-``k`` right entities (scores, ids): the search layer."""
@@ -87,7 +88,7 @@ def align_settings(cfg: PSQEConfig) -> dict[str, Any]:
     the seed of the missing-value fill), the ``align`` section and the training workers."""
     d = to_dict(cfg)
     d["align"] = {k: v for k, v in d["align"].items() if k != "checkpoint_every"}
-    return {k: d[k] for k in ("modalities", "features", "seed", "align", "search")} | {
+    return {k: d[k] for k in ("modalities", "features", "seed", "align", "search", "threads")} | {
         "train_workers": cfg.distributed.train_workers}
 
 
@@ -262,6 +263,7 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
             # this process's peak so far (the pipeline job: seeds and aligner together)
             "driver_peak_rss_bytes": peak_rss_bytes(),
             "align_config": to_dict(cfg.align),
+            "reproducibility": reproducibility(cfg),
             "fingerprint": fp, "code_version": __version__,
             **getattr(aligner, "report_extras_", {}),
         })
@@ -326,6 +328,7 @@ def run_pipeline(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
         report = {"pipeline": "psqe-ray run", "dataset": dataset_url, "out": out_url,
                   "recipe": cfg.align.recipe, "seconds": seconds, "seeds": seed_report,
                   "align": metrics, "config": to_dict(cfg), "code_version": __version__,
+                  "reproducibility": reproducibility(cfg),
                   "outputs": {"seeds": join(out_url, "seeds", "seeds.parquet"),
                               "alignment": join(out_url, "align", "alignment.parquet")}}
         if encoded:

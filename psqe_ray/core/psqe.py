@@ -36,7 +36,7 @@ from psqe_ray.core.search import Searcher
 from psqe_ray.core.signal import MIN_EFFECT, signal_test
 from psqe_ray.core.topk import topk_search
 from psqe_ray.core.train import (embed_fused, joint_graph, model_inputs, pick_anchor,
-                                 resolve_device, train_encoder)
+                                 resolve_device, torch_threads, train_encoder)
 
 log = logging.getLogger(__name__)
 
@@ -270,10 +270,11 @@ class SeedGenerator:
         cfg = self.config
         feats = model_inputs(mods)
         graph = joint_graph(pair.left.neighbours(), pair.right.neighbours(), pair.left.n)
-        model, self.losses_ = train_encoder(feats, graph, seed_l, seed_r, pair.left.n,
-                                            self.anchor_, cfg.stage2, cfg.seed,
-                                            device=resolve_device(cfg.distributed.device))
-        learned = embed_fused(model, feats, graph, weights)
+        with torch_threads(cfg.threads):
+            model, self.losses_ = train_encoder(feats, graph, seed_l, seed_r, pair.left.n,
+                                                self.anchor_, cfg.stage2, cfg.seed,
+                                                device=resolve_device(cfg.distributed.device))
+            learned = embed_fused(model, feats, graph, weights)
         return learned[:pair.left.n], learned[pair.left.n:]
 
     def _cluster(self, fused_l, fused_r, k: int) -> tuple[np.ndarray, np.ndarray]:

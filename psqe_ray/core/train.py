@@ -13,7 +13,8 @@ by ``sync`` (an all-reduce) before every step.  ``world = 1`` is exactly the in-
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +27,20 @@ log = logging.getLogger(__name__)
 
 # purposes of the keyed random streams
 FEATURES, ORDER, SAMPLE = 1, 2, 3
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (0: leave torch's own count), then restore it.
+    The thread count is part of a training run's result: some CPU kernels split their sums
+    by thread, so the same count gives the same bits on any machine."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -108,7 +108,7 @@ class RayAlignEngine(AlignEngine):
             checkpoint: AlignCheckpoint | None = None) -> Aligner:
         cfg, storage_options = self.cfg, self.storage_options
         d = cfg.distributed
-        threads = train_threads(d.train_workers)
+        threads = cfg.threads or train_threads(d.train_workers)
         refs = [ray.put(graph), ray.put((seed_l, seed_r))]
         storage_url = join(self.out_url, TRAIN)
         blocks_url = join(storage_url, "blocks")

@@ -518,7 +518,7 @@ class RaySeedGenerator(SeedGenerator):
         resume = self._latest_checkpoint(join(storage_url, run_name))
         if resume:
             log.info("stage2: continuing from checkpoint %s", resume)
-        threads = train_threads(d.train_workers)
+        threads = cfg.threads or train_threads(d.train_workers)
         device = cluster_device(d.device)
         w = self._open_writer
         bounds = {s: mods[next(iter(mods))][i].bounds for i, s in enumerate(SIDES)}

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from psqe_ray.config import load_config
 from psqe_ray.distributed.align import run_align_on_ray
@@ -39,12 +38,7 @@ def test_ray_train_aligner_equals_inprocess(pair_and_seeds, tmp_path, ray_local,
                                             extra):
     pair, seeds = pair_and_seeds
     cfg = load_config(None, SETS + extra)
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)  # a 2-CPU node's single training worker runs 2 threads
-    try:
-        local = run_align(pair, seeds, str(tmp_path / "local"), cfg)
-    finally:
-        torch.set_num_threads(old)
+    local = run_align(pair, seeds, str(tmp_path / "local"), cfg)
     on_ray = run_align_on_ray(pair, seeds, str(tmp_path / "ray"), cfg)
     assert on_ray["engine"] == "ray" and on_ray["train_workers"] == 1
     assert on_ray["pairs_added"] == local["pairs_added"]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from psqe_ray.config import load_config
 from psqe_ray.distributed.psqe import run_seeds_on_ray
@@ -45,20 +44,15 @@ def _seeds(url: str) -> dict[str, list]:
     return {c: t.column(c).to_pylist() for c in t.column_names}
 
 
-def _inprocess(pair_url: str, out: str, threads: int) -> dict[str, list]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        run_seeds(pair_url, out, load_config(None, SETS))
-    finally:
-        torch.set_num_threads(old)
+def _inprocess(pair_url: str, out: str) -> dict[str, list]:
+    run_seeds(pair_url, out, load_config(None, SETS))
     return _seeds(out)
 
 
 @pytest.fixture(scope="module")
 def reference(pair_url, tmp_path_factory) -> dict[str, list]:
-    """In-process seeds at 2 torch threads (a 2-CPU Ray node's training worker uses 2)."""
-    return _inprocess(pair_url, str(tmp_path_factory.mktemp("ref") / "out"), 2)
+    """In-process seeds (the training runs `threads` torch threads on both engines)."""
+    return _inprocess(pair_url, str(tmp_path_factory.mktemp("ref") / "out"))
 
 
 def test_distributed_path_gives_the_inprocess_seeds(pair_url, reference, tmp_path, ray_local,
@@ -103,9 +97,9 @@ def test_two_training_workers_all_reduce(pair_url, reference, tmp_path, ray_loca
     equally good seed set (each worker's slice has its own in-batch negatives)."""
     out = str(tmp_path / "out")
     report = run_seeds_on_ray(pair_url, out, load_config(None, SETS + [
-        "distributed.train_workers=2", "distributed.train_cpus=0.5"]))
+        "distributed.train_workers=2", "distributed.train_cpus=0.5", "threads=1"]))
     res = report["resources"]["stage2-train"]
-    assert res["workers"] == 2 and res["threads"] == 1  # two workers share the 2-CPU node
+    assert res["workers"] == 2 and res["threads"] == 1
     gold = Dataset(pair_url).table("gold").to_pydict()
     gold = set(zip(gold["left_id"], gold["right_id"]))
     ref = [(a, b) for a, b, ok in zip(reference["left_id"], reference["right_id"],

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import psutil
 import pyarrow.parquet as pq
-import pytest
-import torch
 
 from psqe_ray.config import load_config
 from psqe_ray.distributed.align import run_align_on_ray
@@ -65,17 +63,6 @@ def _run_and_kill(job, ready, timeout: float = 300.0):
     return out["result"]
 
 
-def _threads(n: int):
-    class Threads:
-        def __enter__(self):
-            self.old = torch.get_num_threads()
-            torch.set_num_threads(n)
-
-        def __exit__(self, *exc):
-            torch.set_num_threads(self.old)
-    return Threads()
-
-
 SEED_SETS = ["stage2.epochs=12", "stage1.budget=100", "distributed.checkpoint_every=3",
              "stage3.threshold_start=0.5", "stage3.threshold_end=0.6"]
 
@@ -84,8 +71,7 @@ def test_stage2_survives_a_lost_training_worker(tmp_path, ray_local, ray_timeout
     pair = str(tmp_path / "pair")
     synthesize(pair, SynthConfig(entities=300, seed=8))
     cfg = load_config(None, SEED_SETS)
-    with _threads(2):  # the single training worker of a 2-CPU node runs 2 threads
-        run_seeds(pair, str(tmp_path / "ref"), cfg)
+    run_seeds(pair, str(tmp_path / "ref"), cfg)
     out = tmp_path / "out"
     report = _run_and_kill(lambda: run_seeds_on_ray(pair, str(out), cfg),
                            lambda: any((out / "stages" / "_train").rglob("state.pkl")))
@@ -105,8 +91,7 @@ def test_the_aligner_survives_a_lost_training_worker(tmp_path, ray_local, ray_ti
     synthesize(pair, SynthConfig(entities=200, seed=6))
     assert main(["-q", "seeds", pair, seeds, "--method", "uvp", "--set", "stage1.budget=60"]) == 0
     cfg = load_config(None, ALIGN_SETS)
-    with _threads(2):
-        ref = run_align(pair, seeds, str(tmp_path / "ref"), cfg)
+    ref = run_align(pair, seeds, str(tmp_path / "ref"), cfg)
     out = tmp_path / "out"
     got = _run_and_kill(lambda: run_align_on_ray(pair, seeds, str(out), cfg),
                         lambda: (out / "_train" / "aligner.ckpt").exists())
