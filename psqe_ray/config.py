@@ -117,6 +117,8 @@ class EncodeConfig:
     image_weights: str = ""       # state dict / checkpoint path or URL (never a hub download)
     image_size: int = 224         # centre crop after resizing the short side to 256/224 of it
     image_batch_size: int = 32    # images per forward pass
+    image_timeout: float = 30.0   # seconds to connect to / wait for bytes from an image URL
+                                  # (http, s3); a slower image counts as unreadable
     workers: int = 0              # encoder actors; 0 = one per GPU, else cores / 2
     device: str = "auto"          # auto | cpu | cuda
 
@@ -144,7 +146,7 @@ class SearchConfig:
     index: str = "auto"           # auto (exact, then IVF above exact_below) | flat | ivf
     nlist: int = 0                # ivf lists per shard; 0 = round(4 sqrt(rows)), >= 39 rows each
     nprobe: int = 0               # ivf lists probed; 0 = nlist / 8, <= ~16K rows (README)
-    shard_rows: int = 1000000     # ivf: rows per index shard (one actor each on Ray)
+    shard_rows: int = 1000000     # ivf: rows per index shard (one task each on Ray)
     depth: int = 50               # evaluation above exact_below: candidates ranked per query
 
 
@@ -254,6 +256,8 @@ class PSQEConfig:
                 raise ConfigError(f"weights.{name} must be >= 0")
         if not self.modalities:
             raise ConfigError("at least one modality is required")
+        if not self.encode.image_timeout > 0:
+            raise ConfigError("encode.image_timeout must be > 0 seconds")
         if self.encode.pooling not in ("auto", "mean", "cls"):
             raise ConfigError("encode.pooling must be auto, mean or cls")
         d = self.distributed

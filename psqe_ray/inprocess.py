@@ -103,7 +103,8 @@ def run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
     counts = ds.entity_counts()
     with DatasetWriter(out_url, stage=f"seeds-{cfg.method}", fingerprint=fp,
                        storage_options=storage_options, require_graph=False,
-                       entity_counts=counts, keep=("stages",)) as writer:
+                       entity_counts=counts, keep=("stages",),
+                       inputs={"dataset": ds.manifest["fingerprint"]}) as writer:
         if writer.committed:
             log.info("%s already holds these seeds (fingerprint %s)", out_url, fp)
             return read_json(join(out_url, "report.json"), storage_options)

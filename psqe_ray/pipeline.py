@@ -199,7 +199,8 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
                       "code": __version__, **({"engine": "ray"} if engine else {})})
     with DatasetWriter(out_url, stage=f"align-{cfg.align.recipe}", fingerprint=fp,
                        storage_options=storage_options, require_graph=False,
-                       entity_counts=counts, keep=(TRAIN,)) as writer:
+                       entity_counts=counts, keep=(TRAIN,),
+                       inputs={"dataset": ds.manifest["fingerprint"]}) as writer:
         if writer.committed:
             log.info("%s already holds this alignment (fingerprint %s)", out_url, fp)
             return read_json(join(out_url, "metrics.json"), storage_options)
@@ -315,7 +316,8 @@ def run_pipeline(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
     fp = fingerprint({"dataset": ds.manifest["fingerprint"], "config": to_dict(cfg),
                       "code": __version__})
     with DatasetWriter(out_url, stage="run", fingerprint=fp, storage_options=storage_options,
-                       require_graph=False, keep=("seeds", "align")) as writer:
+                       require_graph=False, keep=("seeds", "align"),
+                       inputs={"dataset": ds.manifest["fingerprint"]}) as writer:
         if writer.committed:
             return read_json(join(out_url, "report.json"), storage_options)
         t = time.perf_counter()

@@ -34,7 +34,7 @@ from psqe_ray.core.features import Source, raw_rows
 from psqe_ray.core.fusion import l2_normalize
 from psqe_ray.core.topk import canonical_scores
 from psqe_ray.distributed.runtime import Meter
-from psqe_ray.io.fs import join, read_bytes, resolve
+from psqe_ray.io.fs import join, read_bytes, resolve, write_bytes
 from psqe_ray.schemas import feature_table, vectors_numpy
 
 
@@ -175,8 +175,7 @@ def _write(url: str, side: str, start: int, x, storage_options) -> int:
                               np.ones(len(x), bool))
     pq.write_table(table, buf, compression="zstd")
     fs, path = resolve(url, storage_options)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(path, buf.getvalue())
+    write_bytes(fs, path, buf.getvalue(), url)
     return len(buf.getvalue())
 
 

@@ -72,7 +72,7 @@ def _text_units(ds: Dataset, modality: str, cfg: EncodeConfig
         for s in SIDES:
             t = ent.filter(pc.equal(ent.column("side"), s))
             names = t.column("name").to_pylist()
-            keep = [i for i, n in enumerate(names) if n]
+            keep = [i for i, n in enumerate(names) if n and n.strip()]  # empty = no name
             rows[s] = (t.column("entity_id").to_numpy()[keep], [names[i] for i in keep])
     elif modality == "relation":
         if not ds.has("triples") or not ds.has("relations"):
@@ -250,6 +250,10 @@ def encode_modality(dataset_url: str, modality: str, cfg: EncodeConfig, *,
         log.info("encode %s: already encoded with these settings; skipped", modality)
         return EncodeResult(modality, skipped=True)
     counts = ds.entity_counts()
+    if modality != "image":  # a bad model directory fails here, before Ray starts
+        from psqe_ray.encoders.text import resolve_model_dir
+
+        resolve_model_dir(cfg.model_for(modality), storage_options)
     new_fp = fingerprint({"base": ds.manifest["fingerprint"], "encode": {modality: efp}})
     with ray_session(), DatasetWriter(dataset_url, stage=f"encode-{modality}",
                                       fingerprint=new_fp, storage_options=storage_options,
@@ -347,7 +351,8 @@ def _encode_images(ds: Dataset, cfg: EncodeConfig, counts: dict[str, int],
         raise DataError(join(ds.url, "images"), "no entity has an image: nothing to encode")
     kwargs = {"arch": cfg.image_arch, "weights": cfg.image_weights or None,
               "batch_size": cfg.image_batch_size, "image_size": cfg.image_size,
-              "device": cfg.device, "storage_options": storage_options}
+              "device": cfg.device, "storage_options": storage_options,
+              "timeout": cfg.image_timeout}
     batches, size, res, prog = _run_pool(table, ImageEncoder, kwargs, cfg.image_batch_size * 2,
                                          cfg, "images", "encode-image", usage)
     failures, failed, n_present, dim = [], 0, 0, 0

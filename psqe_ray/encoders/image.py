@@ -230,6 +230,10 @@ class ImageEncoder:
             so pass the dataset URL.  Without it, relative urls are local paths (from the cwd).
         io_threads: threads that read and decode images; 1 reads sequentially.
         threads: torch intra-op threads on CPU (``None``: torch's default).
+        timeout: seconds to connect to, and to wait for bytes from, an ``http(s)://`` or
+            ``s3://`` image (``encode.image_timeout``); an image slower than that is counted
+            as unreadable like a missing file, so a server that never answers cannot stall
+            the job.
 
     Counters (for throughput logs): ``images_seen`` (urls that were not None),
     ``images_failed`` (of those, unreadable or undecodable), ``seconds`` (time in the model,
@@ -239,9 +243,13 @@ class ImageEncoder:
     def __init__(self, arch: str = "resnet152", weights: str | None = None, *,
                  batch_size: int = 32, device: str = "auto", image_size: int = 224,
                  base_url: str | None = None, storage_options: StorageOptions = None,
-                 io_threads: int = 8, threads: int | None = None) -> None:
+                 io_threads: int = 8, threads: int | None = None,
+                 timeout: float = 30.0) -> None:
         if batch_size < 1 or image_size < 8 or io_threads < 1:
             raise ConfigError("batch_size and io_threads must be >= 1 and image_size >= 8")
+        if not timeout > 0:
+            raise ConfigError("the image timeout must be > 0 seconds")
+        self.timeout = float(timeout)
         if threads:  # torch intra-op threads on CPU (several actors share the cores)
             torch.set_num_threads(int(threads))
         self.device = pick_device(device)
@@ -361,13 +369,28 @@ class ImageEncoder:
             return url
         return join(self.base_url, url)
 
+    def _options(self, scheme: str) -> StorageOptions:
+        """``storage_options`` plus the read timeout for remote schemes (the caller's win)."""
+        opts = dict(self.storage_options or {})
+        t = self.timeout
+        if scheme in ("http", "https"):
+            import aiohttp
+
+            opts["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(
+                total=None, connect=t, sock_connect=t, sock_read=t),
+                **opts.get("client_kwargs", {})}
+        elif scheme in ("s3", "s3a"):
+            opts["config_kwargs"] = {"connect_timeout": t, "read_timeout": t,
+                                     **opts.get("config_kwargs", {})}
+        return opts
+
     def _filesystem(self, url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         if "::" in url:  # chained URLs (e.g. simplecache::s3://...) carry per-URL layers
             return resolve(url, self.storage_options)
         scheme = fsspec.core.split_protocol(url)[0] or "file"
         fs = self._fs.get(scheme)
         if fs is None:
-            fs, path = resolve(url, self.storage_options)
+            fs, path = resolve(url, self._options(scheme))
             self._fs[scheme] = fs
             return fs, path
         return fs, fs._strip_protocol(url)

@@ -63,6 +63,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PSQE_RAY_CACHE") or Path.home() / ".cache" / "psqe-ray")
 
 
+# file names transformers loads weights from (single files, or the index of sharded ones)
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+
+
+def _check_weights(names: list[str], model: str) -> None:
+    """A model directory must hold weights: without them transformers would start from random
+    ones (or fail deep inside an encoder actor)."""
+    if not any(n in WEIGHT_FILES for n in names):
+        raise DataError(model, "model directory without weights (config.json but none of "
+                        f"{', '.join(WEIGHT_FILES[:2])}, or a sharded index)")
+
+
 def resolve_model_dir(model: str, storage_options: StorageOptions = None) -> str:
     """A local directory holding ``config.json`` for ``model`` (alias, local path or URL).
 
@@ -86,12 +99,18 @@ def resolve_model_dir(model: str, storage_options: StorageOptions = None) -> str
         if not os.path.isfile(os.path.join(root, "config.json")):
             what = "no config.json in it" if os.path.isdir(root) else "no such directory"
             raise DataError(model, f"not a transformers model directory ({what})")
+        _check_weights(os.listdir(root), model)
         return root
     target = cache_dir() / "models" / hashlib.sha256(model.encode()).hexdigest()[:16]
     if (target / "config.json").is_file():
         return str(target)
     if not exists(fs, join(root, "config.json"), join(model, "config.json")):
         raise DataError(model, "not a transformers model directory (no config.json)")
+    try:
+        listing = [p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(model, f"cannot list the model directory: {one_line(exc)}") from None
+    _check_weights(listing, model)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
     try:

@@ -17,7 +17,8 @@ import secrets
 
 import torch
 
-from psqe_ray.io.fs import StorageOptions, exists, read_bytes, resolve
+from psqe_ray.errors import DataError
+from psqe_ray.io.fs import StorageOptions, exists, one_line, read_bytes, resolve
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,13 @@ class AlignCheckpoint:
         buf = io.BytesIO()
         torch.save({**state, "tag": self.tag}, buf)
         tmp = f"{self.path}.tmp-{secrets.token_hex(4)}"
-        self.fs.makedirs(self.fs._parent(self.path), exist_ok=True)
-        with self.fs.open(tmp, "wb") as fh:
-            fh.write(buf.getvalue())
-        self.fs.mv(tmp, self.path)
+        try:
+            self.fs.makedirs(self.fs._parent(self.path), exist_ok=True)
+            with self.fs.open(tmp, "wb") as fh:
+                fh.write(buf.getvalue())
+            self.fs.mv(tmp, self.path)
+        except Exception as exc:  # noqa: BLE001 - the store went away: one clear error
+            raise DataError(self.url, f"cannot save the checkpoint: {one_line(exc)}") from None
         self.saves += 1
 
     def clear(self) -> None:

@@ -3,6 +3,7 @@
 Layout of a dataset at ``URL``::
 
     URL/_MANIFEST.json                       written last: the commit
+    URL/_UNCOMMITTED.json                    written first, removed after the commit
     URL/<table>/part-00000-<token>.parquet   one or more parts per table
     URL/images/<token>/<side>/<id>.png       optional files (``put_file``)
 
@@ -10,6 +11,8 @@ Every write gets a fresh ``token``; data files carry it in their names and the m
 exactly the files of its commit.  Readers only ever open files the manifest lists, so a crashed
 or failed write is invisible; :class:`DatasetWriter` removes its own files when it fails.  The
 manifest is one object PUT on object stores (atomic) and a write-then-rename on local disks.
+When the store went away mid-write and the files could not be removed, ``_UNCOMMITTED.json``
+stays beside them: the next writer into ``URL`` clears them and starts over.
 """
 
 from __future__ import annotations
@@ -29,14 +32,19 @@ import pyarrow.parquet as pq
 from psqe_ray import __version__
 from psqe_ray.errors import DataError, DestinationError
 from psqe_ray.io.fs import StorageOptions, check_bucket, exists, is_local, join, one_line, \
-    read_bytes, resolve
+    read_bytes, redact, resolve
 from psqe_ray.schemas import SIDES, check_table_name, conform, is_feature_table, modality_of, \
     with_metadata
+from psqe_ray.io.lock import OutputLock
 from psqe_ray.validation import ContractChecker
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "_MANIFEST.json"
+# written before the first part of a new dataset, removed after the commit: a folder holding it
+# and no manifest is a write that was cut short (the store went away before the writer could
+# clean up), and the next writer may clear it
+UNCOMMITTED = "_UNCOMMITTED.json"
 FORMAT = "psqe-ray/dataset"
 FORMAT_VERSION = 1
 
@@ -74,8 +82,9 @@ class DatasetWriter:
     def __init__(self, url: str, *, stage: str, fingerprint: str,
                  storage_options: StorageOptions = None, require_graph: bool = True,
                  entity_counts: dict[str, int] | None = None, update: bool = False,
-                 keep: tuple[str, ...] = ()) -> None:
+                 keep: tuple[str, ...] = (), inputs: dict[str, str] | None = None) -> None:
         self.url = str(url)
+        self.inputs = dict(inputs or {})  # what the content was made from: name -> fingerprint
         self.stage = stage
         self.fingerprint = fingerprint
         self.fs, self.root = resolve(self.url, storage_options)
@@ -95,7 +104,38 @@ class DatasetWriter:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> "DatasetWriter":
+        # one writer per output (psqe_ray.io.lock): a second run on the same URL is refused
+        # here, before it writes anything
         check_bucket(self.fs, self.root, self.url)
+        self._root_existed = exists(self.fs, self.root, self.url)
+        self._lock = OutputLock(self.fs, self.root, self.url).acquire()
+        try:
+            return self._enter()
+        except BaseException:
+            self._release()
+            if not self._root_existed:  # the lock made the folder: leave nothing behind
+                self._created_root = True
+                self._prune_dirs()
+            raise
+
+    def _why_different(self, old: dict[str, Any]) -> str:
+        """Why a committed result is not this one, when the manifest says: another code
+        version, or an input (the dataset) that changed since."""
+        why = []
+        if old.get("code_version") and old.get("code_version") != __version__:
+            why.append(f"written by psqe-ray {old['code_version']}, this is {__version__}")
+        for name, fp in self.inputs.items():
+            was = (old.get("inputs") or {}).get(name)
+            if was and was != fp:
+                why.append(f"its input {name} changed since (fingerprint {was}, now {fp})")
+        return "".join(f"; {w}" for w in why)
+
+    def _release(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+
+    def _enter(self) -> "DatasetWriter":
         manifest_path = join(self.root, MANIFEST)
         if self.update:
             if not exists(self.fs, manifest_path, self.url):
@@ -118,41 +158,75 @@ class DatasetWriter:
             raise DestinationError(
                 f"{self.url}: already holds a different dataset (fingerprint "
                 f"{old.get('fingerprint')}, stage {old.get('stage')!r}; this one is "
-                f"{self.fingerprint}); choose another destination or delete it first")
+                f"{self.fingerprint}{self._why_different(old)}); choose another destination "
+                "or delete it first")
         if exists(self.fs, self.root, self.url):
             try:
                 kept = tuple(join(self.root, k).rstrip("/") + "/" for k in self.keep)
-                leftover = [p for p in self.fs.find(self.root) if not p.startswith(kept)]
+                leftover = [p for p in self.fs.find(self.root) if not p.startswith(kept)
+                            and p != self._lock.path]
             except Exception as exc:  # noqa: BLE001
                 raise DataError(self.url, f"cannot list destination: {one_line(exc)}") from None
+            if join(self.root, UNCOMMITTED) in leftover:
+                self._clear_interrupted(leftover)
+                leftover = []
             if leftover:
                 raise DestinationError(
                     f"{self.url}: destination is not empty and holds no psqe-ray dataset "
                     f"({len(leftover)} file(s), e.g. {leftover[0]}); choose an empty location")
         else:
             self._created_root = True
+        if not self._root_existed:  # the lock made it
+            self._created_root = True
         try:
             self.fs.makedirs(self.root, exist_ok=True)
         except Exception as exc:  # noqa: BLE001
             raise DataError(self.url, f"cannot create destination: {one_line(exc)}") from None
         self._open = True
+        self._files.append(join(self.root, UNCOMMITTED))  # removed by abort (last) or commit
+        self._put(join(self.root, UNCOMMITTED), json.dumps(
+            {"stage": self.stage, "fingerprint": self.fingerprint, "token": self.token,
+             "started": _now()}).encode(), UNCOMMITTED)
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None or (self._open and not self.committed):
-            self.abort()
-
-    def abort(self) -> None:
-        """Remove every file this writer wrote (and directories it created that are empty)."""
-        for path in self._files:
+    def _clear_interrupted(self, files: list[str]) -> None:
+        """Remove what a write cut short left (``files``: everything at the destination but
+        the kept folders; it was empty when that write began, so all of it is that write's)."""
+        log.info("%s: clearing an interrupted write (%d file(s), no manifest)", self.url,
+                 len(files))
+        marker = join(self.root, UNCOMMITTED)
+        for path in sorted(files, key=lambda p: p == marker):  # the marker last
             try:
                 self.fs.rm_file(path)
             except FileNotFoundError:
                 pass
-            except Exception:  # noqa: BLE001 - best effort; the manifest was never written
+            except Exception as exc:  # noqa: BLE001
+                raise DataError(self.url, f"cannot clear an interrupted write ({path}): "
+                                f"{one_line(exc)}") from None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or (self._open and not self.committed):
+            self.abort()
+        self._release()
+
+    def abort(self) -> None:
+        """Remove every file this writer wrote (and directories it created that are empty).
+        The uncommitted marker goes last, and stays when a file could not be removed (the
+        store went away): the next writer clears what is left."""
+        marker = join(self.root, UNCOMMITTED)
+        reachable = True
+        for path in sorted(self._files, key=lambda p: p == marker):
+            try:
+                self.fs.rm_file(path)
+            except FileNotFoundError:
                 pass
+            except Exception:  # noqa: BLE001 - best effort; the manifest was never written,
+                reachable = False  # and the marker stays: no more tries on a store that is
+                break              # down
         self._files.clear()
-        self._prune_dirs()
+        self._release()  # before pruning: the lock file is in the root
+        if reachable:
+            self._prune_dirs()
         self._open = False
 
     def _prune_dirs(self) -> None:
@@ -215,6 +289,8 @@ class DatasetWriter:
             head, _, rest = rel.strip("/").partition("/")
             rel = f"{head}/{self.token}/{rest}" if rest else f"{head}/{self.token}"
         path = join(self.root, rel)
+        if rel.endswith((".json", ".html")):  # reports: never a credential (see fs.redact)
+            data = redact(data.decode("utf-8")).encode("utf-8")
         self._files.append(path)
         self._put(path, data, rel)
         return rel
@@ -252,7 +328,7 @@ class DatasetWriter:
                   **tables}
         files = list(base.get("files", [])) + [
             p.removeprefix(self.root.rstrip("/") + "/") for p in self._files
-            if not p.endswith(".parquet")] + [r for r in self._adopted if r.endswith(".parquet")]
+            if not p.endswith(".parquet") and p != join(self.root, UNCOMMITTED)] + [r for r in self._adopted if r.endswith(".parquet")]
         meta = {**base.get("meta", {}), **(meta or {})}
         if self._base is not None:
             meta["updates"] = list(base.get("meta", {}).get("updates", [])) + [
@@ -269,9 +345,11 @@ class DatasetWriter:
             "seconds": round(time.monotonic() - self._started, 3),
             "tables": tables,
             "files": files,
+            **({"inputs": self.inputs} if self.inputs else {}),
             "meta": meta,
         }
-        data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        # no credential (a URL's user:password, an AWS key) is ever written into a manifest
+        data = redact(json.dumps(manifest, indent=1, sort_keys=True)).encode()
         path = join(self.root, MANIFEST)
         if is_local(self.fs):
             tmp = f"{path}.{self.token}.tmp"
@@ -284,6 +362,11 @@ class DatasetWriter:
             self._put(path, data, MANIFEST)
         self.committed = True
         self._open = False
+        if join(self.root, UNCOMMITTED) in self._files:
+            try:
+                self.fs.rm_file(join(self.root, UNCOMMITTED))
+            except Exception:  # noqa: BLE001 - the commit stands; a committed folder's
+                pass           # marker is ignored (the manifest decides)
         for rel in replaced:  # no manifest lists them any more
             try:
                 self.fs.rm_file(join(self.root, rel))
@@ -366,7 +449,13 @@ class Dataset:
                             f"{', '.join(self.tables)})")
         for rel in self.manifest["tables"][name]["parts"]:
             url = join(self.url, rel)
-            raw = read_bytes(self.fs, join(self.root, rel), url)
+            try:
+                raw = read_bytes(self.fs, join(self.root, rel), url)
+            except DataError as exc:
+                if exc.problem != "no such file":
+                    raise
+                raise DataError(url, f"no such file, yet the manifest lists it as a part of "
+                                f"table {name!r} (the dataset changed after its commit)") from None
             try:
                 table = pq.read_table(io.BytesIO(raw))
             except Exception as exc:  # noqa: BLE001

@@ -8,13 +8,14 @@ Any fsspec URL works: plain paths, ``file://``, ``memory://``, ``s3://``, ``gs:/
 from __future__ import annotations
 
 import os
+import re
 import threading
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from psqe_ray.errors import DataError
+from psqe_ray.errors import DataError, one_line  # noqa: F401  (one_line: used from here)
 
 StorageOptions = dict[str, Any] | None
 
@@ -23,23 +24,104 @@ _read = {"bytes": 0}
 _read_lock = threading.Lock()
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception as a single short line (botocore and aiohttp messages span lines)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(exc).__name__}: {text}"
+def _env_number(name: str, default: float, kind=float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise DataError(name, f"must be a number, got {raw!r}") from None
+    if value < 0:
+        raise DataError(name, f"must be >= 0, got {raw!r}")
+    return value
+
+
+def storage_limits() -> tuple[int, float]:
+    """(retries, timeout in seconds) of every request to an object store:
+    ``PSQE_RAY_STORAGE_RETRIES`` (default 2: three tries) and ``PSQE_RAY_STORAGE_TIMEOUT``
+    (default 15 s to connect, and between bytes of a response).  Bounded so that a store that
+    went away fails the job in seconds with one clear error instead of minutes of retries."""
+    return (int(_env_number("PSQE_RAY_STORAGE_RETRIES", 2, int)),
+            float(_env_number("PSQE_RAY_STORAGE_TIMEOUT", 15.0)))
+
+
+def _with_limits(url: str, storage_options: StorageOptions) -> dict[str, Any]:
+    """``storage_options`` plus the bounded retries and timeouts for S3 URLs (options the
+    caller gave win).  botocore does the retrying (its standard mode: refused and reset
+    connections, timeouts, throttling, 5xx); :func:`resolve` gives s3fs's own retry loop one
+    try, so the bound is the one the setting names."""
+    opts = dict(storage_options or {})
+    if fsspec.core.split_protocol(url)[0] not in ("s3", "s3a"):
+        return opts
+    retries, timeout = storage_limits()
+    config = {"connect_timeout": timeout, "read_timeout": timeout,
+              "retries": {"total_max_attempts": retries + 1, "mode": "standard"},
+              **opts.get("config_kwargs", {})}
+    return {**opts, "config_kwargs": config}
+
+
+# ``scheme://user:password@host`` (and ``scheme://token@host``): the userinfo part of a URL
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s'\"]+)@")
+# environment variables whose values are credentials: never printed, logged or written
+SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN",
+              "AWS_SECURITY_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS_JSON", "AZURE_STORAGE_KEY",
+              "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN", "HF_TOKEN")
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential removed: the ``user:password@`` part of URLs becomes
+    ``***@``, and the values of the credential variables in :data:`SECRET_ENV` (when set,
+    at least 4 characters long) become ``***``.  Used for every error line, log record,
+    manifest and report psqe-ray writes."""
+    text = _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", str(text))
+    for name in SECRET_ENV:
+        value = os.environ.get(name)
+        if value and len(value) >= 4 and value in text:
+            text = text.replace(value, "***")
+    return text
+
+
+def _location(url: str, storage_options: StorageOptions = None) -> tuple[str, str]:
+    """(protocol, normalised path) of ``url``: what :func:`check_apart` compares."""
+    fs, path = resolve(url, storage_options)
+    proto = _protocols(fs)[0]
+    return ("file" if is_local(fs) else proto), path.rstrip("/")
+
+
+def check_apart(input_url: str, output_url: str, *, what: str = "the dataset",
+                storage_options: StorageOptions = None) -> None:
+    """Refuse an output at, inside or above an input (a run writing into its own dataset, or
+    a dataset inside the folder a run replaces): :class:`DataError` naming the output."""
+    ip, ipath = _location(input_url, storage_options)
+    op, opath = _location(output_url, storage_options)
+    if ip != op:
+        return
+    if opath == ipath:
+        raise DataError(output_url, f"the output is {what} itself ({input_url}); choose an "
+                        "output location outside it")
+    if opath.startswith(ipath + "/"):
+        raise DataError(output_url, f"the output lies inside {what} ({input_url}); choose an "
+                        "output location outside it")
+    if ipath.startswith(opath + "/"):
+        raise DataError(output_url, f"{what} ({input_url}) lies inside the output; choose an "
+                        "output location that does not contain it")
 
 
 def resolve(url: str, storage_options: StorageOptions = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Return ``(filesystem, path)`` for ``url``; unknown schemes raise :class:`DataError`."""
+    """Return ``(filesystem, path)`` for ``url``; unknown schemes raise :class:`DataError`.
+    Object stores get bounded retries and timeouts (:func:`storage_limits`)."""
     url = str(url)
     if not url:
         raise DataError("<empty URL>", "a location is required")
     try:
-        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(url, **_with_limits(url, storage_options))
     except (ValueError, ImportError) as exc:
         raise DataError(url, f"unsupported URL: {one_line(exc)}") from None
+    if "config_kwargs" not in (storage_options or {}) and {"s3", "s3a"} & set(_protocols(fs)):
+        # s3fs retries some failures (a reset connection, a read timeout) itself, 5 times,
+        # around botocore's retries: its loop (a class attribute, not an option) gets one try
+        fs.retries = 1
     if isinstance(fs, LocalFileSystem):
         path = os.path.abspath(path)
     return fs, path.rstrip("/") or path
@@ -93,6 +175,17 @@ def read_bytes(fs: fsspec.AbstractFileSystem, path: str, url: str) -> bytes:
         raise DataError(url, "is a directory, expected a file") from None
     except Exception as exc:  # noqa: BLE001
         raise DataError(url, f"cannot read: {one_line(exc)}") from None
+
+
+def write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes, url: str) -> None:
+    """Store ``data`` as the file at ``path`` (parent folders made on local disks); a failure
+    (the store unreachable, ...) is one :class:`DataError` naming ``url``."""
+    try:
+        if is_local(fs):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        fs.pipe_file(path, data)
+    except Exception as exc:  # noqa: BLE001 - every backend raises its own types
+        raise DataError(url, f"cannot write: {one_line(exc)}") from None
 
 
 def bytes_read() -> int:

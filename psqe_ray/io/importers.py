@@ -309,17 +309,20 @@ def import_pair(fmt: str, src_url: str, dataset_url: str, *, names_url: str | No
                                          "attributes": []}
     names = (_read_names(names_url, maps, storage_options, src.digests) if names_url
              else {s: {} for s in SIDES})
+    triple_notes: dict[str, dict[str, int]] = {}
     for k, side in enumerate(SIDES, 1):
         idmap = maps[side]
         n = len(idmap)
         ent_uri = [""] * n
-        ent_name = [""] * n
+        ent_name: list[str | None] = [None] * n
         for new_id, uri in zip(idmap.new.tolist(), uris[side]):
             ent_uri[new_id] = uri
-            ent_name[new_id] = names[side].get(new_id) or local_name(uri)
+            # an empty (or blank) name is no name: the URI's, else null (absent)
+            given = names[side].get(new_id)
+            ent_name[new_id] = (given if given and given.strip() else local_name(uri)) or None
         tables["entities"].append(pa.table({
             "side": [side] * n, "entity_id": np.arange(n, dtype=np.int64),
-            "uri": ent_uri, "name": ent_name}))
+            "uri": ent_uri, "name": pa.array(ent_name, pa.string())}))
 
         tname = f"triples_{k}"
         where = src.where(tname)
@@ -345,9 +348,20 @@ def import_pair(fmt: str, src_url: str, dataset_url: str, *, names_url: str | No
             "uri": pa.array(rel_uri, pa.string()),
             "name": pa.array([local_name(u) if u else None for u in rel_uri], pa.string())}))
         order = np.lexsort((tail, relation, head))
+        head, relation, tail = head[order], relation[order], tail[order]
+        # a triple listed twice is one fact: kept once, the drop counted (manifest, log);
+        # self-loops (head == tail) are facts like any other: kept, counted
+        dup = np.zeros(len(head), bool)
+        dup[1:] = (head[1:] == head[:-1]) & (relation[1:] == relation[:-1]) & (tail[1:] == tail[:-1])
+        if dup.any():
+            log.warning("%s: %d duplicate triple(s) dropped (each kept once)", where,
+                        int(dup.sum()))
+            head, relation, tail = head[~dup], relation[~dup], tail[~dup]
+        triple_notes[side] = {"duplicates_dropped": int(dup.sum()),
+                              "self_loops": int((head == tail).sum())}
         tables["triples"].append(pa.table({
-            "side": pa.array([side] * len(head), pa.string()), "head": head[order],
-            "relation": relation[order], "tail": tail[order]}))
+            "side": pa.array([side] * len(head), pa.string()), "head": head,
+            "relation": relation, "tail": tail}))
 
         aname = f"training_attrs_{k}"
         if src.has(aname):
@@ -407,6 +421,7 @@ def import_pair(fmt: str, src_url: str, dataset_url: str, *, names_url: str | No
         manifest = writer.commit(meta={
             "source": src_url, "format": fmt, "seed": seed, "names": names_url,
             "image_features": image_features_url, "gold_file": gold_name,
+            "triples": triple_notes,
             "import_seconds": round(time.monotonic() - t0, 3)})
     log.info("imported %s -> %s in %.1f s", src_url, dataset_url, time.monotonic() - t0)
     return manifest

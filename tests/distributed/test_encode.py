@@ -140,3 +140,59 @@ def test_seeds_job_encodes_first_and_uses_the_table(dataset, tiny_bert_dir, tmp_
     report = json.loads(open(os.path.join(out, "report.json")).read())
     assert report["feature_sources"] == {"name": "features/name"}
     assert Dataset(dataset).has("features/name")
+
+
+@pytest.fixture
+def hanging_image_url():
+    """An http URL whose server accepts connections and never answers."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.2)
+    conns, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conns.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}/img/never.png"
+    stop.set()
+    t.join()
+    for c in conns:
+        c.close()
+    srv.close()
+
+
+def test_a_hanging_image_url_counts_as_unreadable_after_the_timeout(dataset, tiny_resnet_file,
+                                                                     hanging_image_url):
+    """``encode.image_timeout`` reaches the Ray Data encoder: a server that never answers
+    costs that many seconds (not aiohttp's 300 s, nor the 30 s default) and the image is
+    counted unreadable, like a missing file; the job completes."""
+    import time
+
+    import pyarrow as pa
+
+    from psqe_ray.io.dataset import DatasetWriter
+
+    img = Dataset(dataset).table("images")
+    urls = img.column("url").to_pylist()
+    urls[0] = hanging_image_url
+    with DatasetWriter(dataset, stage="hang", fingerprint="hanging-image", update=True) as w:
+        w.write("images", img.set_column(2, "url", pa.array(urls, pa.string())))
+        w.commit()
+    cfg = EncodeConfig(image_arch="resnet18", image_weights=tiny_resnet_file, image_size=64,
+                       image_batch_size=8, workers=1, image_timeout=1.0)
+    t = time.monotonic()
+    res = encode_modality(dataset, "image", cfg)
+    took = time.monotonic() - t
+    assert res.failed == 1 and res.failures[0].startswith(hanging_image_url + ": ")
+    assert res.present == len(urls) - 1 - sum(u is None for u in urls)
+    assert took < 28, took  # the default (30 s) alone would exceed this
