@@ -45,7 +45,7 @@ __all__ = ["Vectors", "alignment_metrics", "csls_penalty", "field_split", "gold_
 
 class Vectors:
     """How the approximate evaluation reaches the vectors: here, arrays of this process.  The
-    Ray path passes one for row blocks in the object store (searches on shard actors, subsets
+    Ray path passes one for row blocks in the object store (searches on shard tasks, subsets
     and pair scores made by tasks), so its driver never holds an N x d matrix."""
 
     def __init__(self, searcher: Searcher) -> None:

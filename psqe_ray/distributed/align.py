@@ -135,8 +135,9 @@ class RayAlignEngine(AlignEngine):
                 fs, path = resolve(url, storage_options)
                 try:
                     fs.rm(path, recursive=True)
-                except (FileNotFoundError, OSError):
-                    pass
+                except OSError as exc:  # gone already, or a real failure: say which
+                    if fs.exists(path):
+                        log.warning("could not remove %s: %r", url, exc)
         aligner = Aligner(cfg.align, cfg.seed)
         for k in _RESULT:
             setattr(aligner, k, state[k])
@@ -168,7 +169,7 @@ class RayAlignEngine(AlignEngine):
 
 
 class BlockVectors(Vectors):
-    """:class:`~psqe_ray.core.evaluation.Vectors` over row blocks: searches on shard actors,
+    """:class:`~psqe_ray.core.evaluation.Vectors` over row blocks: searches on shard tasks,
     the gold pairs' scores and the subsets made by tasks."""
 
     def __init__(self, gen: RaySeedGenerator) -> None:

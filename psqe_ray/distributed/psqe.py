@@ -9,7 +9,7 @@ its step hooks run on Ray (same ``core`` functions, same inputs, hence the same 
 * Stage II: Ray Train ``TorchTrainer`` (sampled neighbourhoods, gradients all-reduced across
   ``distributed.train_workers``; checkpoints under ``OUT_URL/stages/_train``), then one Ray task
   embeds every entity from the final checkpoint;
-* global top-k: the base side cut into ``distributed.shards`` FAISS shards, one actor each
+* global top-k: the base side cut into ``distributed.shards`` FAISS shards, one task each
   (exact flat search by default, IVF as an option), merged with the associative
   :func:`~psqe_ray.core.topk.merge_topk`;
 * MIC and Stage III: map tasks over the seed table partitioned by left entity id (Parquet
@@ -51,8 +51,8 @@ from psqe_ray.core.topk import empty_topk, merge_topk
 from psqe_ray.distributed.blocks import (Joined, Sharded, best_task, block_url, fuse_task,
                                          kmeans_task, prepare_task, raw_task, read_block,
                                          split_task, take_task, write_task)
-from psqe_ray.distributed.tasks import (TopKShard, cluster_task, expand_map, greedy_task,
-                                        mic_map, parquet, put_table, read_table, rss)
+from psqe_ray.distributed.tasks import (cluster_task, expand_map, greedy_task, mic_map,
+                                        parquet, put_table, read_table, rss, topk_shard)
 from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_device,
                                           fit_on_ray, gather_usage, node_cpus, node_usage,
                                           train_threads)
@@ -572,7 +572,7 @@ class RaySeedGenerator(SeedGenerator):
 
     def _search(self, query: Sharded, base: Sharded, k: int):
         """Top-k (scores, ids) of every query row among the base rows: the search layer's plan
-        for the base's size, one shard actor each (fetching only its base blocks, the queries
+        for the base's size, one shard task each (fetching only its base blocks, the queries
         block by block), merged with the associative top-k merge."""
         d = self.config.distributed
         # exact search: one shard per CPU (any split gives the same answer); IVF: the
@@ -587,19 +587,19 @@ class RaySeedGenerator(SeedGenerator):
         plan = self.searcher.plan(len(base), shards)
         opts, threads = {}, 1
         if plan.kind == "ivf":
-            # few large shards: each actor gets a share of the CPUs (at most a node's) and
-            # runs that many FAISS threads; exact shards are one single-threaded actor per CPU
+            # few large shards: each task gets a share of the CPUs (at most a node's) and
+            # runs that many FAISS threads; exact shards are one single-threaded task per CPU
             # (more shards than CPUs: fractional CPUs, one thread each, so all fit at once)
             per = _cpus() / len(plan.bounds)
             threads = int(max(1, min(min(node_cpus()), per)))
             opts = {"num_cpus": threads if per >= 1 else math.floor(per * 100) / 100,
                     **({"num_gpus": 1} if device == "cuda" else {})}
-        actors = [TopKShard.options(**opts).remote(base.overlapping(a, b), searcher, plan, i,
-                                                   threads)
-                  for i, (a, b) in enumerate(plan.bounds)]
-        results = ray.get([a.search.remote(list(query.refs), kk) for a in actors])
-        for a in actors:
-            ray.kill(a)
+        # tasks: a shard lost with its node is run again by Ray (max_retries), its blocks
+        # rebuilt from their lineage
+        queries = list(query.refs)
+        results = ray.get([topk_shard.options(**opts, max_retries=d.max_failures).remote(
+            base.overlapping(a, b), searcher, plan, i, threads, queries, kk)
+            for i, (a, b) in enumerate(plan.bounds)])
         merged = empty_topk(len(query), kk)
         for (res, _, _) in results:
             merged = merge_topk(merged, res, kk)

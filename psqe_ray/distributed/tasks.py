@@ -1,11 +1,10 @@
-"""Ray tasks and actors of the distributed PSQE path (light imports: no torch, no PyG, so
+"""Ray tasks of the distributed PSQE path (light imports: no torch, no PyG, so
 that a fresh worker process starts them quickly).  Each wraps one ``core`` function and returns,
 with its result, its :class:`~psqe_ray.distributed.runtime.Meter` record (node, bytes read)."""
 
 from __future__ import annotations
 
 import io
-import os
 import resource
 
 import numpy as np
@@ -19,7 +18,7 @@ from psqe_ray.core.sampling import greedy_seeds, sample_cluster
 from psqe_ray.core.search import Searcher, SearchPlan, ShardIndex
 from psqe_ray.distributed.blocks import Rows, Sharded
 from psqe_ray.distributed.runtime import Meter
-from psqe_ray.io.fs import is_local, read_bytes, resolve
+from psqe_ray.io.fs import read_bytes, resolve, write_bytes
 
 
 def rss() -> int:
@@ -53,39 +52,36 @@ def greedy_task(left: Sharded, right: Sharded, budget: int, searcher: Searcher):
 
 
 @ray.remote(num_cpus=0.5)
-class TopKShard:
-    """One shard of a base side (:class:`~psqe_ray.core.search.ShardIndex`: exact, or an IVF
-    index built once), answering top-k queries for the shard's rows with global ids."""
+def topk_shard(blocks: list, searcher: Searcher, plan: SearchPlan, i: int, threads: int,
+               query_blocks: list, k: int):
+    """Shard ``i`` of ``plan`` over a base side (:class:`~psqe_ray.core.search.ShardIndex`:
+    exact, or an IVF index) and the top-k of every query row among its rows, with global ids.
+    ``blocks``: (reference, start, stop) of the base blocks that overlap the shard (only those
+    are fetched); the queries are fetched block by block; ``threads``: FAISS threads (the CPUs
+    this task was given).  A task, not an actor, so that Ray runs it again elsewhere when its
+    node is lost (its inputs rebuilt from their lineage)."""
+    meter = Meter("topk-shard")
+    a, b = plan.bounds[i]
+    got = ray.get([ref for ref, _, _ in blocks])
+    meter.add(got)
+    rows = dense(stack([x[max(a, s) - s:min(b, e) - s]
+                        for x, (_, s, e) in zip(got, blocks)])) if got else None
+    del got
+    if plan.kind == "ivf":
+        import faiss
 
-    def __init__(self, blocks: list, searcher: Searcher, plan: SearchPlan, i: int,
-                 threads: int = 1) -> None:
-        """``blocks``: (reference, start, stop) of the base blocks that overlap shard ``i`` of
-        ``plan`` (only those are fetched); ``threads``: FAISS threads (the CPUs this actor
-        was given)."""
-        self.meter = Meter("topk-shard", actor=True)
-        a, b = plan.bounds[i]
-        got = ray.get([ref for ref, _, _ in blocks])
-        self.meter.add(got)
-        rows = dense(stack([x[max(a, s) - s:min(b, e) - s]
-                            for x, (_, s, e) in zip(got, blocks)])) if got else None
-        del got
-        if plan.kind == "ivf":
-            import faiss
-
-            faiss.omp_set_num_threads(int(threads))
-        self.index = ShardIndex(rows, plan.bounds[i][0], plan.kind, plan.nlist[i],
-                                plan.nprobe[i], searcher.seed, searcher.device)
-
-    def search(self, query_blocks: list, k: int):
-        """Top-k of every query row, the queries fetched block by block."""
-        scores, ids = [], []
-        for ref in query_blocks:
-            q = ray.get(ref)
-            self.meter.add(q)
-            s, i = self.index.search(dense(q), k)
-            scores.append(s)
-            ids.append(i)
-        return (np.concatenate(scores), np.concatenate(ids)), rss(), self.meter.take()
+        faiss.omp_set_num_threads(int(threads))
+    index = ShardIndex(rows, a, plan.kind, plan.nlist[i], plan.nprobe[i], searcher.seed,
+                       searcher.device)
+    del rows
+    scores, ids = [], []
+    for ref in query_blocks:
+        q = ray.get(ref)
+        meter.add(q)
+        s, got_ids = index.search(dense(q), k)
+        scores.append(s)
+        ids.append(got_ids)
+    return (np.concatenate(scores), np.concatenate(ids)), rss(), meter.take()
 
 
 @ray.remote(num_cpus=0.5)
@@ -114,9 +110,7 @@ def expand_map(part_url: str, out_url: str, storage_options, seed_l, seed_r, adj
 
 def put_table(url: str, table: pa.Table, storage_options) -> None:
     fs, path = resolve(url, storage_options)
-    if is_local(fs):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    fs.pipe_file(path, parquet(table))
+    write_bytes(fs, path, parquet(table), url)
 
 
 def read_table(url: str, storage_options) -> pa.Table:

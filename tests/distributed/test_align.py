@@ -31,7 +31,7 @@ def pair_and_seeds(tmp_path_factory) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("extra", [[], [
-    # the approximate search and ranking on row blocks (4 per side): shard actors, tasks
+    # the approximate search and ranking on row blocks (4 per side): shard and block tasks
     "search.exact_below=50", "distributed.block_rows=64", "distributed.chunk_rows=32"]],
     ids=["exact", "approximate-blocks"])
 def test_ray_train_aligner_equals_inprocess(pair_and_seeds, tmp_path, ray_local, ray_timeout,

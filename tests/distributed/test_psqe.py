@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -21,6 +16,7 @@ from psqe_ray.distributed.psqe import run_seeds_on_ray
 from psqe_ray.inprocess import run_seeds
 from psqe_ray.io.dataset import Dataset
 from psqe_ray.io.fs import read_bytes, resolve
+from psqe_ray.testing.cluster import LocalCluster
 from psqe_ray.testing.kill import run_until
 from psqe_ray.testing.synth import SynthConfig, synthesize
 
@@ -122,33 +118,8 @@ def test_rerun_after_kill_skips_committed_stages(pair_url, reference, tmp_path, 
     assert _seeds(str(out)) == reference
 
 
-def _ray(*args: str, env: dict, **kw) -> subprocess.Popen:
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    return subprocess.Popen([ray_bin, *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True, **kw)
-
-
-def _stop_cluster(procs: list[subprocess.Popen]) -> None:
-    """Stop the processes of the cluster this test started (and only those)."""
-    import psutil
-
-    tree = []
-    for p in procs:
-        try:
-            tree += [p.pid] + [c.pid for c in psutil.Process(p.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
-    for pid in tree:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    for p in procs:
-        p.wait()
-
-
 def test_sharded_ivf_search_on_ray_equals_the_inprocess_search(ray_local, ray_timeout, tmp_path):
-    """The search plan depends on the size only: IVF shards on Ray actors, merged, give the
+    """The search plan depends on the size only: IVF shards in Ray tasks, merged, give the
     in-process result bit for bit (and exact plans split per CPU give the exact answer)."""
     import numpy as np
 
@@ -179,77 +150,13 @@ def test_sharded_ivf_search_on_ray_equals_the_inprocess_search(ray_local, ray_ti
             assert plans[0]["kind"] == "exact" and plans[0]["shards"] == 2  # one per CPU
 
 
-def _port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class TwoNodes:
-    """A real Ray cluster of two nodes on this machine (a head and a second ``ray start`` node,
-    one CPU each) and its Jobs API: jobs go in with ``ray job submit``, as users submit them."""
-
-    def __init__(self, env: dict, dash: int) -> None:
-        self.env, self.url = env, f"http://127.0.0.1:{dash}"
-
-    def submit(self, name: str, argv: list[str], limit: float = 200):
-        """``ray job submit -- python ARGV`` from the repository; waits for the job to end and
-        asserts it SUCCEEDED.  Returns its JobDetails (``driver_node_id``, ...)."""
-        from ray.job_submission import JobStatus, JobSubmissionClient
-
-        job = f"psqe-{name}-{os.getpid()}"
-        cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit",
-               f"--address={self.url}", "--no-wait", f"--submission-id={job}",
-               f"--working-dir={REPO}", "--", "python", *argv]
-        for _ in range(60):  # the dashboard's job server and agents take a while to come up
-            proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=60)
-            if proc.returncode == 0:
-                break
-            time.sleep(2)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        client = JobSubmissionClient(self.url)
-        deadline = time.monotonic() + limit
-        while not client.get_job_status(job).is_terminal() and time.monotonic() < deadline:
-            time.sleep(3)
-        info = client.get_job_info(job)
-        assert info.status == JobStatus.SUCCEEDED, \
-            f"job {info.status}: {client.get_job_logs(job)[-3000:]}"
-        return info
-
-    def node_ids(self) -> set[str]:
-        from ray.util.state import list_nodes
-
-        return {n.node_id for n in list_nodes(address=self.url) if n.state == "ALIVE"}
-
-
 @pytest.fixture(scope="module")
-def two_nodes(s3_endpoint, ray_local) -> TwoNodes:
-    """The module's two-node cluster (its processes see the S3 endpoint: jobs read and write
-    the bucket from every node).  Started after the session's own Ray, on other ports."""
-    gcs, dash = _port(), _port()
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    env.pop("RAY_ADDRESS", None)
-
-    def agent_ports() -> list[str]:  # the session's own Ray holds the default agent ports
-        return [f"--dashboard-agent-listen-port={_port()}",
-                f"--dashboard-agent-grpc-port={_port()}", f"--runtime-env-agent-port={_port()}",
-                f"--metrics-export-port={_port()}"]
-
-    procs = [_ray("start", "--head", "--block", f"--port={gcs}", "--num-cpus=1",
-                  "--include-dashboard=true", f"--dashboard-port={dash}",
-                  "--dashboard-host=127.0.0.1", f"--temp-dir={temp}", *agent_ports(), env=env)]
-    try:
-        time.sleep(8)
-        procs.append(_ray("start", "--block", f"--address=127.0.0.1:{gcs}", "--num-cpus=1",
-                          *agent_ports(), env=env))
-        yield TwoNodes(env, dash)
-    finally:
-        _stop_cluster(procs[::-1])
-        shutil.rmtree(temp, ignore_errors=True)  # the cluster's session logs
+def two_nodes(s3_endpoint, ray_local, tmp_path_factory) -> LocalCluster:
+    """The module's two-node cluster (a head and a second ``ray start`` node, one CPU each;
+    its processes see the S3 endpoint: jobs read and write the bucket from every node).
+    Started after the session's own Ray, on other ports."""
+    with LocalCluster(1, (1,), log_dir=tmp_path_factory.mktemp("jobs")) as cluster:
+        yield cluster
 
 
 def _sets(sets: list[str]) -> list[str]:
@@ -264,7 +171,7 @@ def test_ray_job_submit_on_two_node_cluster_with_s3(pair_url, tmp_path, s3_bucke
     s3 = fsspec.filesystem("s3")
     s3.put(pair_url, f"{s3_bucket}/pair", recursive=True)
     data, out = f"{s3_bucket}/pair", f"{s3_bucket}/runs/one"
-    expected = _inprocess(data, str(tmp_path / "ref"), 1)  # training workers: 1-CPU node -> 1 thread
+    expected = _inprocess(data, str(tmp_path / "ref"))
     two_nodes.submit("seeds", ["jobs/seeds.py", data, out, *_sets(SETS)])
     assert _seeds(out) == expected
     fs, path = resolve(out)
@@ -295,7 +202,7 @@ def test_pipeline_job_on_two_nodes_reports_each_nodes_work(pair_url, s3_bucket, 
         assert entry["bytes_read"] == entry["bytes_from_storage"] + entry["bytes_from_objects"]
         assert entry["bytes_from_objects"] > 0
     # the driver (on the node Ray names) read the dataset; its reads are kept apart
-    assert [n for n, e in nodes.items() if e.get("driver_bytes_read")] == [info.driver_node_id]
+    assert [n for n, e in nodes.items() if e.get("driver_bytes_read")] == [info["driver_node_id"]]
 
     def total(key: str, kind: str) -> int:
         return sum(e[key].get(kind, 0) for e in nodes.values())
@@ -305,9 +212,9 @@ def test_pipeline_job_on_two_nodes_reports_each_nodes_work(pair_url, s3_bucket, 
     assert total("tasks", "mic-map") == res["stage2-mic"]["partitions"] \
         + res["stage3-recheck"].get("partitions", 0)
     assert total("tasks", "expansion-map") == res["stage3-expansion"]["partitions"] == 3
-    seeds_shards = sum(e["actors"].get("topk-shard", 0) for e in report["seeds"]["nodes"].values())
+    seeds_shards = sum(e["tasks"].get("topk-shard", 0) for e in report["seeds"]["nodes"].values())
     assert seeds_shards == 2 * res["stage2-global"]["shards"]  # both ways
-    assert total("actors", "topk-shard") > seeds_shards  # the aligner's top-k searches too
+    assert total("tasks", "topk-shard") > seeds_shards  # the aligner's top-k searches too
     assert total("actors", "stage2-train") == total("actors", "align-train") == 1
     blocks = res["features"]["blocks"]  # one task per row block for each feature step
     assert total("tasks", "fuse") == blocks >= 2  # the seeds fuse, the aligner does not
