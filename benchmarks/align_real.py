@@ -116,6 +116,7 @@ def main() -> None:
                         "r2l_hits@1": v["r2l/plain/all"]["hits@1"],
                         "pairs_added": met["pairs_added"],
                         **matching_figures(met.get("matching")),
+                        "smoothing": met.get("smoothing"),
                         "modality_weights": met["modality_weights"],
                         "train_seconds": met["train_seconds"],
                         "seconds": m["seconds"], "peak_rss_mib": round(m["peak_rss_bytes"] / 2**20),

@@ -202,6 +202,11 @@ class AlignConfig:
     gat_layers: int = 2           # GAT layers of the structure branch
     fanout: tuple[int, ...] = (10, 5)  # sampled neighbours per hop while training
     momentum: float = 0.99        # pcmea: EMA rate of the target encoder
+    smooth: int = -1              # ours (SEU's propagation): hops of neighbourhood means
+                                  # appended to the trained joint vectors, no training
+                                  # (psqe_ray/core/smoothing.py); -1 = auto (0-3 hops, the
+                                  # count with the most mutual nearest pairs; no gold read);
+                                  # 0 = off.  The final vectors are (hops + 1) times wider
     topk: int = 10                # candidates per left entity in alignment.parquet
     matching: str = "sinkhorn"    # ours: the one-to-one matches.parquet: sinkhorn (balanced
                                   # on the candidate graph) | greedy (mutual best on CSLS) | off
@@ -286,6 +291,8 @@ class PSQEConfig:
             raise ConfigError("align: dim, batch_size, topk, gat_layers >= 1; epochs, "
                               "epoch_pairs, round_epochs, csls_k >= 0; rounds >= -1; temperature, lr > 0; "
                               "0 <= momentum < 1")
+        if a.smooth < -1:
+            raise ConfigError(f"align.smooth must be -1 (auto) or >= 0 hops, got {a.smooth}")
         if a.checkpoint_every < 1:
             raise ConfigError("align.checkpoint_every must be >= 1")
         if a.matching not in ("sinkhorn", "greedy", "off"):

@@ -255,6 +255,7 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
             "skipped_modalities": gen.skipped_,
             "modality_signal": getattr(gen, "signal_", {}),
             "structure": aligner.structure_,
+            "smoothing": aligner.smoothing_,
             "gold": None if pair.gold is None else int(len(pair.gold[0])),
             "entities": counts,
             "train_seconds": round(aligner.train_seconds_, 3),

@@ -33,6 +33,7 @@ from psqe_ray.align.recipes import Recipe, get_recipe
 from psqe_ray.config import AlignConfig
 from psqe_ray.core.gat import CSRSampler, icl_loss
 from psqe_ray.core.search import Searcher
+from psqe_ray.core.smoothing import smooth
 from psqe_ray.core.train import layer_fanouts, rank_batches, stage_rng
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,9 @@ def structure_input(setting: str, seeds: int, n_left: int, n_right: int) -> str:
     return "free" if seeds >= FREE_STRUCTURE_SHARE * max(1, min(n_left, n_right)) else "features"
 
 
+AUTO_HOPS = 3  # align.smooth=-1 tries 0 .. AUTO_HOPS hops
+
+
 class Aligner:
     """A recipe's aligner (scikit-learn style: settings in ``__init__``, ``fit`` returns self).
 
@@ -111,10 +115,13 @@ class Aligner:
         random_state: seed of every random stream (initialisation, batch order, sampling).
 
     After ``fit``:
-        embeddings_: (left float32 (n_left, D), right float32 (n_right, D)), L2-normalised
-            joint vectors.
+        embeddings_: (left float32 (n_left, D), right float32 (n_right, D)): the
+            L2-normalised joint vectors, with ``align.smooth`` hops of neighbourhood means
+            appended (:func:`psqe_ray.core.smoothing.smooth`; D = (hops + 1) x the joint
+            width, inner products in [-1, 1]).
         modality_weights_: modality -> mean fusion weight over all entities.
         structure_: the structure input used (``align.structure``, ``auto`` resolved).
+        smoothing_: ``hops`` appended to the joint vectors and how they were chosen.
         pairs_: (left int64, right int64) the training pairs at the end (seeds + added).
         added_: pairs added per iterative round; losses_: loss per epoch.
     """
@@ -322,12 +329,41 @@ class Aligner:
                 train(phases[at["phase"]])
             at = {"phase": at["phase"] + 1, "epoch": 0, "checked": False}
         joint, weights = model.joint_all(feats, full)
+        joint, self.smoothing_ = self._smooth(joint, graph, n_left)
         self.embeddings_ = (joint[:n_left], joint[n_left:])
         self.modality_weights_ = {m: float(w) for m, w in zip(model.modalities, weights)}
         self.pairs_ = (pairs_l, pairs_r)
         self.train_seconds_ = time.perf_counter() - t0
         self.model_ = model
         return self
+
+    def _smooth(self, joint: np.ndarray, graph, n_left: int) -> tuple[np.ndarray, dict]:
+        """The final vectors: ``joint`` with ``align.smooth`` hops of neighbourhood means
+        appended (training-free, :func:`psqe_ray.core.smoothing.smooth`), and how the count
+        was chosen.  ``-1``: each count from 0 up to :data:`AUTO_HOPS` is tried while it adds
+        mutual nearest pairs (every entity free; a tie keeps fewer hops), the unsupervised
+        criterion of cross-lingual embedding model selection: no seed or gold link is read."""
+        hops = self.config.smooth
+        if hops >= 0:
+            return (smooth(joint, graph, hops) if hops else joint), {"hops": hops,
+                                                                     "chosen_by": "setting"}
+
+        def mutual(x: np.ndarray) -> int:
+            free_l, free_r = np.ones(n_left, bool), np.ones(len(x) - n_left, bool)
+            return int(len(mutual_nearest(x[:n_left], x[n_left:], free_l, free_r,
+                                          self.searcher)[0]))
+
+        counts, best, out = {0: mutual(joint)}, 0, joint
+        for h in range(1, AUTO_HOPS + 1):
+            x = smooth(joint, graph, h)
+            counts[h] = mutual(x)
+            if counts[h] <= counts[best]:
+                break
+            best, out = h, x
+        log.info("align %s: %d smoothing hop(s), chosen by mutual nearest pairs %s",
+                 self.recipe.name, best, counts)
+        return out, {"hops": best, "chosen_by": "mutual nearest pairs",
+                     "mutual_nearest": {str(h): c for h, c in counts.items()}}
 
     def _check(self, model, target, feats, full, n_left, n_right, pairs_l, pairs_r):
         free_l = np.ones(n_left, bool)

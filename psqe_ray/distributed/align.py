@@ -37,7 +37,7 @@ from psqe_ray.pipeline import TRAIN, AlignEngine, run_align, run_pipeline
 log = logging.getLogger(__name__)
 
 _RESULT = ("embeddings_", "modality_weights_", "added_", "losses_", "train_seconds_",
-           "structure_", "steps_")
+           "structure_", "smoothing_", "steps_")
 
 
 def _align_worker(config: dict) -> None:

@@ -186,8 +186,11 @@ def test_every_recipe_learns_from_seeds(inputs, recipe):
     after = alignment_metrics(*trained.embeddings_, *gold)["hits@1"]
     before = alignment_metrics(*untrained.embeddings_, *gold)["hits@1"]
     assert after > before + 0.1, (recipe, before, after)
-    assert trained.embeddings_[0].shape == (n_left, 32 * len(trained.modality_weights_))
-    assert np.allclose(np.linalg.norm(trained.embeddings_[0], axis=1), 1.0, atol=1e-4)
+    width = 32 * len(trained.modality_weights_)  # the joint vector; then the smoothing hops
+    hops = trained.smoothing_["hops"]
+    assert trained.embeddings_[0].shape == (n_left, width * (hops + 1))
+    own = trained.embeddings_[0][:, :width] * np.sqrt(hops + 1)
+    assert np.allclose(np.linalg.norm(own, axis=1), 1.0, atol=1e-4)
     assert sum(trained.modality_weights_.values()) == pytest.approx(1.0, abs=1e-5)
     assert len(trained.added_) == (get_recipe(recipe).rounds)
 
@@ -201,6 +204,35 @@ def test_deterministic_given_the_seed(inputs):
     c = Aligner(cfg, random_state=8).fit(feats, graph, n_left, *seeds)
     assert np.array_equal(a.embeddings_[0], b.embeddings_[0]) and a.added_ == b.added_
     assert not np.array_equal(a.embeddings_[0], c.embeddings_[0])
+
+
+def test_smoothing_appends_hops_to_the_trained_vectors_and_helps(inputs):
+    """align.smooth is post-hoc: the same training, the joint vector kept as the first block
+    (scaled), neighbourhood means after it; on the synthetic pair it ranks better."""
+    feats, graph, n_left, gold = inputs
+    seeds = _seeds(gold)
+    cfg = replace(FAST, recipe="pcmea", epochs=5, rounds=0)
+    plain = Aligner(replace(cfg, smooth=0), random_state=7).fit(feats, graph, n_left, *seeds)
+    smoothed = Aligner(replace(cfg, smooth=2), random_state=7).fit(feats, graph, n_left, *seeds)
+    width = plain.embeddings_[0].shape[1]
+    for p, s in zip(plain.embeddings_, smoothed.embeddings_):
+        assert s.shape == (p.shape[0], 3 * width)
+        np.testing.assert_allclose(s[:, :width], p / np.sqrt(3), rtol=1e-6, atol=1e-7)
+    before = alignment_metrics(*plain.embeddings_, *gold)["hits@1"]
+    after = alignment_metrics(*smoothed.embeddings_, *gold)["hits@1"]
+    assert after > before, (before, after)
+    assert smoothed.smoothing_ == {"hops": 2, "chosen_by": "setting"}
+    # auto (-1): hop counts tried while they add mutual nearest pairs; the last one kept
+    auto = Aligner(replace(cfg, smooth=-1), random_state=7).fit(feats, graph, n_left, *seeds)
+    counts = {int(h): c for h, c in auto.smoothing_["mutual_nearest"].items()}
+    chosen = auto.smoothing_["hops"]
+    assert list(counts) == list(range(len(counts))) and chosen in counts
+    assert all(counts[h] > counts[h - 1] for h in range(1, chosen + 1))
+    assert chosen == max(counts) or counts[chosen + 1] <= counts[chosen]
+    assert auto.embeddings_[0].shape[1] == (chosen + 1) * width
+    expect = plain.embeddings_ if chosen == 0 else Aligner(
+        replace(cfg, smooth=chosen), random_state=7).fit(feats, graph, n_left, *seeds).embeddings_
+    assert all(np.array_equal(a, b) for a, b in zip(auto.embeddings_, expect))
 
 
 def test_iterative_filters(inputs):
