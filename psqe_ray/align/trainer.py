@@ -35,6 +35,7 @@ from psqe_ray.core.gat import CSRSampler, icl_loss
 from psqe_ray.core.search import Searcher
 from psqe_ray.core.smoothing import smooth
 from psqe_ray.core.train import layer_fanouts, rank_batches, stage_rng
+from psqe_ray.progress import EpochProgress
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,10 @@ class Aligner:
     def _rounds(self) -> int:
         return self.recipe.rounds if self.config.rounds < 0 else self.config.rounds
 
+    def epochs(self) -> int:
+        """Training epochs of the whole schedule (the first training, then every round's)."""
+        return self.config.epochs + self.config.round_epochs * self._rounds()
+
     def fit(self, feats: dict, graph: tuple[np.ndarray, np.ndarray], n_left: int,
             seed_left: np.ndarray, seed_right: np.ndarray, *, rank: int = 0, world: int = 1,
             sync: Callable[[torch.nn.Module], None] | None = None,
@@ -235,6 +240,7 @@ class Aligner:
         # the schedule: phase 0 trains ``epochs``; phase i >= 1 is round i's check, then
         # ``round_epochs``; ``at`` says where it stands (what a checkpoint resumes from)
         phases = [cfg.epochs] + [cfg.round_epochs] * self._rounds()
+        progress = EpochProgress(f"align {rec.name} training")
         at = {"phase": 0, "epoch": 0, "checked": False}
         previous: set[tuple[int, int]] | None = None
         state = checkpoint.load(self.device) if checkpoint is not None else None
@@ -299,9 +305,7 @@ class Aligner:
                 self.losses_.append(total)
                 at["epoch"] += 1
                 done = len(self.losses_)
-                if done % 20 == 0 or done == 1:
-                    log.info("align %s epoch %d loss %.4f (%.0f s)", rec.name, done, total,
-                             time.perf_counter() - t0)
+                progress.update(done, self.epochs(), total)
                 if on_epoch is not None:
                     on_epoch(done, total)
                 if checkpoint is not None and done % checkpoint.every == 0:

@@ -22,6 +22,7 @@ import torch
 from psqe_ray.config import Stage2Config
 from psqe_ray.core.blocks import stage_rng  # noqa: F401  (re-exported: the keyed streams)
 from psqe_ray.core.gat import CSRSampler, SeedEncoder, icl_loss
+from psqe_ray.progress import EpochProgress
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,7 @@ def train_encoder(feats: dict, graph: tuple[np.ndarray, np.ndarray], seed_left: 
     if n_seeds < 2 * world:
         model.eval()
         return model, losses
+    progress = EpochProgress("stage2 training")
     for epoch in range(start, cfg.epochs):
         perm = order_rng.permutation(n_seeds)
         total = 0.0
@@ -179,8 +181,7 @@ def train_encoder(feats: dict, graph: tuple[np.ndarray, np.ndarray], seed_left: 
             opt.step()
             total += float(loss.detach())
         losses.append(total)
-        if epoch % 50 == 0 or epoch == cfg.epochs - 1:
-            log.info("stage2 epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, total)
+        progress.update(epoch + 1, cfg.epochs, total)
         if on_epoch is not None:
             on_epoch(epoch + 1, losses, snapshot)
     model.eval()

@@ -26,7 +26,7 @@ from psqe_ray.distributed.psqe import RaySeedGenerator, run_seeds_on_ray
 from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_device,
                                           fit_on_ray, gather_objects, gather_usage,
                                           merge_nodes, node_usage, ray_session,
-                                          train_threads)
+                                          send_progress, train_threads)
 from psqe_ray.distributed.tasks import rss
 from psqe_ray.io.checkpoint import AlignCheckpoint
 from psqe_ray.io.fs import StorageOptions, absolute, join, resolve
@@ -64,10 +64,16 @@ def _align_worker(config: dict) -> None:
     if config["checkpoint"] is not None:
         url, tag, every = config["checkpoint"]
         checkpoint = AlignCheckpoint(url, tag, every, config["storage_options"])
-    aligner = Aligner(cfg, config["seed"], searcher, config.get("device", "cpu")).fit(
-        feats, graph, config["n_left"], seeds[0], seeds[1], rank=rank, world=world,
-        sync=lambda m: allreduce_gradients(m, world), checkpoint=checkpoint,
-        gather=gather_objects)
+    aligner = Aligner(cfg, config["seed"], searcher, config.get("device", "cpu"))
+    epochs = aligner.epochs()
+
+    def on_epoch(done: int, loss: float) -> None:
+        if rank == 0:
+            send_progress(config, done, epochs, loss)
+
+    aligner.fit(feats, graph, config["n_left"], seeds[0], seeds[1], rank=rank, world=world,
+                sync=lambda m: allreduce_gradients(m, world), checkpoint=checkpoint,
+                gather=gather_objects, on_epoch=on_epoch)
     usage = gather_usage(meter.take())
     if rank == 0:
         # the joint vectors go block by block to storage (the checkpoint says where); the
@@ -127,7 +133,8 @@ class RayAlignEngine(AlignEngine):
                  (checkpoint.url, checkpoint.tag, checkpoint.every)},
                 workers=d.train_workers, cpus=d.train_cpus, name=run_name,
                 storage_url=storage_url, storage_options=storage_options,
-                result_file="result.pkl", device=device, max_failures=d.max_failures)
+                result_file="result.pkl", device=device, max_failures=d.max_failures,
+                progress=f"align {cfg.align.recipe} training")
             # into the object store before the training folder goes
             state["embeddings_"] = gen._read_blocks(state["embeddings_"], blocks_url)
         finally:  # the aligner's checkpoint stays until the alignment is committed

@@ -55,7 +55,7 @@ from psqe_ray.distributed.tasks import (cluster_task, expand_map, greedy_task, m
                                         parquet, put_table, read_table, rss, topk_shard)
 from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_device,
                                           fit_on_ray, gather_usage, node_cpus, node_usage,
-                                          train_threads)
+                                          send_progress, train_threads)
 from psqe_ray.io.dataset import Dataset, DatasetWriter
 from psqe_ray.inprocess import run_seeds, seeds_table
 from psqe_ray.io.fs import StorageOptions, absolute, exists, join, read_bytes, resolve
@@ -123,6 +123,8 @@ def _train_worker(config: dict) -> None:
 
     def on_epoch(done: int, losses: list[float], snapshot) -> None:
         last["snapshot"] = snapshot
+        if rank == 0:
+            send_progress(config, done, cfg.epochs, losses[-1] if losses else 0.0)
         if done % every == 0 and done < cfg.epochs:
             report(done, losses, snapshot)
 
@@ -534,7 +536,7 @@ class RaySeedGenerator(SeedGenerator):
              "storage_options": self.storage_options},
             workers=d.train_workers, cpus=d.train_cpus, name=run_name, storage_url=storage_url,
             storage_options=self.storage_options, keep=2, result_file="state.pkl", device=device,
-            max_failures=d.max_failures)
+            max_failures=d.max_failures, progress="stage2 training")
         self.losses_ = state["losses"]
         learned = state["learned"]
         self._res(self._current, workers=d.train_workers, cpus_per_worker=d.train_cpus,

@@ -120,15 +120,77 @@ def _train_storage(url: str, storage_options) -> tuple[Any, str]:
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
+def send_progress(config: dict, done: int, total: int, loss: float) -> None:
+    """From a training worker (rank 0): one epoch to the driver's progress line
+    (:func:`fit_on_ray`); never fails the training."""
+    queue = config.get("progress")
+    if queue is not None:
+        try:
+            queue.put_nowait((done, total, loss))
+        except Exception:  # noqa: BLE001  (full, or the driver's side is gone: only progress)
+            pass
+
+
+class _Forward:
+    """The driver's side of the workers' progress: a queue actor on the driver's node and a
+    thread that logs what arrives (:class:`psqe_ray.progress.EpochProgress`)."""
+
+    def __init__(self, label: str) -> None:
+        import threading
+
+        from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from psqe_ray.progress import EpochProgress
+
+        node = ray.get_runtime_context().get_node_id()
+        self.queue = Queue(maxsize=10000, actor_options={
+            "num_cpus": 0,
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)})
+        self.progress = EpochProgress(label)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="psqe-progress")
+        self.thread.start()
+
+    def _take(self, timeout: float) -> bool:
+        from ray.util.queue import Empty
+
+        try:
+            msg = self.queue.get(timeout=timeout)
+        except Empty:
+            return False
+        self.progress.update(*msg)
+        return True
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                self._take(0.5)
+        except Exception:  # noqa: BLE001  (the queue actor is gone: progress only)
+            pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        try:
+            while self._take(0.05):  # what arrived after the thread's last look
+                pass
+            self.queue.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
+
+
 def fit_on_ray(loop: Callable[[dict], None], config: dict, *, workers: int, cpus: float,
                name: str, storage_url: str, storage_options=None, keep: int = 1,
-               result_file: str, device: str = "cpu", max_failures: int = 0) -> Any:
+               result_file: str, device: str = "cpu", max_failures: int = 0,
+               progress: str | None = None) -> Any:
     """Run ``loop`` on Ray Train (``workers`` data-parallel workers of ``cpus`` CPUs each, and
     one GPU each when ``device`` is cuda; checkpoints under ``storage_url/name``, the newest
     ``keep``) and return the unpickled ``result_file`` of the final checkpoint (written by rank
     0).  The loop finds the device in ``config["device"]``.  When a worker is lost (its node
     or process), Ray Train restarts the group up to ``max_failures`` times; the loop resumes
-    from ``ray.train.get_checkpoint()`` or its own checkpoint."""
+    from ``ray.train.get_checkpoint()`` or its own checkpoint.  ``progress``: a label; the
+    loop's :func:`send_progress` calls then show on the driver as progress lines."""
     import pickle
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -137,14 +199,20 @@ def fit_on_ray(loop: Callable[[dict], None], config: dict, *, workers: int, cpus
     from psqe_ray.io.fs import read_bytes, resolve
 
     pafs, storage_path = _train_storage(storage_url, storage_options)
+    forward = _Forward(progress) if progress else None
     trainer = TorchTrainer(
-        loop, train_loop_config={**config, "device": device},
+        loop, train_loop_config={**config, "device": device,
+                                 "progress": forward.queue if forward else None},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=device == "cuda",
                                      resources_per_worker={"CPU": cpus}),
         run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=pafs,
                              checkpoint_config=CheckpointConfig(num_to_keep=keep),
                              failure_config=FailureConfig(max_failures=max_failures)))
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        if forward is not None:
+            forward.close()
     if getattr(result, "error", None) is not None:
         raise result.error
     with result.checkpoint.as_directory() as tmp:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import load_config
 from psqe_ray.distributed.align import run_align_on_ray
 from psqe_ray.pipeline import run_align
@@ -35,11 +37,19 @@ def pair_and_seeds(tmp_path_factory) -> tuple[str, str]:
     "search.exact_below=50", "distributed.block_rows=64", "distributed.chunk_rows=32"]],
     ids=["exact", "approximate-blocks"])
 def test_ray_train_aligner_equals_inprocess(pair_and_seeds, tmp_path, ray_local, ray_timeout,
-                                            extra):
+                                            extra, caplog):
     pair, seeds = pair_and_seeds
     cfg = load_config(None, SETS + extra)
     local = run_align(pair, seeds, str(tmp_path / "local"), cfg)
-    on_ray = run_align_on_ray(pair, seeds, str(tmp_path / "ray"), cfg)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="psqe_ray"):
+        on_ray = run_align_on_ray(pair, seeds, str(tmp_path / "ray"), cfg)
+    # the Ray Train worker's epochs reach the driver's log, up to the last
+    total = Aligner(cfg.align).epochs()
+    lines = [r.getMessage() for r in caplog.records if r.name == "psqe_ray.progress"]
+    assert any(m.startswith(f"align {cfg.align.recipe} training: epoch {total}/{total}, loss")
+               for m in lines), \
+        lines
     assert on_ray["engine"] == "ray" and on_ray["train_workers"] == 1
     assert on_ray["pairs_added"] == local["pairs_added"]
     assert on_ray["variants"] == local["variants"]

@@ -4,6 +4,7 @@ kill, and ``ray job submit`` on a two-node local cluster with data on an S3 endp
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -52,14 +53,20 @@ def reference(pair_url, tmp_path_factory) -> dict[str, list]:
 
 
 def test_distributed_path_gives_the_inprocess_seeds(pair_url, reference, tmp_path, ray_local,
-                                                    ray_timeout, monkeypatch):
+                                                    ray_timeout, monkeypatch, caplog):
     # a relative output, as the README's main job gives: Ray Train's workers run in another
     # working directory, yet write the learned vectors into the right stage folder
     monkeypatch.chdir(tmp_path)
     out = "out"
-    report = run_seeds_on_ray(pair_url, out, load_config(None, SETS))
+    cfg = load_config(None, SETS)
+    with caplog.at_level(logging.INFO, logger="psqe_ray"):
+        report = run_seeds_on_ray(pair_url, out, cfg)
     got = _seeds(out)
     assert got == reference  # accepted seeds in order, scores, sources, rejections
+    # the Ray Train worker's epochs reach the driver's log (the first and the last at least)
+    lines = [r.getMessage() for r in caplog.records if r.name == "psqe_ray.progress"]
+    assert any(m.startswith("stage2 training: epoch 1/") for m in lines), lines
+    assert any(f"epoch {cfg.stage2.epochs}/{cfg.stage2.epochs}, loss" in m for m in lines), lines
     stages = {s["name"]: s for s in report["stages"]}
     # the case exercises every distributed step
     assert stages["stage1-cluster"]["added"] > 0 and stages["stage2-global"]["added"] > 0
