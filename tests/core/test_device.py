@@ -15,7 +15,7 @@ from torch_geometric.nn import GATConv
 
 from psqe_ray.config import AlignConfig, Stage2Config
 from psqe_ray.core import gat
-from psqe_ray.core.gat import Adjacency, CSRSampler, gat_untransformed, sparse_linear
+from psqe_ray.core.gat import Adjacency, gat_untransformed, sparse_linear
 from psqe_ray.core.train import cpu_state, resolve_device, train_encoder
 
 

@@ -147,7 +147,7 @@ def test_features_share_vocabulary_by_name():
                relation_keys=np.array(["lives"], dtype=object),
                attr_entity=np.array([1]), attr_keys=np.array(["x"], dtype=object))
     rel = relation_features(a, b)
-    (xl, pl), (xr, pr) = rel["left"], rel["right"]
+    (xl, _), (xr, _) = rel["left"], rel["right"]
     assert xl.shape[1] == xr.shape[1] == 2
     # "lives" is the most frequent key (2 triples' worth of endpoints): column 0
     assert xl[1].tolist() == [1.0, 1.0] and xr[0].tolist() == [1.0, 0.0]

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from psqe_ray.cli import main
 from psqe_ray.io.dataset import Dataset
