@@ -35,7 +35,7 @@ from psqe_ray.core.gat import CSRSampler, icl_loss
 from psqe_ray.core.search import Searcher
 from psqe_ray.core.smoothing import smooth
 from psqe_ray.core.train import layer_fanouts, rank_batches, stage_rng
-from psqe_ray.progress import EpochProgress
+from psqe_ray.core.progress import EpochProgress
 
 log = logging.getLogger(__name__)
 

@@ -133,7 +133,7 @@ def send_progress(config: dict, done: int, total: int, loss: float) -> None:
 
 class _Forward:
     """The driver's side of the workers' progress: a queue actor on the driver's node and a
-    thread that logs what arrives (:class:`psqe_ray.progress.EpochProgress`)."""
+    thread that logs what arrives (:class:`psqe_ray.core.progress.EpochProgress`)."""
 
     def __init__(self, label: str) -> None:
         import threading
@@ -141,7 +141,7 @@ class _Forward:
         from ray.util.queue import Queue
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from psqe_ray.progress import EpochProgress
+        from psqe_ray.core.progress import EpochProgress
 
         node = ray.get_runtime_context().get_node_id()
         self.queue = Queue(maxsize=10000, actor_options={

@@ -1,10 +1,10 @@
-"""Progress lines of long loops (psqe_ray.progress)."""
+"""Progress lines of long loops (psqe_ray.core.progress)."""
 
 from __future__ import annotations
 
 import logging
 
-from psqe_ray.progress import EpochProgress
+from psqe_ray.core.progress import EpochProgress
 
 
 class Clock:
