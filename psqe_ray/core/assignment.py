@@ -39,7 +39,7 @@ import numpy as np
 from psqe_ray.core.matching import greedy_one_to_one
 
 __all__ = ["CandidateGraph", "MatchResult", "candidate_graph", "match", "match_metrics",
-           "sinkhorn", "rerank_metrics"]
+           "pair_metrics", "sinkhorn", "rerank_metrics"]
 
 
 @dataclass
@@ -160,7 +160,14 @@ def match(g: CandidateGraph, *, method: str = "sinkhorn", temperature: float = 0
 
 
 def match_metrics(m: MatchResult, gold_left: np.ndarray, gold_right: np.ndarray) -> dict:
-    """Precision / recall / F1 of the matches against gold links (evaluation only).
+    """:func:`pair_metrics` of the matched pairs."""
+    return pair_metrics(m.left, m.right, gold_left, gold_right)
+
+
+def pair_metrics(left: np.ndarray, right: np.ndarray, gold_left: np.ndarray,
+                 gold_right: np.ndarray) -> dict:
+    """Precision / recall / F1 of entity pairs (the matches) against gold links (evaluation
+    only).
 
     ``recall`` = correct matches / gold pairs (for a one-to-one alignment this is also its
     Hits@1 over the gold left entities).  ``precision`` = correct / *judged* matches, those
@@ -169,20 +176,21 @@ def match_metrics(m: MatchResult, gold_left: np.ndarray, gold_right: np.ndarray)
     ``unjudged``, and ``precision_all`` counts it as wrong."""
     gl = np.asarray(gold_left, np.int64)
     gr = np.asarray(gold_right, np.int64)
-    n_l = int(max(gl.max(initial=-1), m.left.max(initial=-1))) + 1
-    n_r = int(max(gr.max(initial=-1), m.right.max(initial=-1))) + 1
+    left, right = np.asarray(left, np.int64), np.asarray(right, np.int64)
+    n_l = int(max(gl.max(initial=-1), left.max(initial=-1))) + 1
+    n_r = int(max(gr.max(initial=-1), right.max(initial=-1))) + 1
     partner = np.full(n_l, -1, np.int64)
     partner[gl] = gr
     in_gold_r = np.zeros(n_r, bool)
     in_gold_r[gr] = True
-    correct = int((partner[m.left] == m.right).sum())
-    judged = int(((partner[m.left] >= 0) | in_gold_r[m.right]).sum())
+    correct = int((partner[left] == right).sum())
+    judged = int(((partner[left] >= 0) | in_gold_r[right]).sum())
     p = correct / judged if judged else None
     r = correct / len(gl) if len(gl) else None
     f1 = 2 * p * r / (p + r) if p and r else (0.0 if p is not None and r is not None else None)
-    return {"matches": int(m.left.size), "correct": correct, "judged": judged,
-            "unjudged": int(m.left.size) - judged, "precision": p, "recall": r, "f1": f1,
-            "precision_all": correct / m.left.size if m.left.size else None}
+    return {"matches": int(left.size), "correct": correct, "judged": judged,
+            "unjudged": int(left.size) - judged, "precision": p, "recall": r, "f1": f1,
+            "precision_all": correct / left.size if left.size else None}
 
 
 def rerank_metrics(g: CandidateGraph, share: np.ndarray, gold_left: np.ndarray,
