@@ -2,7 +2,7 @@
 
 Sub-commands (``psqe-ray <command> --help`` for options):
 
-* ``import``  DBP15K / OpenEA layout folder -> dataset
+* ``import``  DBP15K / OpenEA / MMKB / DWY100K layout folder -> dataset
 * ``synth``   synthetic KG pair with a planted alignment -> dataset
 * ``inspect`` counts per table, side and modality, plus validation
 * ``seeds``   pseudo seeds (PSQE, UVP, multimodal greedy) -> seeds.parquet + report.json
@@ -268,8 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    imp = sub.add_parser("import", help="import a DBP15K / OpenEA layout folder")
-    imp.add_argument("--format", required=True, choices=["dbp15k", "openea"])
+    imp = sub.add_parser("import", help="import a DBP15K / OpenEA / MMKB / DWY100K layout folder")
+    imp.add_argument("--format", required=True, choices=["dbp15k", "dwy100k", "mmkb", "openea"],
+                     help="dbp15k, openea (id-converted or OpenEA's own 15K/100K layout), "
+                          "mmkb (FB15K-DB15K / FB15K-YAGO15K), dwy100k")
     imp.add_argument("src", metavar="SRC_DIR", help="source folder (any fsspec URL)")
     imp.add_argument("dataset", metavar="DATASET_URL", help="destination dataset")
     imp.add_argument("--names", metavar="NAMES_JSON",

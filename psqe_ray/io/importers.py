@@ -1,21 +1,29 @@
-"""Importers for the layouts used by EVA / MCLEA / MEAformer (DBP15K) and OpenEA.
+"""Importers for the public entity-alignment layouts (``FORMATS``).
 
-Source folder (any fsspec URL), each optional part used when present:
+``dbp15k`` / ``mmkb`` / ``dwy100k`` / id-converted ``openea`` read one id layout (EVA, MCLEA,
+MEAformer, BootEA), each optional part used when present:
 
 ==========================  =================================================================
 ``ent_ids_1``/``ent_ids_2``  ``raw_id<TAB>URI`` per entity (left / right); required
 ``triples_1``/``triples_2``  ``head<TAB>relation<TAB>tail`` (raw ids); required (may be empty)
-``ill_ent_ids``              ``left<TAB>right`` gold links (DBP15K name; OpenEA: ``ref_ent_ids``)
-``rel_ids``                  ``raw_relation_id<TAB>relation URI`` (both sides, optional)
+gold links                   ``left<TAB>right``: ``ill_ent_ids`` (DBP15K, MMKB), ``ref_ent_ids``
+                             (OpenEA); DWY100K: the union of ``ref_ent_ids`` and ``sup_ent_ids``
+``rel_ids`` (``_1``/``_2``)  ``raw_relation_id<TAB>relation URI`` (optional)
 ``training_attrs_1/2``       ``entity URI<TAB>attribute<TAB>attribute...`` (names only, optional)
 names JSON (``--names``)     ``[[raw_id, [token, ...]], ...]``, e.g. DBP15K translated names
-image pickle                 ``{raw_id: vector}``, e.g. EVA's ResNet features
+image pickle                 ``{raw_id: vector}``, e.g. EVA's ResNet features; for ``mmkb`` also
+                             ``<folder>_id_img_feature_dict.pkl`` in the folder (MCLEA's name)
 ==========================  =================================================================
 
+``openea`` also reads OpenEA's own layout (the 15K / 100K downloads): ``rel_triples_1/2``
+(``head<TAB>relation<TAB>tail`` URIs), ``attr_triples_1/2`` (``URI<TAB>attribute<TAB>value``)
+and as gold the union of ``ent_links`` and the ``721_5fold/k/{train,valid,test}_links`` found.
+
 Raw ids are re-mapped to dense per-side ids by a seeded permutation, so that no id carries
-alignment signal (in DBP15K gold pairs are ``(i, i + 10500)``).  Every problem is reported as a
-:class:`DataError` naming the file, the line and the problem; nothing is written unless the
-whole import validates.
+alignment signal (in DBP15K gold pairs are ``(i, i + 10500)``).  Names come from the URI's last
+segment; a Freebase mid (``/m/0abc``, MMKB's FB15K side) is opaque: no name.  Every problem is
+reported as a :class:`DataError` naming the file, the line and the problem; nothing is written
+unless the whole import validates.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import hashlib
 import json
 import logging
 import pickle
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -38,11 +47,28 @@ from psqe_ray.schemas import SIDES, feature_schema, local_name
 
 log = logging.getLogger(__name__)
 
+@dataclass(frozen=True)
+class Layout:
+    """What a format reads besides the graphs: its gold link files."""
+
+    gold: tuple[str, ...]  # gold link files, in order of preference
+    all_gold: bool = False  # read every one present (train / test splits) and take the union
+
+
 FORMATS = {
-    # format -> gold file names, in order of preference
-    "dbp15k": ("ill_ent_ids", "ref_ent_ids"),
-    "openea": ("ref_ent_ids", "ill_ent_ids"),
+    "dbp15k": Layout(("ill_ent_ids", "ref_ent_ids")),
+    # the id-converted OpenEA layout (EVA / MCLEA); OpenEA's own URI layout: OPENEA_LINKS
+    "openea": Layout(("ref_ent_ids", "ill_ent_ids")),
+    # MMKB FB15K-DB15K / FB15K-YAGO15K converted to the DBP15K layout by MCLEA / MEAformer
+    "mmkb": Layout(("ill_ent_ids",)),
+    # DWY100K as BootEA ships it: 70 % test links in ref_ent_ids, 30 % seeds in sup_ent_ids
+    "dwy100k": Layout(("ref_ent_ids", "sup_ent_ids", "ill_ent_ids"), all_gold=True),
 }
+# OpenEA's URI layout (rel_triples_1/2, attr_triples_1/2): all links, then the 5 folds' splits
+OPENEA_LINKS = ("ent_links", *(f"721_5fold/{k}/{part}_links" for k in range(1, 6)
+                               for part in ("train", "valid", "test")))
+# MCLEA's converter writes the MMKB image features next to the pair as <folder>_id_img_feature_dict.pkl
+MMKB_IMAGES = "{folder}_id_img_feature_dict.pkl"
 
 
 @dataclass
@@ -271,10 +297,154 @@ def _read_image_features(url: str, maps: dict[str, _IdMap], storage_options: Sto
     return tables
 
 
+_FREEBASE_MID = re.compile(r"^(?:/[mg]/|https?://rdf\.freebase\.com/ns/[mg]\.)[0-9a-z_]+$")
+
+
+def _uri_name(uri: str) -> str | None:
+    """An entity's name from its URI (N-Triples ``<...>`` dropped), or none for an opaque id.
+
+    A Freebase mid (``/m/027rn``, MMKB's FB15K side) names nothing: it has no name.
+    """
+    if uri.startswith("<") and uri.endswith(">"):
+        uri = uri[1:-1]
+    if _FREEBASE_MID.match(uri):
+        return None
+    return local_name(uri) or None
+
+
+@dataclass
+class _Graph:
+    """One side as read from the source, before the id permutation (raw ids in file order)."""
+
+    raw: np.ndarray  # raw entity ids
+    uris: list[str]
+    lines: list[int]  # line of each entity in its file (the id layouts' ent_ids_k)
+    triples: np.ndarray  # (n, 3) raw head, relation, tail
+    triple_lines: np.ndarray
+    triple_file: str
+    rel_uris: dict[int, str]  # raw relation id -> URI; empty: relations unnamed
+    codes: dict[str, int] | None = None  # URI -> raw id (OpenEA's URI layout: links name URIs)
+
+
+def _read_id_graphs(src: _Source) -> dict[str, _Graph]:
+    """The id layouts (DBP15K, id-converted OpenEA, MMKB, DWY100K): ent_ids_k, triples_k, rel_ids."""
+    ents = {side: _read_entities(src, f"ent_ids_{k}") for k, side in enumerate(SIDES, 1)}
+    left, (right, _, right_lines) = ents["left"][0], ents["right"]
+    overlap = np.isin(right, left)
+    if overlap.any():
+        i = int(np.flatnonzero(overlap)[0])
+        raise DataError(src.where("ent_ids_2"), f"raw entity id {int(right[i])} "
+                        f"also appears in ent_ids_1 ({int(overlap.sum())} shared ids); the "
+                        "layout needs one id space for both graphs", line=right_lines[i])
+    rel_uris: dict[int, str] = {}
+    for name in ("rel_ids", "rel_ids_1", "rel_ids_2"):  # DWY100K / JAPE: one file per side
+        if src.has(name):
+            where = src.where(name)
+            for lineno, line in enumerate(src.lines(name), 1):
+                if line.strip():
+                    rid, ruri = _fields(line, where, lineno, 2, "id, relation URI")
+                    rel_uris[_int(rid, where, lineno, "relation id")] = ruri.strip()
+    graphs = {}
+    for k, side in enumerate(SIDES, 1):
+        rows, lines = _read_id_rows(src, f"triples_{k}", 3, "head, relation, tail")
+        graphs[side] = _Graph(*ents[side], rows, lines, src.where(f"triples_{k}"), rel_uris)
+    return graphs
+
+
+def _read_uri_graphs(src: _Source) -> dict[str, _Graph]:
+    """OpenEA's own layout: ``rel_triples_k`` of URIs (``head<TAB>relation<TAB>tail``).
+
+    Entities and relations are numbered in order of first appearance, per side.
+    """
+    graphs = {}
+    for k, side in enumerate(SIDES, 1):
+        name = f"rel_triples_{k}"
+        where = src.where(name)
+        ents: dict[str, int] = {}
+        rels: dict[str, int] = {}
+        rows: list[tuple[int, int, int]] = []
+        lines: list[int] = []
+        for lineno, line in enumerate(src.lines(name), 1):
+            if not line.strip():
+                continue
+            h, r, t = (p.strip() for p in _fields(line, where, lineno, 3, "head, relation, tail"))
+            if not (h and r and t):
+                raise DataError(where, "malformed line: an empty URI", line=lineno)
+            rows.append((ents.setdefault(h, len(ents)), rels.setdefault(r, len(rels)),
+                         ents.setdefault(t, len(ents))))
+            lines.append(lineno)
+        if not ents:
+            raise DataError(where, "empty graph: the file lists no relation triples")
+        graphs[side] = _Graph(np.arange(len(ents), dtype=np.int64), list(ents), [],
+                              np.asarray(rows, np.int64), np.asarray(lines, np.int64), where,
+                              {i: u for u, i in rels.items()}, codes=ents)
+    return graphs
+
+
+def _read_attributes(src: _Source, name: str, side: str, idmap: _IdMap, uris: list[str],
+                     with_values: bool) -> pa.Table:
+    """``training_attrs_k`` (``URI<TAB>attribute<TAB>...``: names only) or OpenEA's
+    ``attr_triples_k`` (``URI<TAB>attribute<TAB>value``; a value with tabs is joined by spaces,
+    a missing or empty value is null)."""
+    where = src.where(name)
+    by_uri = {u: i for i, u in zip(idmap.new.tolist(), uris)}
+    ent: list[int] = []
+    attr: list[str] = []
+    value: list[str | None] = []
+    for lineno, line in enumerate(src.lines(name), 1):
+        if not line.strip():
+            continue
+        parts = line.rstrip("\r").split("\t")
+        if len(parts) < 2 or (with_values and not parts[1].strip()):
+            raise DataError(where, "malformed line: expected an entity URI and at least "
+                            "one attribute", line=lineno)
+        eid = by_uri.get(parts[0].strip())
+        if eid is None:
+            raise DataError(where, f"unknown {side} entity {parts[0][:80]!r}", line=lineno)
+        if with_values:
+            ent.append(eid)
+            attr.append(parts[1].strip())
+            value.append(" ".join(p.strip() for p in parts[2:]).strip() or None)
+            continue
+        for a in parts[1:]:
+            if a.strip():
+                ent.append(eid)
+                attr.append(a.strip())
+                value.append(None)
+    return pa.table({"side": pa.array([side] * len(ent), pa.string()),
+                     "entity_id": np.asarray(ent, dtype=np.int64),
+                     "attribute": pa.array(attr, pa.string()),
+                     "value": pa.array(value, pa.string())})
+
+
+def _read_links(src: _Source, name: str, maps: dict[str, _IdMap],
+                graphs: dict[str, _Graph]) -> np.ndarray:
+    """One gold file -> (n, 2) new (left, right) ids; raw ids, or URIs in OpenEA's own layout."""
+    where = src.where(name)
+    if graphs["left"].codes is None:
+        rows, lines = _read_id_rows(src, name, 2, "left id, right id")
+    else:
+        pairs: list[list[int]] = []
+        linelist: list[int] = []
+        for lineno, line in enumerate(src.lines(name), 1):
+            if not line.strip():
+                continue
+            uris = [p.strip() for p in _fields(line, where, lineno, 2, "left URI, right URI")]
+            for side, uri in zip(SIDES, uris):
+                if uri not in graphs[side].codes:
+                    raise DataError(where, f"unknown {side} entity {uri[:80]!r}", line=lineno)
+            pairs.append([graphs[s].codes[u] for s, u in zip(SIDES, uris)])
+            linelist.append(lineno)
+        rows = np.asarray(pairs, np.int64).reshape(-1, 2)
+        lines = np.asarray(linelist, np.int64)
+    return np.stack([_map_or_fail(maps[s], rows[:, i], lines, where, f"{s} entity")
+                     for i, s in enumerate(SIDES)], axis=1)
+
+
 def import_pair(fmt: str, src_url: str, dataset_url: str, *, names_url: str | None = None,
                 image_features_url: str | None = None, seed: int = 0,
                 storage_options: StorageOptions = None) -> dict:
-    """Import a DBP15K- or OpenEA-layout folder into a psqe-ray dataset at ``dataset_url``.
+    """Import a folder in one of the :data:`FORMATS` layouts into a psqe-ray dataset.
 
     Returns the manifest (or the existing one when the same import is already there).
     """
@@ -283,27 +453,10 @@ def import_pair(fmt: str, src_url: str, dataset_url: str, *, names_url: str | No
     t0 = time.monotonic()
     src = _Source(src_url, storage_options)
     rng = np.random.default_rng(seed)
-    maps: dict[str, _IdMap] = {}
-    uris: dict[str, list[str]] = {}
-    linenos: dict[str, list[int]] = {}
-    for k, side in enumerate(SIDES, 1):
-        raw, uris[side], linenos[side] = _read_entities(src, f"ent_ids_{k}")
-        maps[side] = _IdMap(raw, rng)
-    overlap = np.isin(maps["right"].raw, maps["left"].raw)
-    if overlap.any():
-        i = int(np.flatnonzero(overlap)[0])
-        raise DataError(src.where("ent_ids_2"), f"raw entity id {int(maps['right'].raw[i])} "
-                        f"also appears in ent_ids_1 ({int(overlap.sum())} shared ids); the "
-                        "layout needs one id space for both graphs", line=linenos["right"][i])
-
-    rel_uris: dict[int, str] = {}
-    if src.has("rel_ids"):
-        where = src.where("rel_ids")
-        for lineno, line in enumerate(src.lines("rel_ids"), 1):
-            if not line.strip():
-                continue
-            rid, ruri = _fields(line, where, lineno, 2, "id, relation URI")
-            rel_uris[_int(rid, where, lineno, "relation id")] = ruri.strip()
+    # OpenEA's own URI layout when there is no id-converted ent_ids_1 beside it
+    uri_layout = fmt == "openea" and not src.has("ent_ids_1") and src.has("rel_triples_1")
+    graphs = _read_uri_graphs(src) if uri_layout else _read_id_graphs(src)
+    maps = {side: _IdMap(graphs[side].raw, rng) for side in SIDES}
 
     tables: dict[str, list[pa.Table]] = {"entities": [], "relations": [], "triples": [],
                                          "attributes": []}
@@ -311,25 +464,24 @@ def import_pair(fmt: str, src_url: str, dataset_url: str, *, names_url: str | No
              else {s: {} for s in SIDES})
     triple_notes: dict[str, dict[str, int]] = {}
     for k, side in enumerate(SIDES, 1):
-        idmap = maps[side]
+        idmap, graph = maps[side], graphs[side]
         n = len(idmap)
         ent_uri = [""] * n
         ent_name: list[str | None] = [None] * n
-        for new_id, uri in zip(idmap.new.tolist(), uris[side]):
+        for new_id, uri in zip(idmap.new.tolist(), graph.uris):
             ent_uri[new_id] = uri
             # an empty (or blank) name is no name: the URI's, else null (absent)
             given = names[side].get(new_id)
-            ent_name[new_id] = (given if given and given.strip() else local_name(uri)) or None
+            ent_name[new_id] = given if given and given.strip() else _uri_name(uri)
         tables["entities"].append(pa.table({
             "side": [side] * n, "entity_id": np.arange(n, dtype=np.int64),
             "uri": ent_uri, "name": pa.array(ent_name, pa.string())}))
 
-        tname = f"triples_{k}"
-        where = src.where(tname)
-        rows, linenos = _read_id_rows(src, tname, 3, "head, relation, tail")
+        rows, linenos, where = graph.triples, graph.triple_lines, graph.triple_file
         head = _map_or_fail(idmap, rows[:, 0], linenos, where, f"{side} entity (head)")
         tail = _map_or_fail(idmap, rows[:, 2], linenos, where, f"{side} entity (tail)")
         raw_rel = np.unique(rows[:, 1])
+        rel_uris = graph.rel_uris
         if rel_uris:
             missing = [r for r in raw_rel.tolist() if r not in rel_uris]
             if missing:
@@ -363,41 +515,27 @@ def import_pair(fmt: str, src_url: str, dataset_url: str, *, names_url: str | No
             "side": pa.array([side] * len(head), pa.string()), "head": head,
             "relation": relation, "tail": tail}))
 
-        aname = f"training_attrs_{k}"
+        aname = f"attr_triples_{k}" if uri_layout else f"training_attrs_{k}"
         if src.has(aname):
-            where = src.where(aname)
-            by_uri = {u: i for i, u in zip(idmap.new.tolist(), uris[side])}
-            a_ent: list[int] = []
-            a_attr: list[str] = []
-            for lineno, line in enumerate(src.lines(aname), 1):
-                if not line.strip():
-                    continue
-                parts = line.rstrip("\r").split("\t")
-                if len(parts) < 2:
-                    raise DataError(where, "malformed line: expected an entity URI and at least "
-                                    "one attribute", line=lineno)
-                eid = by_uri.get(parts[0].strip())
-                if eid is None:
-                    raise DataError(where, f"unknown {side} entity {parts[0][:80]!r}", line=lineno)
-                for attr in parts[1:]:
-                    if attr.strip():
-                        a_ent.append(eid)
-                        a_attr.append(attr.strip())
-            tables["attributes"].append(pa.table({
-                "side": pa.array([side] * len(a_ent), pa.string()),
-                "entity_id": np.asarray(a_ent, dtype=np.int64),
-                "attribute": pa.array(a_attr, pa.string()),
-                "value": pa.array([None] * len(a_ent), pa.string())}))
+            tables["attributes"].append(_read_attributes(src, aname, side, idmap, graph.uris,
+                                                         with_values=uri_layout))
 
+    layout = FORMATS[fmt]
+    candidates = OPENEA_LINKS if uri_layout else layout.gold
+    gold_names = [g for g in candidates if src.has(g)]
+    if not (uri_layout or layout.all_gold):
+        gold_names = gold_names[:1]  # the first found, in order of preference
     gold = None
-    gold_name = next((g for g in FORMATS[fmt] if src.has(g)), None)
-    if gold_name:
-        rows, linenos = _read_id_rows(src, gold_name, 2, "left id, right id")
-        where = src.where(gold_name)
-        left = _map_or_fail(maps["left"], rows[:, 0], linenos, where, "left entity")
-        right = _map_or_fail(maps["right"], rows[:, 1], linenos, where, "right entity")
-        gold = pa.table({"left_id": left, "right_id": right})
+    if gold_names:
+        pairs = [_read_links(src, g, maps, graphs) for g in gold_names]
+        # train / valid / test splits (and all links beside them): their union, each pair once
+        pairs = np.unique(np.concatenate(pairs), axis=0) if len(pairs) > 1 else pairs[0]
+        gold = pa.table({"left_id": pairs[:, 0], "right_id": pairs[:, 1]})
 
+    if fmt == "mmkb" and image_features_url is None:
+        pkl = MMKB_IMAGES.format(folder=src.url.rstrip("/").rsplit("/", 1)[-1])
+        if src.has(pkl):
+            image_features_url = src.where(pkl)
     images = (_read_image_features(image_features_url, maps, storage_options, src.digests)
               if image_features_url else None)
 
@@ -420,8 +558,8 @@ def import_pair(fmt: str, src_url: str, dataset_url: str, *, names_url: str | No
                 writer.write("features/image", images[side])
         manifest = writer.commit(meta={
             "source": src_url, "format": fmt, "seed": seed, "names": names_url,
-            "image_features": image_features_url, "gold_file": gold_name,
-            "triples": triple_notes,
+            "image_features": image_features_url, "gold_file": "+".join(gold_names) or None,
+            "layout": "openea-uri" if uri_layout else "ids", "triples": triple_notes,
             "import_seconds": round(time.monotonic() - t0, 3)})
     log.info("imported %s -> %s in %.1f s", src_url, dataset_url, time.monotonic() - t0)
     return manifest
