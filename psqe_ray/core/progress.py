@@ -20,32 +20,30 @@ def _clock(seconds: float) -> str:
 
 
 class EpochProgress:
-    """Log ``label: epoch D/T, loss L, R s/epoch, about M:SS left``: on the first epoch, then
-    at most once per ``every`` seconds, and on the last.  The rate counts the epochs seen since
-    the first update (a resumed loop's earlier epochs are not timed)."""
+    """Log ``label: epoch D/T, loss L, R s/epoch, about M:SS left``: on the first epoch seen,
+    then at most once per ``every`` seconds, and on the last.  The rate is timed from the first
+    epoch seen, so neither start-up (the first epoch carries it) nor a resumed loop's earlier
+    epochs distort the time left; the first line has no rate yet."""
 
     def __init__(self, label: str, every: float = EVERY,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.label, self.every, self.clock = label, every, clock
-        self.start = clock()
-        self.first: int | None = None
+        self.first: tuple[int, float] | None = None  # (epoch, time) of the first update
         self.last_line: float | None = None
         self.lines = 0
 
     def update(self, done: int, total: int, loss: float | None = None) -> None:
         now = self.clock()
         if self.first is None:
-            self.first = done - 1
-        due = (self.last_line is None or now - self.last_line >= self.every
-               or done >= total)
-        if not due:
+            self.first = (done, now)
+        if not (self.last_line is None or now - self.last_line >= self.every or done >= total):
             return
-        timed = done - self.first
-        per = (now - self.start) / timed if timed > 0 else 0.0
         parts = [f"{self.label}: epoch {done}/{total}"]
         if loss is not None:
             parts.append(f"loss {loss:.4f}")
+        timed = done - self.first[0]
         if timed > 0:
+            per = (now - self.first[1]) / timed
             parts.append(f"{per:.2f} s/epoch")
             if done < total:
                 parts.append(f"about {_clock(per * (total - done))} left")
