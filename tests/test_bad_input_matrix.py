@@ -777,29 +777,11 @@ def test_stages_of_another_code_version_or_dataset_are_recomputed(tmp_path, capl
 
 @pytest.fixture
 def hanging_url():
-    """An http URL whose server accepts the connection and never answers."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    conns: list[socket.socket] = []
-    stop = threading.Event()
+    """An http URL whose server accepts connections and never answers."""
+    from psqe_ray.testing.outage import silent_server
 
-    def accept():
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conns.append(srv.accept()[0])
-            except OSError:
-                pass
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.getsockname()[1]}/images/cat.png"
-    stop.set()
-    t.join()
-    for c in conns:
-        c.close()
-    srv.close()
+    with silent_server("/images/cat.png") as url:
+        yield url
 
 
 def test_an_image_url_that_hangs_is_counted_unreadable_within_the_timeout(

@@ -20,7 +20,8 @@ import re
 import socket
 import struct
 import threading
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 _REQUEST_LINE = re.compile(rb"(GET|PUT|POST|DELETE|HEAD|PATCH|OPTIONS) (\S+) HTTP/1\.[01]\r\n")
 
@@ -181,3 +182,33 @@ def _reset(s: socket.socket) -> None:
 
 
 __all__ = ["Outage"]
+
+
+@contextmanager
+def silent_server(path: str = "/") -> Iterator[str]:
+    """An ``http://127.0.0.1:PORT{path}`` URL whose server accepts every connection and never
+    answers (a hung image host); closed on exit."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.2)
+    conns: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conns.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}{path}"
+    finally:
+        stop.set()
+        t.join()
+        for c in conns:
+            c.close()
+        srv.close()

@@ -145,30 +145,10 @@ def test_seeds_job_encodes_first_and_uses_the_table(dataset, tiny_bert_dir, tmp_
 @pytest.fixture
 def hanging_image_url():
     """An http URL whose server accepts connections and never answers."""
-    import socket
-    import threading
+    from psqe_ray.testing.outage import silent_server
 
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    srv.settimeout(0.2)
-    conns, stop = [], threading.Event()
-
-    def accept():
-        while not stop.is_set():
-            try:
-                conns.append(srv.accept()[0])
-            except OSError:
-                pass
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.getsockname()[1]}/img/never.png"
-    stop.set()
-    t.join()
-    for c in conns:
-        c.close()
-    srv.close()
+    with silent_server("/img/never.png") as url:
+        yield url
 
 
 def test_a_hanging_image_url_counts_as_unreadable_after_the_timeout(dataset, tiny_resnet_file,
