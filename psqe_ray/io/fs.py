@@ -15,7 +15,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from psqe_ray.errors import DataError, one_line  # noqa: F401  (one_line: used from here)
+from psqe_ray.errors import DataError, one_line
 
 StorageOptions = dict[str, Any] | None
 
