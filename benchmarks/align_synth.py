@@ -38,7 +38,7 @@ def main() -> None:
 
     from psqe_ray.align.trainer import Aligner
     from psqe_ray.config import load_config
-    from psqe_ray.core.evaluation import gold_ranks
+    from psqe_ray.core.alignment_quality import gold_ranks
     from psqe_ray.core.psqe import SeedGenerator
     from psqe_ray.core.train import joint_graph, model_inputs
     from psqe_ray.io.dataset import Dataset

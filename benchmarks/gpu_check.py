@@ -72,7 +72,7 @@ def check_kernels(device: str) -> None:
     import torch
     from torch_geometric.nn import GATConv
 
-    from psqe_ray.core.gat import Adjacency, gat_untransformed, sparse_linear
+    from psqe_ray.core.kernels import Adjacency, gat_untransformed, sparse_linear
 
     rng = np.random.default_rng(0)
     n_src, n_dst, d = 20000, 5000, 128
@@ -112,7 +112,7 @@ def pipeline(name: str, url: str, device: str) -> None:
 
     from psqe_ray.align.trainer import Aligner
     from psqe_ray.config import load_config
-    from psqe_ray.core.evaluation import alignment_metrics
+    from psqe_ray.core.alignment_quality import alignment_metrics
     from psqe_ray.core.psqe import SeedGenerator
     from psqe_ray.core.train import joint_graph, model_inputs
     from psqe_ray.inprocess import evaluate

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 def name_baseline(ds_url: str) -> dict:
     """Hits@1 of hashed-n-gram names alone (nearest neighbour, l2r, all right entities)."""
     from psqe_ray.config import FeatureConfig
-    from psqe_ray.core.evaluation import gold_ranks
+    from psqe_ray.core.alignment_quality import gold_ranks
     from psqe_ray.core.features import name_features
     from psqe_ray.core.search import Searcher
     from psqe_ray.io.dataset import Dataset

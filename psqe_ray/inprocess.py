@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from psqe_ray import __version__
 from psqe_ray.config import PSQEConfig, fingerprint, reproducibility, seed_settings
-from psqe_ray.core.metrics import coverage_report, judged_precision, seed_precision_recall
+from psqe_ray.core.seed_quality import coverage_report, judged_precision, seed_precision_recall
 from psqe_ray.core.psqe import SeedGenerator
 from psqe_ray.errors import ConfigError
 from psqe_ray.io.dataset import Dataset, DatasetWriter

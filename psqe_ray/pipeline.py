@@ -23,7 +23,8 @@ from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import PSQEConfig, fingerprint, reproducibility, to_dict
 from psqe_ray.core.assignment import (CandidateGraph, MatchResult, candidate_graph, match,
                                       match_metrics, rerank_metrics)
-from psqe_ray.core.evaluation import Vectors, alignment_metrics
+from psqe_ray.core.alignment_quality import Vectors, alignment_metrics
+from psqe_ray.core.ids import duplicates, out_of_range
 from psqe_ray.core.psqe import SeedGenerator
 from psqe_ray.core.search import Searcher
 from psqe_ray.core.train import joint_graph, model_inputs, resolve_device, torch_threads
@@ -125,14 +126,13 @@ def read_seeds(seeds_url: str, counts: dict[str, int], *,
         if c.null_count:
             raise DataError(seeds_url, f"column {col} has {c.null_count} null(s)")
         ids = c.to_numpy().astype(np.int64)
-        bad = (ids < 0) | (ids >= counts[side])
-        if bad.any():
-            raise DataError(seeds_url, f"{col} {int(ids[bad][0])} is not a {side} entity of the "
-                                       f"dataset (ids 0..{counts[side] - 1}); {int(bad.sum())} "
-                                       "such row(s)")
-        uniq, n = np.unique(ids, return_counts=True)
-        if (n > 1).any():
-            raise DataError(seeds_url, f"duplicate {col} {int(uniq[n > 1][0])} among the accepted "
+        bad = out_of_range(ids, counts[side])
+        if bad:
+            raise DataError(seeds_url, f"{col} {bad[0]} is not a {side} entity of the dataset "
+                                       f"(ids 0..{counts[side] - 1}); {bad[1]} such row(s)")
+        dup = duplicates(ids)
+        if len(dup):
+            raise DataError(seeds_url, f"duplicate {col} {int(dup[0])} among the accepted "
                                        "seeds (seeds are one-to-one)")
         out.append(ids)
     if len(out[0]) < 2:

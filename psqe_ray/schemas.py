@@ -247,34 +247,6 @@ def check_vectors(table: pa.Table, where: str) -> None:
                         f"(first: side={side} entity_id={eid})", column="vector")
 
 
-def check_dense_ids(ids: np.ndarray, where: str, column: str) -> int:
-    """Check that ``ids`` are exactly ``0 .. len(ids)-1`` in some order; return the count."""
-    n = len(ids)
-    if n == 0:
-        return 0
-    lo, hi = int(ids.min()), int(ids.max())
-    if lo < 0 or hi >= n:
-        raise DataError(where, f"ids must be dense 0..{n - 1} per side, found {lo}..{hi}",
-                        column=column)
-    seen = np.bincount(ids, minlength=n)
-    if (seen > 1).any():
-        dup = int(np.flatnonzero(seen > 1)[0])
-        raise DataError(where, f"duplicate id {dup} ({int((seen > 1).sum())} duplicated)",
-                        column=column)
-    return n
-
-
-def check_references(ids: np.ndarray, n: int, where: str, column: str, what: str) -> None:
-    """Check that every id in ``ids`` is in ``0 .. n-1`` (the ids of ``what``)."""
-    if len(ids) == 0:
-        return
-    bad = (ids < 0) | (ids >= n)
-    if bad.any():
-        first = int(ids[np.flatnonzero(bad)[0]])
-        raise DataError(where, f"{int(bad.sum())} reference(s) to unknown {what} "
-                        f"(first: {first}; known ids 0..{n - 1})", column=column)
-
-
 def side_arrays(table: pa.Table, columns: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:
     """Split ``columns`` of a table with a ``side`` column into numpy arrays per side."""
     out: dict[str, dict[str, np.ndarray]] = {}

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from psqe_ray.core.ids import duplicates
 from psqe_ray.errors import DataError
 from psqe_ray.schemas import SIDES, is_feature_table
 
@@ -56,13 +57,11 @@ class _Unique:
             grown = np.zeros(max(top, 2 * len(self.seen)), dtype=bool)
             grown[:len(self.seen)] = self.seen
             self.seen = grown
-        uniq, counts = np.unique(ids, return_counts=True)
-        dup = uniq[counts > 1]
-        if len(dup) == 0:
-            dup = uniq[self.seen[uniq]]
+        dup = duplicates(ids, self.seen)
         if len(dup):
             raise DataError(self.where, f"duplicate id {int(dup[0])} ({len(dup)} duplicated)",
                             column=self.column)
+        uniq = np.unique(ids)
         self.seen[uniq] = True
         self.count += len(uniq)
 

@@ -3,7 +3,7 @@ MEAformer, PCMEA).
 
 Every function takes a batch of seed pairs: row ``i`` of ``zl`` (B, d) and of ``zr`` (B, d),
 float32, is a pair.  Cross-graph similarities are cosines (inputs are L2-normalised here).
-The intra-modal contrastive loss (ICL) is :func:`psqe_ray.core.gat.icl_loss`.
+The intra-modal contrastive loss (ICL) is :func:`psqe_ray.core.seed_encoder.icl_loss`.
 """
 
 from __future__ import annotations

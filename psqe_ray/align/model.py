@@ -17,8 +17,8 @@ Fusion: the L2-normalised branch vectors, each scaled by a modality weight, conc
 
 with ``w`` a softmax over the modalities of either global learned logits (EVA, MCLEA, PCMEA) or
 per-entity scores from a one-layer transformer over the entity's M modality tokens (MEAformer).
-Training runs the GAT on sampled neighbourhoods (:class:`psqe_ray.core.gat.CSRSampler`), and
-inference on full neighbourhoods (:func:`psqe_ray.core.gat.propagate_full`).
+Training runs the GAT on sampled neighbourhoods (:class:`psqe_ray.core.neighbour_sampler.CSRSampler`), and
+inference on full neighbourhoods (:func:`psqe_ray.core.seed_encoder.propagate_full`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GATConv
 
-from psqe_ray.core.gat import Block, CSRSampler, gat_blocks, project, propagate_full
+from psqe_ray.core.neighbour_sampler import Block, CSRSampler
+from psqe_ray.core.seed_encoder import gat_blocks, project, propagate_full
 
 STRUCTURE = "structure"
 

@@ -31,7 +31,8 @@ from psqe_ray.align.losses import ial_loss, mi_loss, momentum_icl, nca_loss
 from psqe_ray.align.model import STRUCTURE, AlignModel, feature_base
 from psqe_ray.align.recipes import Recipe, get_recipe
 from psqe_ray.config import AlignConfig
-from psqe_ray.core.gat import CSRSampler, icl_loss
+from psqe_ray.core.neighbour_sampler import CSRSampler
+from psqe_ray.core.seed_encoder import icl_loss
 from psqe_ray.core.search import Searcher
 from psqe_ray.core.smoothing import smooth
 from psqe_ray.core.train import layer_fanouts, rank_batches, stage_rng

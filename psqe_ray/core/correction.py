@@ -16,7 +16,7 @@ greedily one-to-one, at most ``c(p)`` per seed, where ``t`` rises linearly from
 Spread (ours, ``stage3.spread = degree``; off by default): a seed's neighbours are reached
 through edges, so the expansion favours high-degree entities (a hub is the neighbour of many
 seeds).  With degree quotas, each side's log2 degree buckets
-(:func:`psqe_ray.core.metrics.bucket_index`) get a share of the seed list proportional to their
+(:func:`psqe_ray.core.seed_quality.bucket_index`) get a share of the seed list proportional to their
 share of that side's entities, as Stage I splits its budget over clusters: the list size
 ``N`` is what the expansion reaches without quotas, bucket ``b`` gets ``N * n_b / n`` seeds
 (largest remainder) less the seeds it already holds, and a pair is accepted only while both its
@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from psqe_ray.core.matching import greedy_one_to_one
-from psqe_ray.core.metrics import bucket_index
+from psqe_ray.core.seed_quality import bucket_index
 from psqe_ray.core.sampling import cluster_budgets
 from psqe_ray.core.search import Searcher
 from psqe_ray.core.topk import canonical_scores

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from psqe_ray.core.ids import as_ids
+
 __all__ = ["candidates_from_topk", "greedy_one_to_one"]
 
 # A round must close at least this share of the open edges, or the rest is walked sequentially.
@@ -35,18 +37,6 @@ _MIN_ROUND_PROGRESS = 1.0 / 16.0
 # First prefix of sorted edges examined when a limit is set (grown 4x per step).
 _MIN_PREFIX = 1 << 16
 _UNSEEN = np.iinfo(np.int64).max
-
-
-def _ids(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {x.shape}")
-    if x.size and not np.issubdtype(x.dtype, np.integer):
-        raise TypeError(f"{name} must hold integer entity ids, got {x.dtype}")
-    x = x.astype(np.int64, copy=False)
-    if x.size and x.min() < 0:
-        raise ValueError(f"{name} holds negative entity ids")
-    return x
 
 
 def _taken(mask: np.ndarray | None, ids: np.ndarray, name: str) -> np.ndarray:
@@ -160,8 +150,8 @@ def greedy_one_to_one(left: np.ndarray, right: np.ndarray, score: np.ndarray, *,
         (A,) int64 indices into the input arrays of the accepted edges, in acceptance order
         (so ``score[result]`` is non-increasing); ``A <= limit``.
     """
-    left = _ids(left, "left")
-    right = _ids(right, "right")
+    left = as_ids("left", left)
+    right = as_ids("right", right)
     score = np.asarray(score)
     if score.ndim != 1 or not (left.size == right.size == score.size):
         raise ValueError(f"left, right, score must be 1-D of one length, got {left.shape}, "

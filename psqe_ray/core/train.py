@@ -21,7 +21,8 @@ import torch
 
 from psqe_ray.config import Stage2Config
 from psqe_ray.core.blocks import stage_rng  # noqa: F401  (re-exported: the keyed streams)
-from psqe_ray.core.gat import CSRSampler, SeedEncoder, icl_loss
+from psqe_ray.core.neighbour_sampler import CSRSampler
+from psqe_ray.core.seed_encoder import SeedEncoder, icl_loss
 from psqe_ray.core.progress import EpochProgress
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_de
 from psqe_ray.distributed.tasks import rss
 from psqe_ray.io.checkpoint import AlignCheckpoint
 from psqe_ray.io.fs import StorageOptions, absolute, join, resolve
-from psqe_ray.core.evaluation import Vectors
+from psqe_ray.core.alignment_quality import Vectors
 from psqe_ray.distributed.blocks import pair_scores_task, subset
 from psqe_ray.pipeline import TRAIN, AlignEngine, run_align, run_pipeline
 
@@ -176,7 +176,7 @@ class RayAlignEngine(AlignEngine):
 
 
 class BlockVectors(Vectors):
-    """:class:`~psqe_ray.core.evaluation.Vectors` over row blocks: searches on shard tasks,
+    """:class:`~psqe_ray.core.alignment_quality.Vectors` over row blocks: searches on shard tasks,
     the gold pairs' scores and the subsets made by tasks."""
 
     def __init__(self, gen: RaySeedGenerator) -> None:

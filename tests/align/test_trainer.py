@@ -13,8 +13,9 @@ from psqe_ray.align.model import STRUCTURE, AlignModel, feature_base
 from psqe_ray.align.recipes import RECIPES, get_recipe
 from psqe_ray.align.trainer import Aligner, mutual_nearest, still_mutual, structure_input
 from psqe_ray.config import AlignConfig, load_config
-from psqe_ray.core.evaluation import alignment_metrics
-from psqe_ray.core.gat import CSRSampler, project, propagate_full
+from psqe_ray.core.alignment_quality import alignment_metrics
+from psqe_ray.core.neighbour_sampler import CSRSampler
+from psqe_ray.core.seed_encoder import project, propagate_full
 from psqe_ray.core.psqe import SeedGenerator
 from psqe_ray.core.train import joint_graph, model_inputs
 from psqe_ray.io.dataset import Dataset

@@ -1,6 +1,6 @@
 """The device-generic (CUDA) path of the GAT kernels and the training loops, run on the CPU.
 
-``gat.KERNELS = "torch"`` makes CPU tensors take the code the GPU takes (``index_add``
+``kernels.KERNELS = "torch"`` makes CPU tensors take the code the GPU takes (``index_add``
 aggregation, ``torch.sparse.mm`` for sparse inputs); it must compute the same function, with the
 same gradients, as the custom CPU kernels.
 """
@@ -14,29 +14,29 @@ import torch
 from torch_geometric.nn import GATConv
 
 from psqe_ray.config import AlignConfig, Stage2Config
-from psqe_ray.core import gat
-from psqe_ray.core.gat import Adjacency, gat_untransformed, sparse_linear
+from psqe_ray.core import kernels
+from psqe_ray.core.kernels import Adjacency, gat_untransformed, sparse_linear
 from psqe_ray.core.train import cpu_state, resolve_device, train_encoder
 
 
 @pytest.fixture
 def torch_kernels():
-    old = gat.KERNELS
-    gat.KERNELS = "torch"
+    old = kernels.KERNELS
+    kernels.KERNELS = "torch"
     yield
-    gat.KERNELS = old
+    kernels.KERNELS = old
 
 
 def both(fn):
     """fn() under the CPU kernels and under the device-generic kernels."""
-    old = gat.KERNELS
+    old = kernels.KERNELS
     try:
-        gat.KERNELS = "auto"
+        kernels.KERNELS = "auto"
         a = fn()
-        gat.KERNELS = "torch"
+        kernels.KERNELS = "torch"
         b = fn()
     finally:
-        gat.KERNELS = old
+        kernels.KERNELS = old
     return a, b
 
 

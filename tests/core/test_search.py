@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from psqe_ray.core.evaluation import alignment_metrics, gold_ranks
+from psqe_ray.core.alignment_quality import alignment_metrics, gold_ranks
 from psqe_ray.core.search import SCAN_ROWS, Searcher, ShardIndex, ivf_lists, ivf_probes
 from psqe_ray.core.topk import canonical_scores, empty_topk, merge_topk, topk_search
 
@@ -153,7 +153,7 @@ def test_alignment_metrics_say_how_they_ranked():
 
 
 def test_approximate_metrics_share_searches_and_agree_with_per_variant_ranks():
-    from psqe_ray.core.evaluation import field_split
+    from psqe_ray.core.alignment_quality import field_split
 
     rng = np.random.default_rng(7)
     left = clustered(rng, 900, 16, noise=0.5)

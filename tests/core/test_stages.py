@@ -10,7 +10,8 @@ from psqe_ray.core.correction import expand_neighbours, mic_keep, schedule
 from psqe_ray.core.features import attribute_features, name_features, relation_features
 from psqe_ray.core.blocks import chunk_stats, fill_block, fill_stats
 from psqe_ray.core.fusion import fuse, l2_normalize
-from psqe_ray.core.gat import CSRSampler, SeedEncoder, icl_loss
+from psqe_ray.core.neighbour_sampler import CSRSampler
+from psqe_ray.core.seed_encoder import SeedEncoder, icl_loss
 from psqe_ray.core.graph import KGSide
 from psqe_ray.core.sampling import cluster_budgets, greedy_seeds, n_clusters, sample_cluster
 
@@ -222,7 +223,7 @@ def test_lean_gat_equals_pyg_gatconv(heads):
     multi-edges included."""
     from torch_geometric.nn import GATConv
 
-    from psqe_ray.core.gat import Adjacency, gat_transformed, gat_untransformed
+    from psqe_ray.core.kernels import Adjacency, gat_transformed, gat_untransformed
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -255,7 +256,7 @@ def test_lean_gat_equals_pyg_gatconv(heads):
 def test_sparse_linear_matches_dense_with_gradients():
     import scipy.sparse as sp
 
-    from psqe_ray.core.gat import sparse_linear
+    from psqe_ray.core.kernels import sparse_linear
 
     torch.manual_seed(0)
     x = sp.random(20000, 50, density=0.05, format="csr", random_state=0, dtype=np.float32)
@@ -432,7 +433,7 @@ def test_degree_quota_leaves_the_hub_to_the_low_degree_buckets():
 def _sequential_spread(sl, sr, sides, vec_l, vec_r, tl, tr, **kw):
     """Oracle for the quota walk: the first walk's size, then the sequential loop with a room
     check on every acceptance (pair by pair, in greedy order)."""
-    from psqe_ray.core.metrics import bucket_index
+    from psqe_ray.core.seed_quality import bucket_index
     from psqe_ray.core.topk import topk_search
 
     adj_l, adj_r = sides[0].neighbours(), sides[1].neighbours()

@@ -1,4 +1,4 @@
-"""Alignment evaluation: Hits@k and MRR over gold pairs, both directions, with and without CSLS.
+"""Alignment quality (of the aligned vectors): Hits@k and MRR over gold pairs, with/without CSLS.
 
 For a query entity ``q`` with gold partner ``t`` among candidates ``C`` (every entity of the
 other graph), with ``s(q, c)`` the score::

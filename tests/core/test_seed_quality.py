@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from psqe_ray.core.metrics import (
+from psqe_ray.core.seed_quality import (
     bucket_shares,
     cluster_shares,
     coverage_report,
@@ -324,7 +324,7 @@ def test_coverage_report_ring_of_one_million():
 
 
 def test_judged_precision_ignores_seeds_gold_cannot_judge():
-    from psqe_ray.core.metrics import judged_precision
+    from psqe_ray.core.seed_quality import judged_precision
 
     gold_l, gold_r = np.array([0, 1, 2]), np.array([10, 11, 12])
     # (0,10) right; (1,12) wrong and judgeable; (5,15) touches no gold entity; (6,11) judgeable

@@ -1,4 +1,4 @@
-"""Seed-quality metrics: precision/recall against gold links, and graph coverage.
+"""Seed quality (of the pseudo seeds): precision/recall against gold links, graph coverage.
 
 The PSQE paper (KDD 2026, Sec. 6.1.2, eq. 11) judges pseudo seeds by precision and by a "graph
 coverage balance" whose exact formula did not survive extraction. The figures below are our own
@@ -61,6 +61,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from psqe_ray.core.ids import as_ids
+
 __all__ = [
     "seed_precision_recall",
     "entity_degree",
@@ -76,24 +78,6 @@ __all__ = [
 # Tolerance on "a distribution sums to 1": shares are ratios of integer counts, so their float
 # sum is off by a few ulps per term at most; 1e-6 is loose enough for any realistic bucket count.
 _SUM_TOL = 1e-6
-
-
-def _ids(name: str, a: np.ndarray | Sequence[int], n: int | None = None) -> np.ndarray:
-    """Return ``a`` as a 1-D int64 array, checking that ids lie in ``[0, n)`` when ``n`` is given."""
-    arr = np.asarray(a)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-    if arr.size == 0:
-        return arr.astype(np.int64)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"{name} must hold integer ids, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64, copy=False)
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo < 0:
-        raise ValueError(f"{name} holds a negative id ({lo})")
-    if n is not None and hi >= n:
-        raise ValueError(f"{name} holds id {hi}, out of range for {n} entities")
-    return arr
 
 
 def _mask(name: str, seeded: np.ndarray) -> np.ndarray:
@@ -137,8 +121,8 @@ def seed_precision_recall(
     Returns:
         ``{"count": |P|, "correct": int, "precision": float | None, "recall": float | None}``.
     """
-    sl, sr = _ids("seed_left", seed_left), _ids("seed_right", seed_right)
-    gl, gr = _ids("gold_left", gold_left), _ids("gold_right", gold_right)
+    sl, sr = as_ids("seed_left", seed_left), as_ids("seed_right", seed_right)
+    gl, gr = as_ids("gold_left", gold_left), as_ids("gold_right", gold_right)
     if sl.shape != sr.shape:
         raise ValueError(f"seed_left and seed_right differ in length: {sl.size} vs {sr.size}")
     if gl.shape != gr.shape:
@@ -169,7 +153,7 @@ def entity_degree(n: int, heads: np.ndarray, tails: np.ndarray) -> np.ndarray:
     Returns:
         int64 (n,), the degrees.
     """
-    h, t = _ids("heads", heads, n), _ids("tails", tails, n)
+    h, t = as_ids("heads", heads, n), as_ids("tails", tails, n)
     if h.shape != t.shape:
         raise ValueError(f"heads and tails differ in length: {h.size} vs {t.size}")
     # A self-loop touches its entity once; counting its tail too would make it a double edge.
@@ -190,7 +174,7 @@ def edge_coverage(seeded: np.ndarray, heads: np.ndarray, tails: np.ndarray) -> f
         The share, a float in ``[0, 1]``.
     """
     mask = _mask("seeded", seeded)
-    h, t = _ids("heads", heads, mask.size), _ids("tails", tails, mask.size)
+    h, t = as_ids("heads", heads, mask.size), as_ids("tails", tails, mask.size)
     if h.shape != t.shape:
         raise ValueError(f"heads and tails differ in length: {h.size} vs {t.size}")
     if h.size == 0:
@@ -393,7 +377,7 @@ def coverage_report(
         arrays are given. ``s`` counts distinct seed pairs; a ratio with a zero denominator is
         None.
     """
-    sl, sr = _ids("seed_left", seed_left, n_left), _ids("seed_right", seed_right, n_right)
+    sl, sr = as_ids("seed_left", seed_left, n_left), as_ids("seed_right", seed_right, n_right)
     if sl.shape != sr.shape:
         raise ValueError(f"seed_left and seed_right differ in length: {sl.size} vs {sr.size}")
     if (cluster_left is None) != (cluster_right is None):

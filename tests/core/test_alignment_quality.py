@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from psqe_ray.core.evaluation import alignment_metrics, csls_penalty, field_split, gold_ranks
+from psqe_ray.core.alignment_quality import alignment_metrics, csls_penalty, field_split, gold_ranks
 from psqe_ray.core.fusion import l2_normalize
 
 
