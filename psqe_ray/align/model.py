@@ -9,7 +9,7 @@ Branches, each to ``dim``:
         neighbourhood's features and has no per-entity parameter; ``free``: a learned embedding
         per entity (EVA's), which only the seeded entities and their neighbours ever train; or
         ``init``: free, started at the projection (``align.structure``, chosen by
-        :func:`psqe_ray.align.trainer.structure_input`);
+        :func:`structure_input`);
     every feature modality (name, relation, attribute, image): one linear layer.
 Fusion: the L2-normalised branch vectors, each scaled by a modality weight, concatenated::
 
@@ -149,3 +149,19 @@ class AlignModel(nn.Module):
         if out is None:
             out = np.zeros((0, 0), np.float32)
         return out, (wsum / max(n, 1)).cpu().numpy()
+
+
+# align.structure=auto: the free per-entity embedding when the seeds pair at least this share of
+# the smaller graph's entities, the fixed feature projection below it (README "The aligner")
+FREE_STRUCTURE_SHARE = 0.2
+
+
+def structure_input(setting: str, seeds: int, n_left: int, n_right: int) -> str:
+    """The structure branch's input for ``align.structure`` = ``setting``: ``auto`` resolves
+    by the seed share (:data:`FREE_STRUCTURE_SHARE`).  A free embedding is trained only where
+    seeds (and the pairs the rounds add) reach; with few seeds it memorises the seeded pairs,
+    the fusion learns to trust it, and every other entity keeps its random start (measured:
+    Hits@1 .83 free against .91 features at 8 % seeds; .96 against .94 at 35 %)."""
+    if setting != "auto":
+        return setting
+    return "free" if seeds >= FREE_STRUCTURE_SHARE * max(1, min(n_left, n_right)) else "features"

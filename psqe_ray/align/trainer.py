@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from psqe_ray.align.losses import ial_loss, mi_loss, momentum_icl, nca_loss
-from psqe_ray.align.model import STRUCTURE, AlignModel, feature_base
+from psqe_ray.align.model import STRUCTURE, AlignModel, feature_base, structure_input
+from psqe_ray.align.mutual import mutual_nearest, still_mutual
 from psqe_ray.align.recipes import Recipe, get_recipe
 from psqe_ray.config import AlignConfig
 from psqe_ray.core.neighbour_sampler import CSRSampler
@@ -42,68 +43,6 @@ log = logging.getLogger(__name__)
 
 # purposes of the aligner's random streams (psqe_ray.core.train.stage_rng)
 ALIGN_INIT, ALIGN_ORDER, ALIGN_SAMPLE, ALIGN_BASE = 11, 12, 13, 14
-
-
-def _nearest(searcher: Searcher, query: np.ndarray, base: np.ndarray, ids: np.ndarray
-             ) -> np.ndarray:
-    """For each query row, ``ids[j]`` of its nearest base row ``j`` (-1 when the search
-    returned none).  int64 (len(query),)."""
-    if len(query) == 0:
-        return np.zeros(0, np.int64)
-    got = searcher.topk(query, base, 1)[1][:, 0]
-    return np.where(got >= 0, ids[np.maximum(got, 0)], -1)
-
-
-def mutual_nearest(left: np.ndarray, right: np.ndarray, free_left: np.ndarray,
-                   free_right: np.ndarray, searcher: Searcher | None = None,
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (l, r) of free entities that are each other's nearest neighbour among the free
-    entities of the other graph (inner products; ties to the smaller id), found by the search
-    layer (``searcher``; approximate above its exact threshold).  int64 (P,) each.
-
-    Only the right entities some free left entity points to can be in a pair, so the way back
-    is searched for those alone (each query's answer does not depend on the others asked)."""
-    fl, fr = np.flatnonzero(free_left), np.flatnonzero(free_right)
-    if len(fl) == 0 or len(fr) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    searcher = searcher or Searcher()
-    l2r = _nearest(searcher, left[fl], right[fr], fr)
-    hit = np.unique(l2r[l2r >= 0])
-    back = np.full(len(free_right), -1, np.int64)
-    back[hit] = _nearest(searcher, right[hit], left[fl], fl)
-    keep = (l2r >= 0) & (back[np.maximum(l2r, 0)] == fl)
-    return fl[keep], l2r[keep]
-
-
-def still_mutual(left: np.ndarray, right: np.ndarray, free_left: np.ndarray,
-                 free_right: np.ndarray, pair_left: np.ndarray, pair_right: np.ndarray,
-                 searcher: Searcher | None = None) -> np.ndarray:
-    """bool (P,): which of the pairs are also mutual nearest neighbours among the free
-    entities under these vectors, i.e. ``(l, r) in mutual_nearest(left, right, ...)``, with
-    only the pairs' own entities searched (PCMEA's calibration asks this of the momentum
-    encoder for the online encoder's pairs)."""
-    fl, fr = np.flatnonzero(free_left), np.flatnonzero(free_right)
-    if len(pair_left) == 0:
-        return np.zeros(0, bool)
-    searcher = searcher or Searcher()
-    return (_nearest(searcher, left[pair_left], right[fr], fr) == pair_right) & \
-        (_nearest(searcher, right[pair_right], left[fl], fl) == pair_left)
-
-
-# align.structure=auto: the free per-entity embedding when the seeds pair at least this share of
-# the smaller graph's entities, the fixed feature projection below it (README "The aligner")
-FREE_STRUCTURE_SHARE = 0.2
-
-
-def structure_input(setting: str, seeds: int, n_left: int, n_right: int) -> str:
-    """The structure branch's input for ``align.structure`` = ``setting``: ``auto`` resolves
-    by the seed share (:data:`FREE_STRUCTURE_SHARE`).  A free embedding is trained only where
-    seeds (and the pairs the rounds add) reach; with few seeds it memorises the seeded pairs,
-    the fusion learns to trust it, and every other entity keeps its random start (measured:
-    Hits@1 .83 free against .91 features at 8 % seeds; .96 against .94 at 35 %)."""
-    if setting != "auto":
-        return setting
-    return "free" if seeds >= FREE_STRUCTURE_SHARE * max(1, min(n_left, n_right)) else "features"
 
 
 AUTO_HOPS = 3  # align.smooth=-1 tries 0 .. AUTO_HOPS hops

@@ -11,7 +11,9 @@ import torch
 from psqe_ray.align.losses import ial_loss, mi_loss, momentum_icl, nca_loss
 from psqe_ray.align.model import STRUCTURE, AlignModel, feature_base
 from psqe_ray.align.recipes import RECIPES, get_recipe
-from psqe_ray.align.trainer import Aligner, mutual_nearest, still_mutual, structure_input
+from psqe_ray.align.model import structure_input
+from psqe_ray.align.mutual import mutual_nearest, still_mutual
+from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import AlignConfig, load_config
 from psqe_ray.core.alignment_quality import alignment_metrics
 from psqe_ray.core.neighbour_sampler import CSRSampler
