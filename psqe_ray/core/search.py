@@ -5,7 +5,7 @@ in-cluster candidates and the UVP baselines (:mod:`psqe_ray.core.sampling`), Sta
 sampling (paper 4.2), MIC's top-1 among the seeds (4.2.2, and the Stage III recheck), the
 aligner's mutual-nearest-neighbour rounds, the final alignment and the evaluation (the gold
 partner's rank and the CSLS neighbourhoods).  The same object plans the search; the in-process
-path runs the shards one after the other, the Ray path runs one actor per shard, and both merge
+path runs the shards one after the other, the Ray path runs one task per shard, and both merge
 the shard results with :func:`~psqe_ray.core.topk.merge_topk` (associative, commutative), so the
 two paths give identical bits.
 
@@ -55,6 +55,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from psqe_ray.core.progress import Progress
 from psqe_ray.core.topk import (TopK, canonical_scores, empty_topk, merge_topk,
                                 topk_from_candidates, topk_search)
 
@@ -66,6 +67,7 @@ _QUERY_CHUNK = 32768      # query rows per IVF call (bounds the candidate buffer
 _BIG_BATCH = 2048         # query rows from which the bucketed (BLAS) IVF search pays off
 SCAN_ROWS = 16384         # base rows an IVF query scores at most, on average (nprobe rule)
 _RESCORE_PAIRS = 65536    # IVF candidates rescored per slice (bounds the gathered vectors)
+PROGRESS_ROWS = 8192      # base rows per exact shard when a search reports its progress
 TRAIN_PER_LIST = 80       # k-means training rows per IVF list at most (a seeded sample above)
 
 
@@ -162,19 +164,29 @@ class Searcher:
                           self.device)
 
     # -- searching --------------------------------------------------------------------------
-    def topk(self, query: np.ndarray, base: np.ndarray, k: int) -> TopK:
+    def topk(self, query: np.ndarray, base: np.ndarray, k: int, *,
+             progress: str | None = None) -> TopK:
         """Per query row the (at most) k base rows with the largest inner product: scores
         (n, k) float32 canonical, ids (n, k) int64 row numbers of ``base``, (score desc, id
-        asc), padded with (-inf, -1).  Exact when the plan is exact, else approximate."""
+        asc), padded with (-inf, -1).  Exact when the plan is exact, else approximate.
+        ``progress``: a label; the shards done are then shown on the driver
+        (:class:`~psqe_ray.core.progress.Progress`), an exact search cut into shards of
+        :data:`PROGRESS_ROWS` base rows for it (any split gives the same answer)."""
         query = np.ascontiguousarray(query, np.float32)
         base = np.ascontiguousarray(base, np.float32)
         k = int(min(k, len(base)))
-        plan = self.plan(len(base))
+        plan = self.plan(len(base), math.ceil(len(base) / PROGRESS_ROWS) if progress else 1)
+        shown = Progress(progress, len(plan.bounds), "shards") if progress else None
         if len(plan.bounds) == 1:  # already (score desc, id asc): nothing to merge
-            return self.shard(base, plan, 0).search(query, k)
+            merged = self.shard(base, plan, 0).search(query, k)
+            if shown is not None:
+                shown.add(1)
+            return merged
         merged = empty_topk(len(query), k)
         for i in range(len(plan.bounds)):
             merged = merge_topk(merged, self.shard(base, plan, i).search(query, k), k)
+            if shown is not None:
+                shown.add(1)
         return merged
 
 

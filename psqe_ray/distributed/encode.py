@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import ray
 
 from psqe_ray.config import EncodeConfig, fingerprint
+from psqe_ray.core.progress import Progress
 from psqe_ray.errors import ConfigError, DataError, NothingToEncode, PsqeError
 from psqe_ray.io.dataset import Dataset, DatasetWriter
 from psqe_ray.io.fs import StorageOptions, join, one_line
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 MODALITIES = ("name", "relation", "attribute", "image")
 _CHUNK = 100_000  # entities per written part
+_BLOCK_ROWS = 2_000  # rows per input block of the pool at most (the progress's granularity)
 
 
 @dataclass
@@ -164,45 +166,44 @@ def encode_fingerprint(modality: str, cfg: EncodeConfig) -> str:
 
 
 # -- progress ---------------------------------------------------------------------------------
-class _Progress:
-    def __init__(self, what: str, total: int, every: float = 10.0) -> None:
-        self.what, self.total, self.every = what, total, every
-        self.done = 0
-        self.t0 = self.last = time.perf_counter()
-
-    def add(self, n: int) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if now - self.last >= self.every or self.done >= self.total:
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            log.info("encode %s: %d/%d (%.0f%%), %.1f/s", self.what, self.done, self.total,
-                     100.0 * self.done / max(self.total, 1), rate)
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.t0
+def _progress(what: str, total: int) -> Progress:
+    """Rows done of ``total`` and rows/s on the driver, counted as the pool's batches arrive
+    (:class:`psqe_ray.core.progress.Progress`: a bar on a terminal, else a line every 10 s)."""
+    return Progress(f"encode {what}", total, "rows")
 
 
 def _blocks(n: int, size: int) -> int:
-    return max(1, min(n, size * 4))
+    """Input blocks of the pool: four per actor, and at most :data:`_BLOCK_ROWS` rows each, so
+    the rows done reach the driver (its progress line) a block at a time while it runs."""
+    return max(1, min(n, max(size * 4, -(-n // _BLOCK_ROWS))))
 
 
 def _run_pool(table: pa.Table, udf: type, kwargs: dict, batch_size: int, cfg: EncodeConfig,
               what: str, kind: str, usage: list[dict]
-              ) -> tuple[Iterator[dict], int, dict, _Progress]:
+              ) -> tuple[Iterator[dict], int, dict, Progress]:
     """Map ``table`` with ``udf`` on an actor pool; the actors' usage records (``kind``) are
     appended to ``usage`` as their batches arrive."""
     size, res, threads = actor_plan(cfg.workers, cfg.device)
     if "num_gpus" not in res:
         kwargs = {**kwargs, "threads": threads, "device": "cpu"}
     ds = ray.data.from_arrow(table).repartition(_blocks(table.num_rows, size))
-    out = ds.map_batches(metered(udf, kind), fn_constructor_kwargs=kwargs, batch_size=batch_size,
-                         batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
-                         **res)
+    # max_restarts=0: Ray Data hands its pool actors their constructor arguments through the
+    # object store, and Ray logs an error-level line ("has constructor arguments in the object
+    # store and max_restarts > 0", ray-project/ray#53727) for every such actor that may be
+    # restarted, i.e. under Ray Data's default (-1, with endless task retries); a lost actor
+    # fails the encoding instead (one error line, nothing committed, a rerun starts over).
+    # The pinned Ray (2.60) takes it only through the extra remote arguments, deprecated there
+    # (removed in 2.64, with no named replacement yet): that notice is the one ignored here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated",
+                                category=DeprecationWarning)
+        out = ds.map_batches(metered(udf, kind), fn_constructor_kwargs=kwargs,
+                             batch_size=batch_size, batch_format="numpy",
+                             compute=ray.data.ActorPoolStrategy(size=size), max_restarts=0,
+                             **res)
     log.info("encode %s: %d rows on %d actor(s), %s each", what, table.num_rows, size, res)
     return _unwrapped(out.iter_batches(batch_format="numpy", batch_size=None), usage), size, \
-        res, _Progress(what, table.num_rows)
+        res, _progress(what, table.num_rows)
 
 
 def _psqe_cause(exc: BaseException | None, depth: int = 0) -> PsqeError | None:
@@ -308,13 +309,16 @@ def _encode_texts(ds: Dataset, modality: str, cfg: EncodeConfig, counts: dict[st
     batches, size, res, prog = _run_pool(table, TextEncoder, kwargs, cfg.text_batch_size * 4,
                                          cfg, f"{modality} texts", f"encode-{modality}", usage)
     vectors = None
-    for b in batches:
-        v = np.asarray(b["vector"], np.float32)
-        if vectors is None:
-            vectors = np.zeros((len(texts), v.shape[1]), np.float32)
-        vectors[np.asarray(b["idx"])] = v
-        prog.add(len(v))
-    seconds = prog.seconds
+    try:
+        for b in batches:
+            v = np.asarray(b["vector"], np.float32)
+            if vectors is None:
+                vectors = np.zeros((len(texts), v.shape[1]), np.float32)
+            vectors[np.asarray(b["idx"])] = v
+            prog.add(len(v))
+    finally:
+        prog.close()  # a failed pool leaves no half-drawn bar on a terminal
+    seconds = prog.elapsed
     n_present, n_rows = 0, 0
     import scipy.sparse as sp
 
@@ -356,23 +360,26 @@ def _encode_images(ds: Dataset, cfg: EncodeConfig, counts: dict[str, int],
     batches, size, res, prog = _run_pool(table, ImageEncoder, kwargs, cfg.image_batch_size * 2,
                                          cfg, "images", "encode-image", usage)
     failures, failed, n_present, dim = [], 0, 0, 0
-    for b in batches:
-        err = np.asarray(b["error"], dtype=object)
-        bad = np.flatnonzero([isinstance(e, str) for e in err])  # nulls may arrive as NaN
-        failed += len(bad)
-        failures.extend(str(err[i]) for i in bad[:max(0, 20 - len(failures))])
-        present = np.asarray(b["present"], bool)
-        n_present += int(present.sum())
-        vec = np.asarray(b["vector"], np.float32)
-        dim = vec.shape[1]
-        sides = np.asarray(b["side"], dtype=object)
-        for s in SIDES:
-            sel = sides == s
-            if sel.any():
-                sink.add(feature_table(s, np.asarray(b["entity_id"])[sel], vec[sel],
-                                        present[sel]))
-        prog.add(len(vec))
-    seconds = prog.seconds
+    try:
+        for b in batches:
+            err = np.asarray(b["error"], dtype=object)
+            bad = np.flatnonzero([isinstance(e, str) for e in err])  # nulls may arrive as NaN
+            failed += len(bad)
+            failures.extend(str(err[i]) for i in bad[:max(0, 20 - len(failures))])
+            present = np.asarray(b["present"], bool)
+            n_present += int(present.sum())
+            vec = np.asarray(b["vector"], np.float32)
+            dim = vec.shape[1]
+            sides = np.asarray(b["side"], dtype=object)
+            for s in SIDES:
+                sel = sides == s
+                if sel.any():
+                    sink.add(feature_table(s, np.asarray(b["entity_id"])[sel], vec[sel],
+                                            present[sel]))
+            prog.add(len(vec))
+    finally:
+        prog.close()
+    seconds = prog.elapsed
     if failed:
         log.warning("encode image: %d of %d image files unreadable or corrupt (flagged absent), "
                     "e.g. %s", failed, with_url, failures[0])

@@ -35,13 +35,57 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         num_cpus = num_cpus or int(os.environ.get("PSQE_RAY_NUM_CPUS", "0")) or None
         kwargs["num_cpus"] = num_cpus
         log.info("starting a local Ray (%s CPUs)", num_cpus or os.cpu_count())
+        _explicit_token_auth()
     ray.init(address=address, **kwargs)
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = True  # Ray Data's bars for the fusion and encoder pools
+        # the encoder pool's progress is psqe-ray's own (rows done, rows/s on the driver:
+        # core/progress.py); Ray Data's bars (or, off a terminal, its multi-line status blocks)
+        # would repeat it and draw over its bar
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        _drop_log_line("ray.data._internal.progress", "Progress bars disabled.")
         yield
     finally:
         ray.shutdown()
+
+
+class _DropLine(logging.Filter):
+    """Drops the records of one logger whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+def _drop_log_line(logger: str, prefix: str) -> None:
+    """Silence one known, harmless line of another library's logger (once per process).
+    Used for Ray Data's WARNING "Progress bars disabled. To enable, set ..." only: it repeats
+    the setting :func:`ray_session` chose on purpose (psqe-ray draws the encoder pool's
+    progress itself), and Ray Data logs it whenever its bars are off."""
+    target = logging.getLogger(logger)
+    if not any(isinstance(f, _DropLine) and f.prefix == prefix for f in target.filters):
+        target.addFilter(_DropLine(prefix))
+
+
+def _explicit_token_auth() -> None:
+    """Token authentication for the embedded Ray, chosen explicitly.  It is Ray's default for
+    a new local cluster, but with ``RAY_AUTH_MODE`` unset Ray enables it itself and logs a
+    WARNING on every start ("Token authentication is enabled for this Ray cluster. Set
+    RAY_AUTH_MODE=disabled to opt out").  Ray reads the mode into its config when imported, so
+    the config is reloaded after the variable is set, the two steps Ray itself takes when it
+    enables the default (``authentication_token_setup._enable_token_auth``): the driver and the
+    processes it starts must agree on the mode.  A mode set by the user is kept; a Ray without
+    that config hook decides on its own."""
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return
+    try:
+        from ray._raylet import Config
+    except ImportError:
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")
 
 
 def actor_plan(workers: int = 0, device: str = "auto") -> tuple[int, dict[str, float], int]:
@@ -118,6 +162,27 @@ def _train_storage(url: str, storage_options) -> tuple[Any, str]:
     import pyarrow.fs as pafs
 
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def get_all(refs: list, progress=None) -> list:
+    """``ray.get(refs)`` (the results in the order of ``refs``), each fetched as soon as its
+    task ends (``ray.wait``), so ``progress`` (a :class:`psqe_ray.core.progress.Progress`)
+    counts the tasks done and a failed task raises without waiting for the others.  Retries
+    (``max_retries``) and lineage reconstruction are Ray's, as with one ``ray.get``."""
+    slot = {ref: i for i, ref in enumerate(refs)}
+    out: list = [None] * len(refs)
+    pending = list(refs)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                out[slot[ref]] = ray.get(ref)
+            if progress is not None:
+                progress.add(len(ready))
+    finally:
+        if progress is not None:
+            progress.close()
+    return out
 
 
 def send_progress(config: dict, done: int, total: int, loss: float) -> None:
