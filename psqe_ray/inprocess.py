@@ -19,6 +19,7 @@ from psqe_ray import __version__
 from psqe_ray.config import PSQEConfig, fingerprint, reproducibility, seed_settings
 from psqe_ray.core.seed_quality import coverage_report, judged_precision, seed_precision_recall
 from psqe_ray.core.psqe import SeedGenerator
+from psqe_ray.core.step_meter import StepMeter
 from psqe_ray.errors import ConfigError
 from psqe_ray.io.dataset import Dataset, DatasetWriter
 from psqe_ray.io.fs import StorageOptions, join, read_json
@@ -86,6 +87,68 @@ def evaluate(gen: SeedGenerator, pair) -> dict[str, Any]:
             "coverage": coverage, "stages": stages}
 
 
+# the report's UVP baseline at PSQE's size gathers the pivot modality on one worker (Ray) or
+# holds it here: above this many entities on a side it is not computed
+BASELINE_MAX_ENTITIES = 100_000
+
+
+def _set_figures(left: np.ndarray, right: np.ndarray, pair, coverage: dict | None = None
+                 ) -> dict[str, Any]:
+    """A seed set's figures for the PSQE-vs-UVP comparison (gold read: evaluation only)."""
+    gl, gr = pair.gold
+    pr = seed_precision_recall(left, right, gl, gr)
+    if coverage is None:
+        coverage = coverage_report(left, right, pair.left.n, pair.right.n,
+                                   (pair.left.heads, pair.left.tails),
+                                   (pair.right.heads, pair.right.tails))
+    return {"count": int(len(left)), "precision": pr["precision"], "recall": pr["recall"],
+            "judged_precision": judged_precision(left, right, gl, gr)["precision"],
+            **{k: (coverage.get(k) or {}).get("mean")
+               for k in ("edge_coverage", "entity_coverage", "degree_gap")}}
+
+
+def uvp_comparison(gen: SeedGenerator, pair, quality: dict[str, Any]) -> dict[str, Any] | None:
+    """PSQE's seeds against UVP's at the same count (report.json ``uvp_comparison``), when the
+    run made PSQE seeds and the dataset has gold links: evaluation only, the seeds written are
+    PSQE's whatever this says.  Returns None when there is nothing to compare; a dict with
+    ``skipped`` (why) when the pair is too large for the baseline."""
+    if gen.config.method != "psqe" or pair.gold is None:
+        gen.release_baseline()
+        return None
+    n = len(gen.seeds_[0])
+    if max(pair.left.n, pair.right.n) > BASELINE_MAX_ENTITIES:
+        gen.release_baseline()
+        return {"skipped": f"more than {BASELINE_MAX_ENTITIES:,} entities on a side"}
+    base = gen.uvp_baseline(n) if n else gen.release_baseline()
+    if base is None:
+        return None
+    pivot, ul, ur, _ = base
+    return {"count": n, "pivot": pivot,
+            "psqe": _set_figures(gen.seeds_[0], gen.seeds_[1], pair, quality["coverage"]),
+            "uvp": _set_figures(ul, ur, pair)}
+
+
+def _profile(gen: SeedGenerator, report: dict[str, Any], load: dict,
+             evaluation: dict) -> list[dict]:
+    """report.json ``profile``: seconds and peak memory of every step of the seed run (this
+    process's peak: the driver's on Ray, where ``worker_peak_rss_bytes`` is the largest peak
+    of the step's tasks and actors, when they report one)."""
+    resources = report.get("resources") or {}
+    resumed = set(report.get("resumed_stages") or [])
+    out = [{"step": "load", **load}]
+    for entry in getattr(gen, "profile_", []):
+        entry = dict(entry)
+        if entry["step"] in resumed:
+            entry["resumed"] = True
+        else:
+            worker = (resources.get(entry["step"]) or {}).get("worker_peak_rss_bytes")
+            if worker:
+                entry["worker_peak_rss_bytes"] = int(worker)
+        out.append(entry)
+    out.append({"step": "evaluation", **evaluation})
+    return out
+
+
 def run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
               storage_options: StorageOptions = None, engine=None) -> dict[str, Any]:
     """Generate seeds for the dataset at ``dataset_url``; write ``out_url``/seeds.parquet and
@@ -109,15 +172,18 @@ def run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
             log.info("%s already holds these seeds (fingerprint %s)", out_url, fp)
             return read_json(join(out_url, "report.json"), storage_options)
         t = time.perf_counter()
-        gen = engine(cfg, ds.manifest["fingerprint"]) if engine else SeedGenerator(cfg)
-        # the Ray engine loads the graph only (its tasks read the feature tables)
-        pair = gen.load(ds) if engine else load_pair(ds)
+        with StepMeter() as load_meter:
+            gen = engine(cfg, ds.manifest["fingerprint"]) if engine else SeedGenerator(cfg)
+            # the Ray engine loads the graph only (its tasks read the feature tables)
+            pair = gen.load(ds) if engine else load_pair(ds)
         load_seconds = time.perf_counter() - t
         try:
             gen.fit(pair)
         except ValueError as exc:
             raise ConfigError(f"{dataset_url}: {exc}") from None
-        quality = evaluate(gen, pair)
+        with StepMeter() as eval_meter:  # after the seeds are fixed: gold read from here on
+            quality = evaluate(gen, pair)
+            comparison = uvp_comparison(gen, pair, quality)
         report = {
             "method": cfg.method,
             "modalities": gen.modalities_,
@@ -145,6 +211,9 @@ def run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
         if gen.clusters_ is not None:
             report["clusters"] = int(len(gen.cluster_budgets_))
         report["budget"] = getattr(gen, "budget_", None)
+        if comparison is not None:
+            report["uvp_comparison"] = comparison
+        report["profile"] = _profile(gen, report, load_meter.record(), eval_meter.record())
         writer.write("seeds", seeds_table(gen), filename="seeds.parquet")
         writer.put_file("report.json", json.dumps(report, indent=1, default=str).encode(),
                         fixed=True)

@@ -27,6 +27,7 @@ from psqe_ray.core.alignment_quality import Vectors, alignment_metrics
 from psqe_ray.core.ids import duplicates, out_of_range
 from psqe_ray.core.psqe import SeedGenerator
 from psqe_ray.core.search import Searcher
+from psqe_ray.core.step_meter import StepMeter
 from psqe_ray.core.train import joint_graph, model_inputs, resolve_device, torch_threads
 from psqe_ray.inprocess import peak_rss_bytes
 from psqe_ray.errors import ConfigError, DataError
@@ -183,6 +184,43 @@ def matching_summary(m: MatchResult, g: CandidateGraph, a, gold) -> dict[str, An
     return out
 
 
+def aligned_samples(matches: MatchResult | None, top1, pair, a) -> dict[str, Any]:
+    """report.json ``align.samples`` (:func:`psqe_ray.report.samples.sample_pairs`): from the
+    one-to-one matches, or from every left entity's top-1 when matching is off."""
+    from psqe_ray.report.samples import sample_pairs
+
+    names = {"names_left": pair.left.names, "names_right": pair.right.names,
+             "gold": pair.gold}
+    if matches is not None:
+        sinkhorn = matches.method == "sinkhorn"
+        return sample_pairs(matches.left, matches.right, matches.share,
+                            similarity=matches.similarity,
+                            threshold=a.match_min_share if sinkhorn else None,
+                            source=f"matches ({matches.method})",
+                            score_name="balanced mass" if sinkhorn else "CSLS", **names)
+    ids, scores = top1
+    ok = np.flatnonzero(np.asarray(ids) >= 0)
+    return sample_pairs(ok, np.asarray(ids)[ok], np.asarray(scores)[ok], source="top-1",
+                        score_name="cosine", **names)
+
+
+class TaskPeaks:
+    """On Ray, ``{"worker_peak_rss_bytes": ...}`` for the step just done (search, matching,
+    evaluation).  Their tasks keep one running maximum (the generator's ``align`` resources),
+    so a step gets it only when it raised that maximum; otherwise (or in-process): ``{}``."""
+
+    def __init__(self, gen) -> None:
+        self.gen, self.seen = gen, 0
+
+    def __call__(self) -> dict[str, int]:
+        now = int(((getattr(self.gen, "resources_", None) or {}).get("align") or {})
+                  .get("worker_peak_rss_bytes") or 0)
+        if now <= self.seen:
+            return {}
+        self.seen = now
+        return {"worker_peak_rss_bytes": now}
+
+
 def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *,
               storage_options: StorageOptions = None,
               engine: AlignEngine | None = None) -> dict[str, Any]:
@@ -205,31 +243,45 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
             log.info("%s already holds this alignment (fingerprint %s)", out_url, fp)
             return read_json(join(out_url, "metrics.json"), storage_options)
         engine = engine or AlignEngine(cfg)
+        profile: list[dict] = []  # report: seconds and peak memory per step
         try:
-            pair, gen, mods = engine.inputs(ds)
+            with StepMeter() as meter:
+                pair, gen, mods = engine.inputs(ds)
+            profile.append({"step": "inputs", **meter.record()})
         except ValueError as exc:
             raise ConfigError(f"{dataset_url}: {exc}") from None
+        task_peak = TaskPeaks(gen)
         graph = joint_graph(pair.left.neighbours(), pair.right.neighbours(), pair.left.n)
         log.info("align %s: %d seeds, modalities %s + structure", cfg.align.recipe, len(seed_l),
                  gen.modalities_)
         checkpoint = AlignCheckpoint(join(out_url, TRAIN, "aligner.ckpt"), fp,
                                      cfg.align.checkpoint_every, storage_options)
-        aligner = engine.fit(gen, mods, graph, pair.left.n, seed_l, seed_r, checkpoint)
+        with StepMeter() as meter:
+            aligner = engine.fit(gen, mods, graph, pair.left.n, seed_l, seed_r, checkpoint)
+        worker = getattr(aligner, "report_extras_", {}).get("worker_peak_rss_bytes")  # Ray
+        profile.append({"step": "train", **meter.record(),
+                        **({"worker_peak_rss_bytes": int(worker)} if worker else {})})
         left, right = aligner.embeddings_
         a = cfg.align
         t = time.perf_counter()
-        k = a.topk if a.matching == "off" else max(a.topk, a.match_k)
-        lr = engine.topk(gen, left, right, k)
-        table = topk_table(lr[0][:, :a.topk], lr[1][:, :a.topk])
+        with StepMeter() as meter:
+            k = a.topk if a.matching == "off" else max(a.topk, a.match_k)
+            lr = engine.topk(gen, left, right, k)
+            table = topk_table(lr[0][:, :a.topk], lr[1][:, :a.topk])
         search_seconds = time.perf_counter() - t
+        profile.append({"step": "search", **meter.record(), **task_peak()})
         matches = graph_ = None
+        top1 = None if a.matching != "off" else (lr[1][:, 0], lr[0][:, 0])
         t = time.perf_counter()
         if a.matching != "off":
-            rl = engine.topk(gen, right, left, a.match_k)
-            graph_ = candidate_graph((lr[0][:, :a.match_k], lr[1][:, :a.match_k]), rl, a.csls_k)
-            del rl
-            matches = match(graph_, method=a.matching, temperature=a.match_temperature,
-                            iterations=a.match_iterations, min_share=a.match_min_share)
+            with StepMeter() as meter:
+                rl = engine.topk(gen, right, left, a.match_k)
+                graph_ = candidate_graph((lr[0][:, :a.match_k], lr[1][:, :a.match_k]), rl,
+                                         a.csls_k)
+                del rl
+                matches = match(graph_, method=a.matching, temperature=a.match_temperature,
+                                iterations=a.match_iterations, min_share=a.match_min_share)
+            profile.append({"step": "matching", **meter.record(), **task_peak()})
             log.info("align %s: %d one-to-one matches (%s on %d candidate pairs; %d left out "
                      "as dangling)", a.recipe, len(matches.left), a.matching,
                      matches.candidates, matches.dropped)
@@ -237,9 +289,12 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
         match_seconds = time.perf_counter() - t
         metrics: dict[str, Any] = {"hits@1": None, "hits@10": None, "mrr": None}
         t = time.perf_counter()
-        if pair.gold is not None:  # evaluation only: after training, nothing chosen on it
-            metrics = engine.metrics(gen, left, right, pair.gold)
+        with StepMeter() as meter:
+            if pair.gold is not None:  # evaluation only: after training, nothing chosen on it
+                metrics = engine.metrics(gen, left, right, pair.gold)
         eval_seconds = time.perf_counter() - t
+        profile.append({"step": "evaluation", **meter.record(), **task_peak()})
+        metrics["samples"] = aligned_samples(matches, top1, pair, a)
         if matches is not None:
             metrics["matching"] = matching_summary(matches, graph_, a, pair.gold)
             metrics["matching"]["seconds"] = round(match_seconds, 3)
@@ -264,6 +319,7 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
             "seconds_total": round(time.perf_counter() - t0, 3),
             # this process's peak so far (the pipeline job: seeds and aligner together)
             "driver_peak_rss_bytes": peak_rss_bytes(),
+            "profile": profile,
             "align_config": to_dict(cfg.align),
             "reproducibility": reproducibility(cfg),
             "fingerprint": fp, "code_version": __version__,
@@ -311,7 +367,8 @@ def run_pipeline(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
     # encoding first (it updates the dataset, and is skipped when up to date): the run is
     # named by the dataset as the seeds will read it
     t = time.perf_counter()
-    encoded = encode() if encode else []
+    with StepMeter() as encode_meter:
+        encoded = encode() if encode else []
     seconds = {"encode": round(time.perf_counter() - t, 3) if encode else 0.0}
     ds = Dataset(dataset_url, storage_options=storage_options)
     fp = fingerprint({"dataset": ds.manifest["fingerprint"], "config": to_dict(cfg),
@@ -336,6 +393,8 @@ def run_pipeline(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
                               "alignment": join(out_url, "align", "alignment.parquet")}}
         if encoded:
             report["encode"] = encoded
+        if encode:  # the steps of the seeds and the aligner: their own reports' ``profile``
+            report["profile"] = [{"step": "encode", **encode_meter.record()}]
         if extras is not None:
             report.update(extras(report))
         writer.put_file("report.json", json.dumps(report, indent=1, default=str).encode(),

@@ -140,5 +140,10 @@ def test_run_writes_seeds_alignment_and_an_html_report(tmp_path, capsys, pair_ur
     assert set(report["seconds"]) == {"encode", "seeds", "align", "total"}
     assert (out / "seeds" / "seeds.parquet").exists() and (out / "align" / "alignment.parquet").exists()
     html = (out / "report.html").read_text()
-    assert html.count("<svg") == 3 and "meaformer" in html
+    # every plot is named: stage counts and precision, the stages' score histograms, PSQE vs
+    # UVP, coverage, Hits@k (tests/report/ check them, in a browser too)
+    figures = [part.split('"', 1)[0] for part in html.split('data-figure="')[1:]]
+    assert html.count("<svg") == len(figures) and "meaformer" in html
+    assert {"stages: seeds (cumulative)", "stages: precision", "scores-stage1-cluster", "uvp",
+            "coverage", "hits"} <= set(figures)
     assert json.loads((out / "_MANIFEST.json").read_text())["stage"] == "run"

@@ -31,9 +31,11 @@ from psqe_ray.core.fusion import fuse, l2_normalize
 from psqe_ray.core.graph import KGPair
 from psqe_ray.core.matching import greedy_one_to_one
 from psqe_ray.core.sampling import (candidates_union, cluster_budgets, greedy_seeds,
-                                    n_clusters, sample_cluster)
+                                    n_clusters, sample_cluster_counted)
+from psqe_ray.core.score_histogram import histogram_record, score_counts
 from psqe_ray.core.search import Searcher
 from psqe_ray.core.signal import MIN_EFFECT, signal_test
+from psqe_ray.core.step_meter import StepMeter
 from psqe_ray.core.topk import topk_search
 from psqe_ray.core.train import (embed_fused, joint_graph, model_inputs, pick_anchor,
                                  resolve_device, torch_threads, train_encoder)
@@ -41,6 +43,8 @@ from psqe_ray.core.train import (embed_fused, joint_graph, model_inputs, pick_an
 log = logging.getLogger(__name__)
 
 _FILLED = {"name"}  # besides precomputed feature tables; bags stay zero when absent
+# the global top-k's progress labels (shards done; left->right, right->left), both engines
+TOPK_LABELS = ("stage2-global top-k left->right", "stage2-global top-k right->left")
 
 
 @dataclass
@@ -88,7 +92,12 @@ class SeedGenerator:
         seeds_: (left int64 (S,), right int64 (S,), score float32 (S,), source object (S,)),
             the accepted seeds in list order.
         table_: :class:`SeedTable` with the rejected candidates and why.
-        stages_: list of ``{"name", "added", "removed", "count", "seconds"}``.
+        stages_: list of ``{"name", "added", "removed", "count", "seconds"}``, with
+            ``scores`` (:func:`~psqe_ray.core.score_histogram.histogram_record`: the score
+            counts of the pairs the stage accepted and rejected) where the stage decides on
+            candidates.
+        profile_: list of ``{"step", "seconds", "peak_rss_bytes", "peak_rss_sampled"}`` per
+            stage run (or loaded from its commit) by this fit (:class:`StepMeter`).
         stage_sets_: name -> (left, right) accepted seeds after that stage (for evaluation).
         modalities_: modalities actually used; clusters_: (left labels, right labels) or None.
     """
@@ -161,28 +170,29 @@ class SeedGenerator:
         cfg = self.config
         cfg.check()
         self.stages_: list[dict] = []
+        self.profile_: list[dict] = []
         self.stage_sets_: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.table_ = SeedTable()
         self.clusters_ = None
         empty = np.zeros(0, np.int64)
         self.seeds_ = (empty, empty.copy(), np.zeros(0, np.float32), np.zeros(0, object))
         t0 = time.perf_counter()
-        mods, weights = self.prepare(pair)
+        with StepMeter() as meter:  # raw rows, fill, signal test: before the features stage
+            mods, weights = self.prepare(pair)
+        self.profile_.append({"step": "prepare", **meter.record()})
 
         def features() -> dict:
             fused_l, fused_r = self._fuse(mods, weights)
             self._timed("features", t0, 0, 0)
             return {"fused_left": fused_l, "fused_right": fused_r}
 
-        out = self._run_stage("features", features)
+        out = self._stage("features", features)
         fused_l, fused_r = out["fused_left"], out["fused_right"]
         budget = self.budget_ = seed_budget(cfg.stage1.budget, pair.left.n, pair.right.n)
         if cfg.method in ("uvp", "multimodal-greedy"):
             t = time.perf_counter()
             if cfg.method == "uvp":
-                pivot = cfg.uvp_modality
-                if pivot == "auto":
-                    pivot = "image" if "image" in mods else "name" if "name" in mods else self.modalities_[0]
+                pivot = self._uvp_pivot(mods)
                 if pivot not in mods:
                     raise ValueError(f"UVP pivot modality {pivot!r} is not available "
                                      f"(available: {self.modalities_})")
@@ -193,8 +203,35 @@ class SeedGenerator:
             l, r, s = self._greedy(xl, xr, budget)
             name = cfg.method
             self._accept(name, l, r, s, np.full(len(l), name, dtype=object), t, added=len(l))
+            self._score_histogram(name, s, None)  # the whole-graph greedy's rejections: not kept
             return self
+        # kept for the report's UVP baseline at PSQE's size (:meth:`uvp_baseline`)
+        pivot = self._uvp_pivot(mods)
+        self._baseline = (pivot, mods[pivot]) if pivot in mods else None
         return self._fit_psqe(pair, mods, weights, fused_l, fused_r)
+
+    def _uvp_pivot(self, mods) -> str:
+        """UVP's pivot modality: ``uvp_modality``, or (auto) image, else name, else the first."""
+        pivot = self.config.uvp_modality
+        if pivot == "auto":
+            pivot = "image" if "image" in mods else "name" if "name" in mods else self.modalities_[0]
+        return pivot
+
+    def uvp_baseline(self, count: int):
+        """Evaluation only: UVP's seeds (greedy one-to-one on the pivot modality, as
+        ``method=uvp`` makes them) with a budget of ``count``, on this PSQE fit's prepared
+        features, so that the report can set PSQE's seeds against UVP's at equal size.
+        Returns (pivot, left ids, right ids, scores), or None when the fit was not PSQE or
+        the pivot is not among its modalities.  Frees the features kept for it."""
+        kept, self._baseline = getattr(self, "_baseline", None), None
+        if kept is None:
+            return None
+        pivot, (xl, xr) = kept
+        return (pivot, *self._greedy(xl, xr, int(count)))
+
+    def release_baseline(self) -> None:
+        """Drop the features kept for :meth:`uvp_baseline` (no baseline is wanted)."""
+        self._baseline = None
 
     def prepare(self, pair: KGPair) -> tuple[dict, dict[str, float]]:
         """(modality -> (left, right) prepared vectors, fusion weights); sets ``modalities_``
@@ -256,12 +293,13 @@ class SeedGenerator:
                 fuse({m: v[1] for m, v in mods.items()}, weights))
 
     def _sample_clusters(self, sim_l, sim_r, lab_l, lab_r, budgets) -> list[tuple]:
-        """Stage I greedy per cluster: a list of (left ids, right ids, scores) per cluster."""
+        """Stage I greedy per cluster: a list of (left ids, right ids, scores, the rejected
+        candidates' score counts) per cluster."""
         parts = []
         for c in range(len(budgets)):
             il, ir = np.flatnonzero(lab_l == c), np.flatnonzero(lab_r == c)
-            parts.append(sample_cluster(sim_l[il], sim_r[ir], il, ir, int(budgets[c]),
-                                        self.config.stage1.candidates, self.searcher))
+            parts.append(sample_cluster_counted(sim_l[il], sim_r[ir], il, ir, int(budgets[c]),
+                                                self.config.stage1.candidates, self.searcher))
         return parts
 
     def _learn(self, pair: KGPair, mods, weights, seed_l, seed_r):
@@ -297,8 +335,8 @@ class SeedGenerator:
 
     def _global_topk(self, learned_l, learned_r, k: int):
         """(left -> right top-k, right -> left top-k) over the whole graphs."""
-        return (self.searcher.topk(learned_l, learned_r, k),
-                self.searcher.topk(learned_r, learned_l, k))
+        return (self.searcher.topk(learned_l, learned_r, k, progress=TOPK_LABELS[0]),
+                self.searcher.topk(learned_r, learned_l, k, progress=TOPK_LABELS[1]))
 
     def _mic_keep(self, vec_l: np.ndarray, vec_r: np.ndarray) -> np.ndarray:
         return mic_keep(vec_l, vec_r, self.searcher)
@@ -320,6 +358,20 @@ class SeedGenerator:
         distributed path commits each stage here and skips the committed ones on a rerun."""
         return run()
 
+    def _stage(self, name: str, run) -> dict:
+        """:meth:`_run_stage` with its wall seconds and peak memory in ``profile_``."""
+        with StepMeter() as meter:
+            out = self._run_stage(name, run)
+        self.profile_.append({"step": name, **meter.record()})
+        return out
+
+    def _score_histogram(self, name: str, accepted: np.ndarray,
+                         rejected: np.ndarray | None) -> None:
+        """Put the stage's score histogram (accepted scores; rejected: full-grid counts, or
+        None when not recorded) on its record, the last one."""
+        if self.stages_ and self.stages_[-1]["name"] == name:
+            self.stages_[-1]["scores"] = histogram_record(score_counts(accepted), rejected)
+
     def _timed(self, name: str, t: float, added: int, removed: int) -> None:
         count = len(self.seeds_[0])
         self.stages_.append({"name": name, "added": int(added), "removed": int(removed),
@@ -340,6 +392,7 @@ class SeedGenerator:
         self.table_.add(l[~keep], r[~keep], s[~keep], src[~keep], name, False,
                         "mic: partner is not the most similar seed entity")
         self._accept(name, l[keep], r[keep], s[keep], src[keep], t, removed=int((~keep).sum()))
+        self._score_histogram(name, s[keep], score_counts(s[~keep]))
         return {}
 
     def _add(self, name: str, l, r, s, t: float) -> None:
@@ -379,9 +432,10 @@ class SeedGenerator:
             l, r, s = (np.concatenate([p[i] for p in parts]) for i in range(3))
             order = np.lexsort((r, l, -s))
             self._add("stage1-cluster", l[order], r[order], s[order], t)
+            self._score_histogram("stage1-cluster", s, sum(p[3] for p in parts))
             return {"cluster_left": lab_l, "cluster_right": lab_r, "cluster_budgets": budgets}
 
-        out = self._run_stage("stage1-cluster", stage1)
+        out = self._stage("stage1-cluster", stage1)
         self.clusters_ = (out["cluster_left"], out["cluster_right"])
         self.cluster_budgets_ = out["cluster_budgets"]
 
@@ -393,7 +447,7 @@ class SeedGenerator:
             self.train_seconds_ = round(time.perf_counter() - t, 3)
             return {"learned_left": learned_l, "learned_right": learned_r}
 
-        out = self._run_stage("stage2-train", train)
+        out = self._stage("stage2-train", train)
         learned_l, learned_r = out["learned_left"], out["learned_right"]
 
         def stage2_global() -> dict:
@@ -404,14 +458,18 @@ class SeedGenerator:
             gl, gr, gs = candidates_union(lr, rl, len(learned_r))
             acc = greedy_one_to_one(gl, gr, gs, limit=cfg.stage2.global_budget or self.budget_,
                                     taken_left=taken_l, taken_right=taken_r)
+            rejected = np.ones(len(gs), bool)
+            rejected[acc] = False
+            rejected = score_counts(gs[rejected])
             gl, gr, gs = gl[acc], gr[acc], gs[acc]
             order = np.lexsort((gr, gl, -gs))
             self._add("stage2-global", gl[order], gr[order], gs[order], t)
+            self._score_histogram("stage2-global", gs, rejected)
             return {}
 
-        self._run_stage("stage2-global", stage2_global)
+        self._stage("stage2-global", stage2_global)
         if cfg.stage2.mic:
-            self._run_stage("stage2-mic", lambda: self._mic("stage2-mic", fused_l, fused_r))
+            self._stage("stage2-mic", lambda: self._mic("stage2-mic", fused_l, fused_r))
 
         # ---- Stage III: neighbourhood expansion and recheck (4.3)
         if cfg.stage3.enabled:
@@ -428,10 +486,13 @@ class SeedGenerator:
                     threshold_end=st.threshold_end, candidates_start=st.candidates_start,
                     candidates_end=st.candidates_end)
                 self._add("stage3-expansion", el, er, es, t)
+                # every accepted pair is one candidate row, with its score: the rest rejected
+                self._score_histogram("stage3-expansion", es,
+                                      score_counts(cand["score"]) - score_counts(es))
                 return {}
 
-            self._run_stage("stage3-expansion", stage3)
+            self._stage("stage3-expansion", stage3)
             if cfg.stage3.recheck:
-                self._run_stage("stage3-recheck",
-                                lambda: self._mic("stage3-recheck", fused_l, fused_r))
+                self._stage("stage3-recheck",
+                            lambda: self._mic("stage3-recheck", fused_l, fused_r))
         return self

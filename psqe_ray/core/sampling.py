@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from psqe_ray.core.matching import candidates_from_topk, greedy_one_to_one
+from psqe_ray.core.score_histogram import score_counts
 from psqe_ray.core.search import Searcher
 
 
@@ -99,9 +100,21 @@ def sample_cluster(left: np.ndarray, right: np.ndarray, left_ids: np.ndarray,
     ``left_ids`` / ``right_ids`` their entity ids.  One call is one Ray task in the
     distributed path.
     """
+    return sample_cluster_counted(left, right, left_ids, right_ids, budget, k, searcher)[:3]
+
+
+def sample_cluster_counted(left: np.ndarray, right: np.ndarray, left_ids: np.ndarray,
+                           right_ids: np.ndarray, budget: int, k: int = 10,
+                           searcher: Searcher | None = None,
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`sample_cluster` and the score counts of the candidates its greedy rejected
+    (int64 (BINS,) on the grid of :mod:`psqe_ray.core.score_histogram`; for the report)."""
     if budget <= 0 or len(left) == 0 or len(right) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
+                score_counts(np.zeros(0, np.float32)))
     cl, cr, cs = candidate_edges(left, right, k, left_ids=left_ids, right_ids=right_ids,
                                  searcher=searcher)
     acc = greedy_one_to_one(cl, cr, cs, limit=budget)
-    return cl[acc], cr[acc], cs[acc]
+    rejected = np.ones(len(cs), bool)
+    rejected[acc] = False
+    return cl[acc], cr[acc], cs[acc], score_counts(cs[rejected])

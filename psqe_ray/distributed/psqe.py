@@ -46,7 +46,8 @@ from psqe_ray import __version__
 from psqe_ray.config import PSQEConfig, fingerprint, seed_settings, to_dict
 from psqe_ray.core.blocks import (SIDES, kmeans_init, row_ranges, seed_centroids,
                                   update_centroids)
-from psqe_ray.core.psqe import SeedGenerator, SeedTable
+from psqe_ray.core.progress import Progress
+from psqe_ray.core.psqe import TOPK_LABELS, SeedGenerator, SeedTable
 from psqe_ray.core.topk import empty_topk, merge_topk
 from psqe_ray.distributed.blocks import (Joined, Sharded, best_task, block_url, fuse_task,
                                          kmeans_task, prepare_task, raw_task, read_block,
@@ -54,8 +55,8 @@ from psqe_ray.distributed.blocks import (Joined, Sharded, best_task, block_url, 
 from psqe_ray.distributed.tasks import (cluster_task, expand_map, greedy_task, mic_map,
                                         parquet, put_table, read_table, rss, topk_shard)
 from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_device,
-                                          fit_on_ray, gather_usage, node_cpus, node_usage,
-                                          send_progress, train_threads)
+                                          fit_on_ray, gather_usage, get_all, node_cpus,
+                                          node_usage, send_progress, train_threads)
 from psqe_ray.io.dataset import Dataset, DatasetWriter
 from psqe_ray.inprocess import run_seeds, seeds_table
 from psqe_ray.io.fs import StorageOptions, absolute, exists, join, read_bytes, resolve
@@ -507,7 +508,7 @@ class RaySeedGenerator(SeedGenerator):
         self._res(self._current, tasks=len(futures),
                   worker_peak_rss_bytes=max((r[3] for r in results), default=0))
         self._account(r[4] for r in results)
-        return [r[:3] for r in results]
+        return [(*r[:3], r[5]) for r in results]  # r[5]: the rejected candidates' score counts
 
     def _learn(self, pair, mods, weights, seed_l, seed_r):
         from psqe_ray.core.train import joint_graph
@@ -572,10 +573,11 @@ class RaySeedGenerator(SeedGenerator):
         rel = best[len(path.rstrip("/")) + 1:]
         return join(run_url, rel)
 
-    def _search(self, query: Sharded, base: Sharded, k: int):
+    def _search(self, query: Sharded, base: Sharded, k: int, label: str | None = None):
         """Top-k (scores, ids) of every query row among the base rows: the search layer's plan
         for the base's size, one shard task each (fetching only its base blocks, the queries
-        block by block), merged with the associative top-k merge."""
+        block by block), merged with the associative top-k merge.  The shards done show on
+        the driver as ``label`` (default: the stage's name and "search")."""
         d = self.config.distributed
         # exact search: one shard per CPU (any split gives the same answer); IVF: the
         # searcher's size-based plan, whatever the cluster, so results never depend on it
@@ -599,9 +601,10 @@ class RaySeedGenerator(SeedGenerator):
         # tasks: a shard lost with its node is run again by Ray (max_retries), its blocks
         # rebuilt from their lineage
         queries = list(query.refs)
-        results = ray.get([topk_shard.options(**opts, max_retries=d.max_failures).remote(
+        results = get_all([topk_shard.options(**opts, max_retries=d.max_failures).remote(
             base.overlapping(a, b), searcher, plan, i, threads, queries, kk)
-            for i, (a, b) in enumerate(plan.bounds)])
+            for i, (a, b) in enumerate(plan.bounds)],
+            Progress(label or f"{self._current} search", len(plan.bounds), "shards"))
         merged = empty_topk(len(query), kk)
         for (res, _, _) in results:
             merged = merge_topk(merged, res, kk)
@@ -615,7 +618,8 @@ class RaySeedGenerator(SeedGenerator):
         return merged
 
     def _global_topk(self, learned_l, learned_r, k):
-        return self._search(learned_l, learned_r, k), self._search(learned_r, learned_l, k)
+        return (self._search(learned_l, learned_r, k, TOPK_LABELS[0]),
+                self._search(learned_r, learned_l, k, TOPK_LABELS[1]))
 
     def _partitions(self, n_seeds: int) -> int:
         return max(1, min(self.config.distributed.partitions or _cpus(), n_seeds))

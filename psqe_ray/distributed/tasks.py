@@ -14,7 +14,7 @@ import ray
 
 from psqe_ray.core.blocks import dense, stack
 from psqe_ray.core.correction import expansion_candidates
-from psqe_ray.core.sampling import greedy_seeds, sample_cluster
+from psqe_ray.core.sampling import greedy_seeds, sample_cluster_counted
 from psqe_ray.core.search import Searcher, SearchPlan, ShardIndex
 from psqe_ray.distributed.blocks import Rows, Sharded
 from psqe_ray.distributed.runtime import Meter
@@ -39,7 +39,9 @@ def cluster_task(left_pieces: list, right_pieces: list, budget, k, searcher: Sea
         ids = np.concatenate([g[0] for g in got]) if got else np.zeros(0, np.int64)
         sides.append((ids, dense(stack([g[1] for g in got], d))))
     (il, sim_l), (ir, sim_r) = sides
-    return (*sample_cluster(sim_l, sim_r, il, ir, budget, k, searcher), rss(), meter.take())
+    l, r, s, rejected = sample_cluster_counted(sim_l, sim_r, il, ir, budget, k, searcher)
+    # the rejected candidates' score counts last: the report's histogram (not the seeds)
+    return l, r, s, rss(), meter.take(), rejected
 
 
 @ray.remote(num_cpus=0.5)

@@ -49,7 +49,11 @@ def _figures(out: Path) -> dict:
     return {"seeds": {k: report["seeds"]["seeds"][k] for k in ("count", "precision", "recall")},
             "align": {k: align[k] for k in ("hits@1", "hits@10", "mrr", "pairs_added",
                                             "train_steps", "seeds_used")},
-            "matching": {k: v for k, v in align["matching"].items() if k != "seconds"}}
+            "matching": {k: v for k, v in align["matching"].items() if k != "seconds"},
+            # report.html's figures: score histograms per stage, PSQE vs UVP, sample pairs
+            "scores": [s.get("scores") for s in report["seeds"]["stages"]],
+            "uvp_comparison": report["seeds"].get("uvp_comparison"),
+            "samples": align.get("samples")}
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +86,8 @@ def test_same_bytes_under_any_load_cpu_count_and_engine(pair, tmp_path):
         assert (outs[1] / name).read_bytes() == (outs[2] / name).read_bytes(), name
         assert _content(outs[0] / name) == _content(outs[1] / name), name
     figures = [_figures(o) for o in outs]
+    assert figures[0]["uvp_comparison"]["uvp"] and figures[0]["samples"]["best"]
+    assert sum(s is not None for s in figures[0]["scores"]) >= 4
     assert figures[1] == figures[0] and figures[2] == figures[0]
     repro = json.loads((outs[2] / "report.json").read_text())["reproducibility"]
     assert repro["same_result_anywhere"] is True

@@ -47,13 +47,30 @@ def _inprocess(pair_url: str, out: str) -> dict[str, list]:
 
 
 @pytest.fixture(scope="module")
-def reference(pair_url, tmp_path_factory) -> dict[str, list]:
-    """In-process seeds (the training runs `threads` torch threads on both engines)."""
-    return _inprocess(pair_url, str(tmp_path_factory.mktemp("ref") / "out"))
+def reference_out(pair_url, tmp_path_factory) -> Path:
+    """The in-process run's output folder (the training runs `threads` torch threads on both
+    engines)."""
+    out = tmp_path_factory.mktemp("ref") / "out"
+    run_seeds(pair_url, str(out), load_config(None, SETS))
+    return out
 
 
-def test_distributed_path_gives_the_inprocess_seeds(pair_url, reference, tmp_path, ray_local,
-                                                    ray_timeout, monkeypatch, caplog):
+@pytest.fixture(scope="module")
+def reference(reference_out) -> dict[str, list]:
+    """In-process seeds."""
+    return _seeds(str(reference_out))
+
+
+def _report_figures(report: dict) -> dict:
+    """report.html's seed figures, the same on both engines: score histograms per stage and
+    PSQE vs UVP at equal size."""
+    return {"scores": {s["name"]: s.get("scores") for s in report["stages"]},
+            "uvp_comparison": report.get("uvp_comparison")}
+
+
+def test_distributed_path_gives_the_inprocess_seeds(pair_url, reference, reference_out,
+                                                    tmp_path, ray_local, ray_timeout,
+                                                    monkeypatch, caplog):
     # a relative output, as the README's main job gives: Ray Train's workers run in another
     # working directory, yet write the learned vectors into the right stage folder
     monkeypatch.chdir(tmp_path)
@@ -63,6 +80,15 @@ def test_distributed_path_gives_the_inprocess_seeds(pair_url, reference, tmp_pat
         report = run_seeds_on_ray(pair_url, out, cfg)
     got = _seeds(out)
     assert got == reference  # accepted seeds in order, scores, sources, rejections
+    ref_report = json.loads((reference_out / "report.json").read_text())
+    figures = _report_figures(report)
+    assert figures == _report_figures(ref_report)
+    assert figures["scores"]["stage2-global"]["rejected"] and figures["uvp_comparison"]["uvp"]
+    # seconds and peak memory per step; on Ray the workers' peak where the step ran tasks
+    profile = {p["step"]: p for p in report["profile"]}
+    assert [p["step"] for p in report["profile"]] == [p["step"] for p in ref_report["profile"]]
+    assert profile["stage2-train"]["worker_peak_rss_bytes"] > 0
+    assert all(p["peak_rss_bytes"] > 0 for p in report["profile"])
     # the Ray Train worker's epochs reach the driver's log (the first and the last at least)
     lines = [r.getMessage() for r in caplog.records if r.name == "psqe_ray.progress"]
     assert any(m.startswith("stage2 training: epoch 1/") for m in lines), lines
@@ -112,8 +138,8 @@ def test_two_training_workers_all_reduce(pair_url, reference, tmp_path, ray_loca
     assert report["seeds"]["precision"] >= ref_precision - 0.05
 
 
-def test_rerun_after_kill_skips_committed_stages(pair_url, reference, tmp_path, ray_local,
-                                                 ray_timeout):
+def test_rerun_after_kill_skips_committed_stages(pair_url, reference, reference_out, tmp_path,
+                                                 ray_local, ray_timeout):
     out = tmp_path / "out"
     run_until([sys.executable, str(REPO / "jobs" / "seeds.py"), pair_url, str(out),
                *sum((["--set", s] for s in SETS), [])],
@@ -123,6 +149,11 @@ def test_rerun_after_kill_skips_committed_stages(pair_url, reference, tmp_path, 
     report = run_seeds_on_ray(pair_url, str(out), load_config(None, SETS))
     assert {"features", "stage1-cluster", "stage2-train"} <= set(report["resumed_stages"])
     assert _seeds(str(out)) == reference
+    # the resumed stages' histograms come back from their commits
+    ref_report = json.loads((reference_out / "report.json").read_text())
+    assert _report_figures(report) == _report_figures(ref_report)
+    resumed = {p["step"] for p in report["profile"] if p.get("resumed")}
+    assert resumed == set(report["resumed_stages"])
 
 
 def test_sharded_ivf_search_on_ray_equals_the_inprocess_search(ray_local, ray_timeout, tmp_path):

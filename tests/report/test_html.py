@@ -105,12 +105,13 @@ def no_gold_report() -> dict:
     return r
 
 
-def test_full_report_is_well_formed_with_three_plots() -> None:
+def test_full_report_is_well_formed_with_four_plots() -> None:
     page = render_html(FULL)
     p = parse(page)
     assert page.startswith("<!DOCTYPE html>")
-    assert page.count("<svg") == 3
-    assert [t for t, _ in p.elements].count("svg") == 3
+    # stage counts and stage precision (one plot each), coverage, Hits@k
+    assert page.count("<svg") == 4
+    assert [t for t, _ in p.elements].count("svg") == 4
     # self-contained: nothing fetched, nothing scripted
     low = page.lower()
     for banned in ("<script", "<link", "http://cdn", "https://", "@import", "url("):
@@ -144,7 +145,7 @@ def test_align_without_variants_or_hits_says_no_gold() -> None:
     page = render_html(r)
     parse(page)
     assert "no gold links: Hits@k not measured" in page
-    assert page.count("<svg") == 2
+    assert page.count("<svg") == 3
 
 
 @pytest.mark.parametrize("report", [{}, {"seeds": None, "align": None, "config": None},
@@ -249,3 +250,167 @@ def test_matching_and_left_out_modalities_are_shown() -> None:
         assert expected in text, expected
     report["align"]["matching"] = {"method": "greedy", "matches": 12, "precision": None}
     assert "not scored: no gold links" in "".join(parse(render_html(report)).text)
+
+
+# ---- the sections of issue 15: score histograms, PSQE vs UVP, samples, seconds and memory ----
+def scores(start: float, accepted: list[int], rejected: list[int] | None) -> dict:
+    return {"start": start, "width": 0.02, "accepted": accepted, "rejected": rejected}
+
+
+def sample(left: int, right: int, score: float, verdict: str | None, **extra) -> dict:
+    return {"left_id": left, "right_id": right, "left_name": f"L{left}",
+            "right_name": f"R{right}", "score": score, "similarity": 0.5, "verdict": verdict,
+            **extra}
+
+
+def rich_report() -> dict:
+    """FULL with every field of the newer reports."""
+    r = copy.deepcopy(FULL)
+    st = {s["name"]: s for s in r["seeds"]["stages"]}
+    st["stage1-cluster"]["scores"] = scores(0.5, [0, 2, 4], [30, 10, 0])
+    st["stage2-global"]["scores"] = scores(0.2, [1, 0, 0, 3], [5, 20, 10, 0])
+    st["stage2-mic"]["scores"] = scores(0.6, [4, 8], [2, 0])
+    st["stage3-expansion"]["scores"] = scores(-1.0, [], [])  # nothing scored
+    r["seeds"]["uvp_comparison"] = {
+        "count": 5340, "pivot": "name",
+        "psqe": {"count": 5340, "precision": 0.854, "recall": 0.304, "judged_precision": 0.995,
+                 "edge_coverage": 0.589, "entity_coverage": 0.27, "degree_gap": 0.171},
+        "uvp": {"count": 5340, "precision": 0.796, "recall": 0.283, "judged_precision": 0.999,
+                "edge_coverage": 0.465, "entity_coverage": 0.27, "degree_gap": 0.037}}
+    r["profile"] = [{"step": "encode", "seconds": 12.5, "peak_rss_bytes": 2 ** 30,
+                     "peak_rss_sampled": False}]
+    r["seeds"]["profile"] = [
+        {"step": "load", "seconds": 0.4, "peak_rss_bytes": 300 * 2 ** 20,
+         "peak_rss_sampled": False},
+        {"step": "stage1-cluster", "seconds": 20.0, "peak_rss_bytes": 900 * 2 ** 20,
+         "peak_rss_sampled": True, "worker_peak_rss_bytes": 3 * 2 ** 30},
+        {"step": "stage2-train", "seconds": 60.0, "peak_rss_bytes": None, "resumed": True}]
+    r["align"]["profile"] = [{"step": "train", "seconds": 70.0,
+                              "peak_rss_bytes": 1500 * 2 ** 20, "peak_rss_sampled": False}]
+    r["align"]["samples"] = {
+        "source": "matches (sinkhorn)", "score": "balanced mass", "threshold": 0.5,
+        "pairs": 14210,
+        "best": [sample(1, 2, 0.99, "correct"), sample(3, 4, 0.98, "unjudged")],
+        "borderline": [sample(5, 6, 0.51, "wrong", gold_right_id=7, gold_right_name="R7")],
+        "wrong": [sample(8, 9, 0.9, "wrong", gold_right_id=None, gold_right_name=None)]}
+    return r
+
+
+def section(page: str, heading: str) -> str:
+    start = page.index(f"<h2>{heading}</h2>")
+    nxt = page.find("<h2>", start + 4)
+    return page[start:nxt if nxt >= 0 else len(page)]
+
+
+NEW_SECTIONS = ("Seed scores per stage: accepted and rejected", "PSQE vs UVP at equal size",
+                "Sample aligned pairs", "Seconds and peak memory per step")
+
+
+def test_an_older_report_renders_without_the_new_sections() -> None:
+    page = render_html(FULL)  # no scores, uvp_comparison, samples or profile
+    parse(page)
+    for heading in NEW_SECTIONS:
+        assert heading not in page, heading
+
+
+def test_every_plot_is_named_once() -> None:
+    p = parse(render_html(rich_report()))
+    names = [a.get("data-figure") for t, a in p.elements if t == "svg"]
+    assert None not in names and len(names) == len(set(names))
+    assert {"scores-stage1-cluster", "scores-stage2-global", "scores-stage2-mic", "uvp",
+            "coverage", "hits", "stages: seeds (cumulative)", "stages: precision"} == set(names)
+    for heading in NEW_SECTIONS:
+        assert f"<h2>{heading}</h2>" in render_html(rich_report())
+
+
+def test_score_histograms_draw_accepted_up_and_rejected_down() -> None:
+    page = render_html(rich_report())
+    p = parse(page)
+    acc = rects(p, **{"data-stage": "stage1-cluster", "data-kind": "accepted"})
+    rej = rects(p, **{"data-stage": "stage1-cluster", "data-kind": "rejected"})
+    # empty bins draw nothing; each half is scaled to its own largest bin
+    assert [a["data-bin"] for a in acc] == ["0.52", "0.54"]
+    assert [a["data-bin"] for a in rej] == ["0.50", "0.52"]
+    assert float(acc[1]["height"]) == pytest.approx(2 * float(acc[0]["height"]), rel=1e-3)
+    assert float(rej[0]["height"]) == pytest.approx(3 * float(rej[1]["height"]), rel=1e-3)
+    assert float(acc[1]["height"]) == pytest.approx(float(rej[0]["height"]), rel=1e-3)
+    # accepted bars end on the axis from above, rejected ones start on it
+    axis = {round(float(a["y"]) + float(a["height"]), 2) for a in acc}
+    assert axis == {round(float(a["y"]), 2) for a in rej} and len(axis) == 1
+    text = "".join(p.text)
+    assert "accepted 6" in text and "rejected 40" in text
+    assert "no candidate scored in stage3-expansion" in page
+
+
+def test_a_stage_without_recorded_rejections_says_so() -> None:
+    r = rich_report()
+    r["seeds"]["stages"][1]["scores"]["rejected"] = None
+    p = parse(render_html(r))
+    assert rects(p, **{"data-stage": "stage1-cluster", "data-kind": "rejected"}) == []
+    assert len(rects(p, **{"data-stage": "stage1-cluster", "data-kind": "accepted"})) == 2
+    assert "rejected: not recorded" in "".join(p.text)
+
+
+def test_psqe_vs_uvp_table_and_bars() -> None:
+    page = render_html(rich_report())
+    p = parse(page)
+    sec = section(page, "PSQE vs UVP at equal size")
+    for expected in ("UVP (name)", "0.854", "0.796", "0.589", "0.465", "5,340", "0.037"):
+        assert expected in sec, expected
+    psqe = {a["data-group"]: float(a["height"]) for a in rects(p, **{"data-series": "PSQE"})}
+    uvp = {a["data-group"]: float(a["height"])
+           for a in rects(p, **{"data-series": "UVP (name)"})}
+    assert set(psqe) == set(uvp) == {"precision", "judged precision", "recall",
+                                     "edge coverage", "entity coverage"}
+    assert psqe["edge coverage"] / uvp["edge coverage"] == pytest.approx(0.589 / 0.465, rel=1e-3)
+    r = rich_report()
+    r["seeds"]["uvp_comparison"] = {"skipped": "more than 100,000 entities on a side"}
+    page = render_html(r)
+    assert "UVP baseline not computed: more than 100,000 entities" in page
+    assert 'data-figure="uvp"' not in page
+
+
+def test_sample_pairs_table_lists_best_borderline_and_wrong() -> None:
+    page = render_html(rich_report())
+    parse(page)
+    sec = section(page, "Sample aligned pairs")
+    assert sec.index("best") < sec.index("L1") < sec.index("borderline") < sec.index("L5") \
+        < sec.index("wrong <span") < sec.index("L8")
+    assert "nearest the acceptance threshold 0.5" in sec and "14,210 pairs" in sec
+    assert "R7 <span class=\"sub\">#7</span>" in sec  # the gold partner of a wrong pair
+    assert sec.count('class="bad">wrong') == 2 and sec.count('class="ok">correct') == 1
+    r = rich_report()
+    r["align"]["samples"].update(wrong=None, threshold=None)
+    for row in r["align"]["samples"]["best"]:
+        row.update(verdict=None, left_name=None)
+    sec = section(render_html(r), "Sample aligned pairs")
+    assert "no gold links: wrong pairs are not known" in sec and "the lowest scores" in sec
+    assert '<span class="mono">#1</span>' in sec  # no name: the id
+
+
+def test_profile_table_lists_every_step_with_its_memory() -> None:
+    page = render_html(rich_report())
+    parse(page)
+    sec = section(page, "Seconds and peak memory per step")
+    assert sec.count('<tr class="group">') == 3  # pipeline, seeds, aligner
+    for expected in ("encode (models)", "Stage I: clusters, greedy", "Stage II: training",
+                     "12.5 s", "0.40 s", "1.0 GiB", "≈ 900.0 MiB", "3.0 GiB", "1.5 GiB",
+                     "resumed: loaded from its commit", "workers' peak"):
+        assert expected in sec, expected
+    r = rich_report()
+    del r["seeds"]["profile"][1]["worker_peak_rss_bytes"]
+    text = "".join(parse(section(render_html(r), "Seconds and peak memory per step")).text)
+    assert "workers' peak" not in text and "this process's resident memory" in text
+
+
+def test_new_sections_escape_report_text() -> None:
+    evil = "<script>alert(1)</script>"
+    r = rich_report()
+    r["seeds"]["stages"][1]["name"] = evil
+    r["seeds"]["uvp_comparison"]["pivot"] = evil
+    r["align"]["samples"]["best"][0]["left_name"] = evil
+    r["align"]["samples"]["score"] = evil
+    r["seeds"]["profile"][0]["step"] = evil
+    page = render_html(r)
+    parse(page)
+    assert "<script" not in page.lower()
