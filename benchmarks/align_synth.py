@@ -43,7 +43,7 @@ def main() -> None:
     from psqe_ray.core.train import joint_graph, model_inputs
     from psqe_ray.io.dataset import Dataset
     from psqe_ray.io.load import load_pair
-    from psqe_ray.pipeline import read_seeds
+    from psqe_ray.runners.align import read_seeds
 
     cache = Path(args.cache)
     ds_url = cache / f"synth-{args.entities}"

@@ -115,7 +115,7 @@ def pipeline(name: str, url: str, device: str) -> None:
     from psqe_ray.core.alignment_quality import alignment_metrics
     from psqe_ray.core.psqe import SeedGenerator
     from psqe_ray.core.train import joint_graph, model_inputs
-    from psqe_ray.inprocess import evaluate
+    from psqe_ray.runners.seeds import evaluate
     from psqe_ray.io.dataset import Dataset
     from psqe_ray.io.load import load_pair
 

@@ -38,7 +38,6 @@ from psqe_ray.io.load import load_pair as _load_pair
 __all__ = ["align_pair", "evaluate_pairs", "generate_seeds", "import_pair", "load_pair",
            "make_config", "run_pipeline", "synthesize"]
 
-ENGINES = ("local", "ray")
 
 
 def make_config(settings: dict[str, Any] | None = None, yaml: str | None = None) -> PSQEConfig:
@@ -68,10 +67,10 @@ def _cfg(cfg: PSQEConfig | None) -> PSQEConfig:
     return cfg
 
 
-def _engine(engine: str) -> bool:
-    if engine not in ENGINES:
-        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    return engine == "ray"
+def _engine(engine: str):
+    from psqe_ray.runners import engine_for  # ConfigError for an unknown name
+
+    return engine_for(engine)
 
 
 def synthesize(url: str, *, entities: int = 2000, seed: int = 0,
@@ -102,13 +101,10 @@ def generate_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig | None = None
     ``out_url``: ``seeds.parquet`` and ``report.json`` (stages, counts and, with gold links,
     precision).  Returns the report; an output that already holds these seeds is reused."""
     cfg = _cfg(cfg)
-    if _engine(engine):
-        from psqe_ray.distributed.psqe import run_seeds_on_ray
+    from psqe_ray.runners import run_seeds
 
-        return run_seeds_on_ray(dataset_url, out_url, cfg, storage_options=storage_options)
-    from psqe_ray.inprocess import run_seeds
-
-    return run_seeds(dataset_url, out_url, cfg, storage_options=storage_options)
+    return run_seeds(dataset_url, out_url, cfg, storage_options=storage_options,
+                     engine=_engine(engine))
 
 
 def align_pair(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig | None = None, *,
@@ -120,14 +116,10 @@ def align_pair(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig |
     Returns the metrics (Hits@k / MRR and the matches' precision / recall / F1 when the
     dataset has gold links)."""
     cfg = _cfg(cfg)
-    if _engine(engine):
-        from psqe_ray.distributed.align import run_align_on_ray
+    from psqe_ray.runners import run_align
 
-        return run_align_on_ray(dataset_url, seeds_url, out_url, cfg,
-                                storage_options=storage_options)
-    from psqe_ray.pipeline import run_align
-
-    return run_align(dataset_url, seeds_url, out_url, cfg, storage_options=storage_options)
+    return run_align(dataset_url, seeds_url, out_url, cfg, storage_options=storage_options,
+                     engine=_engine(engine))
 
 
 def run_pipeline(dataset_url: str, out_url: str, cfg: PSQEConfig | None = None, *,
@@ -135,13 +127,10 @@ def run_pipeline(dataset_url: str, out_url: str, cfg: PSQEConfig | None = None, 
     """Seeds, then the aligner, then ``report.json`` and ``report.html`` under ``out_url``
     (``psqe-ray run``; ``jobs/run.py`` is ``engine="ray"``).  Returns the report."""
     cfg = _cfg(cfg)
-    if _engine(engine):
-        from psqe_ray.distributed.align import run_pipeline_on_ray
+    from psqe_ray.runners import run_pipeline as _run_pipeline
 
-        return run_pipeline_on_ray(dataset_url, out_url, cfg, storage_options=storage_options)
-    from psqe_ray.pipeline import run_pipeline
-
-    return run_pipeline(dataset_url, out_url, cfg, storage_options=storage_options)
+    return _run_pipeline(dataset_url, out_url, cfg, storage_options=storage_options,
+                         engine=_engine(engine))
 
 
 def evaluate_pairs(dataset_url: str, pairs: str | pa.Table, *,

@@ -193,49 +193,37 @@ def _config(args: argparse.Namespace):
 
 def seeds_main(args: argparse.Namespace) -> dict:
     """Run ``psqe-ray seeds`` (or the seed job) from parsed options; returns the report."""
+    from psqe_ray.runners import engine_for, run_seeds
+
     cfg = _config(args)
     preflight(args, cfg)
-    if args.engine == "ray":
-        from psqe_ray.distributed.psqe import run_seeds_on_ray
-        from psqe_ray.distributed.runtime import ray_session
-
-        with ray_session():
-            encode_configured(args.dataset, cfg)
-            return run_seeds_on_ray(args.dataset, args.out, cfg)
-    from psqe_ray.inprocess import run_seeds
-
-    encode_configured(args.dataset, cfg)
-    return run_seeds(args.dataset, args.out, cfg)
+    engine = engine_for(args.engine)
+    with engine.session():
+        encode_configured(args.dataset, cfg)
+        return run_seeds(args.dataset, args.out, cfg, engine=engine)
 
 
 def align_main(args: argparse.Namespace) -> dict:
     """Run ``psqe-ray align`` (or the align job); returns the metrics."""
+    from psqe_ray.runners import engine_for, run_align
+
     cfg = _config(args)
     preflight(args, cfg)
-    if args.engine == "ray":
-        from psqe_ray.distributed.align import run_align_on_ray
-
-        return run_align_on_ray(args.dataset, args.seeds, args.out, cfg)
-    from psqe_ray.pipeline import run_align
-
-    return run_align(args.dataset, args.seeds, args.out, cfg)
+    return run_align(args.dataset, args.seeds, args.out, cfg, engine=engine_for(args.engine))
 
 
 def run_main(args: argparse.Namespace) -> dict:
     """Run ``psqe-ray run`` (or the pipeline job); returns the report."""
+    from psqe_ray.runners import engine_for, run_pipeline
+
     cfg = _config(args)
     preflight(args, cfg)
 
     def encode() -> list[dict]:
         return encode_configured(args.dataset, cfg)
 
-    if args.engine == "ray":
-        from psqe_ray.distributed.align import run_pipeline_on_ray
-
-        return run_pipeline_on_ray(args.dataset, args.out, cfg, encode=encode)
-    from psqe_ray.pipeline import run_pipeline
-
-    return run_pipeline(args.dataset, args.out, cfg, encode=encode)
+    return run_pipeline(args.dataset, args.out, cfg, engine=engine_for(args.engine),
+                        encode=encode)
 
 
 def align_summary(metrics: dict) -> dict:

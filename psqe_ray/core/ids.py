@@ -2,7 +2,7 @@
 
 Every reader of ids goes through these: the dataset contract (:mod:`psqe_ray.validation`, which
 wraps the findings in a :class:`~psqe_ray.errors.DataError` naming the table and column), the
-seed files the aligner reads (:func:`psqe_ray.pipeline.read_seeds`), and the pure functions of
+seed files the aligner reads (:func:`psqe_ray.runners.align.read_seeds`), and the pure functions of
 ``core`` (seed quality, matching), which raise ``ValueError`` / ``TypeError`` on a caller's
 mistake.
 """

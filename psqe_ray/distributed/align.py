@@ -1,6 +1,6 @@
 """The downstream aligner on Ray Train: :class:`psqe_ray.align.trainer.Aligner` in
-``distributed.train_workers`` data-parallel workers (gradients all-reduced every step), and the
-align / pipeline jobs that use it.
+``distributed.train_workers`` data-parallel workers (gradients all-reduced every step); the
+Ray engine's :class:`RayAlignSteps`.
 
 Rank 0 embeds every entity with the trained model and hands the joint vectors back through its
 final Ray Train checkpoint (under ``OUT_URL/_train``, removed once the alignment is committed;
@@ -15,24 +15,23 @@ import logging
 import os
 import pickle
 import tempfile
-from typing import Any
 
 import numpy as np
 import ray
 
 from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import PSQEConfig, to_dict
-from psqe_ray.distributed.psqe import RaySeedGenerator, run_seeds_on_ray
+from psqe_ray.distributed.psqe import RaySeedGenerator
 from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_device,
                                           fit_on_ray, gather_objects, gather_usage,
-                                          merge_nodes, node_usage, ray_session,
-                                          send_progress, train_threads)
+                                          node_usage, send_progress, train_threads)
 from psqe_ray.distributed.tasks import rss
 from psqe_ray.io.checkpoint import AlignCheckpoint
 from psqe_ray.io.fs import StorageOptions, absolute, join, resolve
 from psqe_ray.core.alignment_quality import Vectors
 from psqe_ray.distributed.blocks import pair_scores_task, subset
-from psqe_ray.pipeline import TRAIN, AlignEngine, run_align, run_pipeline
+from psqe_ray.runners.align import TRAIN
+from psqe_ray.runners.engine import AlignSteps
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +90,17 @@ def _align_worker(config: dict) -> None:
         ray.train.report({"epochs": len(aligner.losses_)})
 
 
-class RayAlignEngine(AlignEngine):
-    """:class:`psqe_ray.pipeline.AlignEngine` on Ray: the inputs are made block by block by
-    tasks (:meth:`psqe_ray.distributed.psqe.RaySeedGenerator.prepare`: the driver never holds
-    the feature matrices), the training runs on Ray Train, whose workers fetch the blocks.
-    Make it just before ``run_align``: its driver :class:`Meter` starts then."""
+class RayAlignSteps(AlignSteps):
+    """:class:`psqe_ray.runners.engine.AlignSteps` on Ray: the inputs are made block by block
+    by tasks (:meth:`psqe_ray.distributed.psqe.RaySeedGenerator.prepare`: the driver never
+    holds the feature matrices), the training runs on Ray Train, whose workers fetch the
+    blocks; ``driver``: the step's driver :class:`Meter`."""
 
-    def __init__(self, cfg: PSQEConfig, out_url: str,
-                 storage_options: StorageOptions = None) -> None:
+    def __init__(self, cfg: PSQEConfig, out_url: str, storage_options: StorageOptions = None,
+                 *, driver: Meter) -> None:
         super().__init__(cfg)
         self.out_url, self.storage_options = absolute(out_url), storage_options
-        self.driver = Meter("driver")
+        self.driver = driver
 
     def inputs(self, ds):
         gen = RaySeedGenerator(self.cfg, self.out_url, "align", driver=self.driver,
@@ -198,31 +197,3 @@ class BlockVectors(Vectors):
         out, usage = subset(x, ids, self.gen.config.distributed.block_rows)
         self.gen._get_usage(usage)
         return out
-
-
-def run_align_on_ray(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *,
-                     storage_options: StorageOptions = None) -> dict[str, Any]:
-    """The align job: :func:`psqe_ray.pipeline.run_align` with the training on Ray Train."""
-    with ray_session():
-        return run_align(dataset_url, seeds_url, out_url, cfg, storage_options=storage_options,
-                         engine=RayAlignEngine(cfg, out_url, storage_options))
-
-
-def run_pipeline_on_ray(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
-                        storage_options: StorageOptions = None, encode=None) -> dict[str, Any]:
-    """The pipeline job: seeds on the distributed path (stages committed and resumable), the
-    aligner on Ray Train, the report on the driver; ``report.json``'s ``nodes`` sums the
-    steps' per-node records (encoders, seeds, aligner)."""
-    def nodes(report: dict) -> dict:
-        return {"nodes": merge_nodes(*[e.get("nodes") for e in report.get("encode", [])],
-                                     report["seeds"].get("nodes"), report["align"].get("nodes"))}
-
-    with ray_session():
-        return run_pipeline(
-            dataset_url, out_url, cfg, storage_options=storage_options, encode=encode,
-            extras=nodes,
-            seeds=lambda out: run_seeds_on_ray(dataset_url, out, cfg,
-                                               storage_options=storage_options),
-            align=lambda s, out: run_align(dataset_url, s, out, cfg,
-                                           storage_options=storage_options,
-                                           engine=RayAlignEngine(cfg, out, storage_options)))

@@ -58,7 +58,7 @@ from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_de
                                           fit_on_ray, gather_usage, get_all, node_cpus,
                                           node_usage, send_progress, train_threads)
 from psqe_ray.io.dataset import Dataset, DatasetWriter
-from psqe_ray.inprocess import run_seeds, seeds_table
+from psqe_ray.runners.seeds import seeds_table
 from psqe_ray.io.fs import StorageOptions, absolute, exists, join, read_bytes, resolve
 from psqe_ray.io.load import load_pair
 from psqe_ray.schemas import is_feature_table, modality_of
@@ -692,21 +692,3 @@ class RaySeedGenerator(SeedGenerator):
                   worker_peak_rss_bytes=max(r[1] for r in results))
         self._account(r[2] for r in results)
         return {c: t.column(c).to_numpy() for c in ("position", "left", "right", "score")}
-
-
-def run_seeds_on_ray(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
-                     storage_options: StorageOptions = None, address: str | None = None,
-                     num_cpus: int | None = None) -> dict[str, Any]:
-    """The seed job: like :func:`psqe_ray.inprocess.run_seeds`, with the work on Ray (the
-    cluster of ``ray job submit`` / ``RAY_ADDRESS``, or an embedded local Ray)."""
-    from psqe_ray.distributed.runtime import ray_session
-
-    with ray_session(address, num_cpus):
-        driver = Meter("driver")  # from here: the dataset the driver loads counts too
-
-        def engine(config: PSQEConfig, dataset_fp: str) -> RaySeedGenerator:
-            return RaySeedGenerator(config, out_url, dataset_fp,
-                                    storage_options=storage_options, driver=driver)
-
-        return run_seeds(dataset_url, out_url, cfg, storage_options=storage_options,
-                         engine=engine)

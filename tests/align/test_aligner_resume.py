@@ -18,7 +18,7 @@ from psqe_ray.core.psqe import SeedGenerator
 from psqe_ray.core.train import joint_graph, model_inputs
 from psqe_ray.io.dataset import Dataset
 from psqe_ray.io.load import load_pair
-from psqe_ray.pipeline import run_align
+from psqe_ray.runners import run_align
 from psqe_ray.testing.kill import run_until
 from psqe_ray.testing.synth import SynthConfig, synthesize
 

@@ -192,7 +192,7 @@ def test_another_log_line_clears_the_bar_first(caplog):
     root.addHandler(handler)
     clock = Clock()
     try:
-        with caplog.at_level(logging.INFO):
+        with caplog.at_level(logging.INFO, logger="psqe_ray"):
             p = Progress("encode images", 100, "rows", clock=clock)
             assert p.tty and p.stream is term
             clock.now += 1.0

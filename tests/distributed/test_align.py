@@ -12,8 +12,7 @@ import pytest
 
 from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import load_config
-from psqe_ray.distributed.align import run_align_on_ray
-from psqe_ray.pipeline import run_align
+from psqe_ray.runners import engine_for, run_align
 from psqe_ray.testing.synth import SynthConfig, synthesize
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,7 +42,7 @@ def test_ray_train_aligner_equals_inprocess(pair_and_seeds, tmp_path, ray_local,
     local = run_align(pair, seeds, str(tmp_path / "local"), cfg)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="psqe_ray"):
-        on_ray = run_align_on_ray(pair, seeds, str(tmp_path / "ray"), cfg)
+        on_ray = run_align(pair, seeds, str(tmp_path / "ray"), cfg, engine=engine_for("ray"))
     # the Ray Train worker's epochs reach the driver's log, up to the last
     total = Aligner(cfg.align).epochs()
     lines = [r.getMessage() for r in caplog.records if r.name == "psqe_ray.progress"]

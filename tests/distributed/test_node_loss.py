@@ -15,8 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from psqe_ray.config import load_config
-from psqe_ray.inprocess import run_seeds
-from psqe_ray.pipeline import run_align
+from psqe_ray.runners import run_align, run_seeds
 from psqe_ray.testing.cluster import LocalCluster
 from psqe_ray.testing.synth import SynthConfig, synthesize
 

@@ -13,8 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from psqe_ray.config import load_config
-from psqe_ray.distributed.psqe import run_seeds_on_ray
-from psqe_ray.inprocess import run_seeds
+from psqe_ray.runners import engine_for, run_seeds
 from psqe_ray.io.dataset import Dataset
 from psqe_ray.io.fs import read_bytes, resolve
 from psqe_ray.testing.cluster import LocalCluster
@@ -77,7 +76,7 @@ def test_distributed_path_gives_the_inprocess_seeds(pair_url, reference, referen
     out = "out"
     cfg = load_config(None, SETS)
     with caplog.at_level(logging.INFO, logger="psqe_ray"):
-        report = run_seeds_on_ray(pair_url, out, cfg)
+        report = run_seeds(pair_url, out, cfg, engine=engine_for("ray"))
     got = _seeds(out)
     assert got == reference  # accepted seeds in order, scores, sources, rejections
     ref_report = json.loads((reference_out / "report.json").read_text())
@@ -125,8 +124,9 @@ def test_two_training_workers_all_reduce(pair_url, reference, tmp_path, ray_loca
     """Data-parallel Stage II (two Ray Train workers, gradients all-reduced): a different but
     equally good seed set (each worker's slice has its own in-batch negatives)."""
     out = str(tmp_path / "out")
-    report = run_seeds_on_ray(pair_url, out, load_config(None, SETS + [
-        "distributed.train_workers=2", "distributed.train_cpus=0.5", "threads=1"]))
+    report = run_seeds(pair_url, out, load_config(None, SETS + [
+        "distributed.train_workers=2", "distributed.train_cpus=0.5", "threads=1"]),
+        engine=engine_for("ray"))
     res = report["resources"]["stage2-train"]
     assert res["workers"] == 2 and res["threads"] == 1
     gold = Dataset(pair_url).table("gold").to_pydict()
@@ -146,7 +146,7 @@ def test_rerun_after_kill_skips_committed_stages(pair_url, reference, reference_
               out / "stages" / "stage2-train" / "_MANIFEST.json", what="training committed",
               env={**os.environ, "PSQE_RAY_NUM_CPUS": "2"}, poll=0.2)
     assert not (out / "_MANIFEST.json").exists() and not (out / "seeds.parquet").exists()
-    report = run_seeds_on_ray(pair_url, str(out), load_config(None, SETS))
+    report = run_seeds(pair_url, str(out), load_config(None, SETS), engine=engine_for("ray"))
     assert {"features", "stage1-cluster", "stage2-train"} <= set(report["resumed_stages"])
     assert _seeds(str(out)) == reference
     # the resumed stages' histograms come back from their commits

@@ -14,10 +14,7 @@ import psutil
 import pyarrow.parquet as pq
 
 from psqe_ray.config import load_config
-from psqe_ray.distributed.align import run_align_on_ray
-from psqe_ray.distributed.psqe import run_seeds_on_ray
-from psqe_ray.inprocess import run_seeds
-from psqe_ray.pipeline import run_align
+from psqe_ray.runners import engine_for, run_align, run_seeds
 from psqe_ray.testing.synth import SynthConfig, synthesize
 
 
@@ -73,7 +70,7 @@ def test_stage2_survives_a_lost_training_worker(tmp_path, ray_local, ray_timeout
     cfg = load_config(None, SEED_SETS)
     run_seeds(pair, str(tmp_path / "ref"), cfg)
     out = tmp_path / "out"
-    report = _run_and_kill(lambda: run_seeds_on_ray(pair, str(out), cfg),
+    report = _run_and_kill(lambda: run_seeds(pair, str(out), cfg, engine=engine_for("ray")),
                            lambda: any((out / "stages" / "_train").rglob("state.pkl")))
     assert report["resumed_stages"] == []  # the same run went on: no rerun
     assert pq.read_table(out / "seeds.parquet").equals(pq.read_table(tmp_path / "ref" /
@@ -93,7 +90,7 @@ def test_the_aligner_survives_a_lost_training_worker(tmp_path, ray_local, ray_ti
     cfg = load_config(None, ALIGN_SETS)
     ref = run_align(pair, seeds, str(tmp_path / "ref"), cfg)
     out = tmp_path / "out"
-    got = _run_and_kill(lambda: run_align_on_ray(pair, seeds, str(out), cfg),
+    got = _run_and_kill(lambda: run_align(pair, seeds, str(out), cfg, engine=engine_for("ray")),
                         lambda: (out / "_train" / "aligner.ckpt").exists())
     assert got["pairs_added"] == ref["pairs_added"] and got["variants"] == ref["variants"]
     a, b = (pq.read_table(Path(d) / "alignment.parquet") for d in (tmp_path / "ref", out))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from psqe_ray.config import load_config
-from psqe_ray.pipeline import run_pipeline
+from psqe_ray.runners import run_pipeline
 from psqe_ray.testing.synth import SynthConfig, synthesize
 
 # small and fast; Stage III's thresholds low enough that the expansion scores candidates

@@ -15,7 +15,7 @@ import pytest
 from psqe_ray.config import load_config
 from psqe_ray.core.score_histogram import BINS, WIDTH, histogram_record, score_counts
 from psqe_ray.core.step_meter import StepMeter, current_rss_bytes
-from psqe_ray.inprocess import run_seeds
+from psqe_ray.runners import run_seeds
 from psqe_ray.io.dataset import Dataset
 from psqe_ray.report.samples import sample_pairs
 

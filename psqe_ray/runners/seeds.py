@@ -1,14 +1,13 @@
-"""The in-process path: dataset URL -> seeds (PSQE or a baseline) -> ``seeds.parquet`` + report.
+"""The seed runner: dataset URL -> seeds (PSQE or a baseline) -> ``seeds.parquet`` + ``report.json``.
 
-This is the reference the distributed path must match, and the fast path for tests.  Gold
-links are read only after the seeds are fixed, to evaluate them.
+The work runs where the engine says (:mod:`psqe_ray.runners.engine`: in this process, or on
+Ray).  Gold links are read only after the seeds are fixed, to evaluate them (seed quality:
+:mod:`psqe_ray.core.seed_quality`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import resource
 import time
 from typing import Any
 
@@ -19,17 +18,14 @@ from psqe_ray import __version__
 from psqe_ray.config import PSQEConfig, fingerprint, reproducibility, seed_settings
 from psqe_ray.core.seed_quality import coverage_report, judged_precision, seed_precision_recall
 from psqe_ray.core.psqe import SeedGenerator
-from psqe_ray.core.step_meter import StepMeter
+from psqe_ray.core.step_meter import StepMeter, high_water_bytes
 from psqe_ray.errors import ConfigError
-from psqe_ray.io.dataset import Dataset, DatasetWriter
-from psqe_ray.io.fs import StorageOptions, join, read_json
-from psqe_ray.io.load import load_pair
+from psqe_ray.io.dataset import Dataset
+from psqe_ray.io.fs import StorageOptions
+from psqe_ray.runners.engine import Engine
+from psqe_ray.runners.output import StepOutput
 
 log = logging.getLogger(__name__)
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def seeds_table(gen: SeedGenerator) -> pa.Table:
@@ -150,32 +146,37 @@ def _profile(gen: SeedGenerator, report: dict[str, Any], load: dict,
 
 
 def run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
-              storage_options: StorageOptions = None, engine=None) -> dict[str, Any]:
+              storage_options: StorageOptions = None,
+              engine: Engine | None = None) -> dict[str, Any]:
     """Generate seeds for the dataset at ``dataset_url``; write ``out_url``/seeds.parquet and
     ``out_url``/report.json atomically.  Returns the report (or the existing one).
 
-    ``engine(cfg, dataset_fingerprint)`` makes the generator (default: the in-process
-    :class:`SeedGenerator`; the Ray path passes its own, which commits stages under
-    ``out_url/stages/``).
+    ``engine``: where the work runs (default: this process; the Ray engine's generator commits
+    each stage under ``out_url/stages/`` and a rerun continues from them).
     """
+    engine = engine or Engine()
+    with engine.session():
+        return _run_seeds(dataset_url, out_url, cfg, storage_options, engine)
+
+
+def _run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig,
+               storage_options: StorageOptions, engine: Engine) -> dict[str, Any]:
+    engine.start_step()
     t0 = time.perf_counter()
     cfg.check()
     ds = Dataset(dataset_url, storage_options=storage_options)
     fp = fingerprint({"dataset": ds.manifest["fingerprint"], "config": seed_settings(cfg),
-                      "code": __version__, **({"engine": "ray"} if engine else {})})
+                      "code": __version__, **engine.identity()})
     counts = ds.entity_counts()
-    with DatasetWriter(out_url, stage=f"seeds-{cfg.method}", fingerprint=fp,
-                       storage_options=storage_options, require_graph=False,
-                       entity_counts=counts, keep=("stages",),
-                       inputs={"dataset": ds.manifest["fingerprint"]}) as writer:
-        if writer.committed:
-            log.info("%s already holds these seeds (fingerprint %s)", out_url, fp)
-            return read_json(join(out_url, "report.json"), storage_options)
+    with StepOutput(out_url, stage=f"seeds-{cfg.method}", fingerprint=fp, result="report.json",
+                    what="these seeds", storage_options=storage_options, keep=("stages",),
+                    entity_counts=counts, inputs={"dataset": ds.manifest["fingerprint"]}) as out:
+        if out.reused is not None:
+            return out.reused
         t = time.perf_counter()
         with StepMeter() as load_meter:
-            gen = engine(cfg, ds.manifest["fingerprint"]) if engine else SeedGenerator(cfg)
-            # the Ray engine loads the graph only (its tasks read the feature tables)
-            pair = gen.load(ds) if engine else load_pair(ds)
+            gen, pair = engine.seed_inputs(cfg, out_url, ds.manifest["fingerprint"], ds,
+                                           storage_options)
         load_seconds = time.perf_counter() - t
         try:
             gen.fit(pair)
@@ -194,10 +195,10 @@ def run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
             "entities": counts,
             "gold": None if pair.gold is None else int(len(pair.gold[0])),
             **quality,
-            "engine": "ray" if engine else "in-process",
+            "engine": engine.name,
             "load_seconds": round(load_seconds, 3),
             "seconds_total": round(time.perf_counter() - t0, 3),
-            "peak_rss_bytes": peak_rss_bytes(),
+            "peak_rss_bytes": high_water_bytes(),
             "config": seed_settings(cfg),
             "reproducibility": reproducibility(cfg),
             "fingerprint": fp,
@@ -214,10 +215,8 @@ def run_seeds(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
         if comparison is not None:
             report["uvp_comparison"] = comparison
         report["profile"] = _profile(gen, report, load_meter.record(), eval_meter.record())
-        writer.write("seeds", seeds_table(gen), filename="seeds.parquet")
-        writer.put_file("report.json", json.dumps(report, indent=1, default=str).encode(),
-                        fixed=True)
-        writer.commit(meta={"dataset": dataset_url, "method": cfg.method})
+        out.commit(report, tables=[("seeds", seeds_table(gen), "seeds.parquet")],
+                   meta={"dataset": dataset_url, "method": cfg.method})
     log.info("%s: %d seeds, precision %s, %.1f s", cfg.method, report["seeds"]["count"],
              report["seeds"]["precision"], report["seconds_total"])
     return report

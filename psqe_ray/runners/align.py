@@ -1,16 +1,17 @@
-"""Align and run: seeds -> downstream aligner -> ``alignment.parquet`` + ``metrics.json``, and the
-one-command pipeline (encode -> seeds -> aligner -> ``report.json`` + ``report.html``).
+"""The align runner: seeds -> downstream aligner -> ``alignment.parquet`` (every left entity's
+top candidates), ``matches.parquet`` (the one-to-one alignment) + ``metrics.json``.
 
-Gold links are read only after the aligner is trained, to evaluate it; no setting or checkpoint
-is chosen on them (there is one checkpoint: the last).
+The work runs where the engine says (:mod:`psqe_ray.runners.engine`).  Gold links are read only
+after the aligner is trained, to evaluate it (alignment quality:
+:mod:`psqe_ray.core.alignment_quality`); no setting or checkpoint is chosen on them (there is one
+checkpoint: the last).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,71 +19,23 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from psqe_ray import __version__
-from psqe_ray.io.checkpoint import AlignCheckpoint
-from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import PSQEConfig, fingerprint, reproducibility, to_dict
 from psqe_ray.core.assignment import (CandidateGraph, MatchResult, candidate_graph, match,
                                       match_metrics, rerank_metrics)
-from psqe_ray.core.alignment_quality import Vectors, alignment_metrics
 from psqe_ray.core.ids import duplicates, out_of_range
-from psqe_ray.core.psqe import SeedGenerator
 from psqe_ray.core.search import Searcher
-from psqe_ray.core.step_meter import StepMeter
-from psqe_ray.core.train import joint_graph, model_inputs, resolve_device, torch_threads
-from psqe_ray.inprocess import peak_rss_bytes
+from psqe_ray.core.step_meter import StepMeter, high_water_bytes
+from psqe_ray.core.train import joint_graph
 from psqe_ray.errors import ConfigError, DataError
-from psqe_ray.io.dataset import Dataset, DatasetWriter
-from psqe_ray.io.fs import StorageOptions, exists, join, read_bytes, read_json, resolve
-from psqe_ray.io.load import load_pair
+from psqe_ray.io.checkpoint import AlignCheckpoint
+from psqe_ray.io.dataset import Dataset
+from psqe_ray.io.fs import StorageOptions, exists, join, read_bytes, resolve
+from psqe_ray.runners.engine import Engine
+from psqe_ray.runners.output import StepOutput
 
 log = logging.getLogger(__name__)
 
 TRAIN = "_train"  # under an align output: the aligner's checkpoint (and Ray Train's folders)
-
-# fit(feats, graph, n_left, seed_left, seed_right) -> a fitted Aligner (the Ray Train path
-# passes its own)
-class AlignEngine:
-    """Where the aligner's inputs are made and where it trains (:func:`run_align`'s
-    ``engine``).  This one: in this process; :class:`psqe_ray.distributed.align.RayAlignEngine`
-    on Ray (inputs as row blocks made by tasks, training on Ray Train)."""
-
-    def __init__(self, cfg: PSQEConfig) -> None:
-        self.cfg = cfg
-
-    def inputs(self, ds: Dataset):
-        """(pair, the generator that prepared the features, modality -> (left, right))."""
-        pair = load_pair(ds)
-        gen = SeedGenerator(self.cfg)
-        mods, _ = gen.prepare(pair)
-        return pair, gen, mods
-
-    def fit(self, gen, mods, graph, n_left: int, seed_l: np.ndarray, seed_r: np.ndarray,
-            checkpoint: AlignCheckpoint | None = None) -> Aligner:
-        """The trained aligner; ``checkpoint``: where it saves its state and resumes from."""
-        cfg = self.cfg
-        with torch_threads(cfg.threads):
-            return Aligner(cfg.align, cfg.seed, gen.searcher,
-                           resolve_device(cfg.distributed.device)).fit(
-                model_inputs(mods), graph, n_left, seed_l, seed_r, checkpoint=checkpoint)
-
-    def topk(self, gen, left, right, k: int):
-        """Every left entity's top-``k`` right entities (scores, ids): the search layer."""
-        return gen.searcher.topk(left, right, k)
-
-    def metrics(self, gen, left, right, gold) -> dict:
-        """The ranking figures against the gold links (evaluation only)."""
-        a = self.cfg.align
-        return alignment_metrics(left, right, gold[0], gold[1], csls_k=a.csls_k,
-                                 split_seed=a.split_seed, searcher=gen.searcher,
-                                 vectors=self.vectors(gen))
-
-    def vectors(self, gen) -> Vectors | None:
-        """How the approximate evaluation reaches the vectors (None: arrays here)."""
-        return None
-
-    def nodes(self, gen) -> dict | None:
-        """Per-node usage of the step (None: no Ray)."""
-        return None
 
 
 def align_settings(cfg: PSQEConfig) -> dict[str, Any]:
@@ -223,10 +176,19 @@ class TaskPeaks:
 
 def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *,
               storage_options: StorageOptions = None,
-              engine: AlignEngine | None = None) -> dict[str, Any]:
+              engine: Engine | None = None) -> dict[str, Any]:
     """Train ``cfg.align.recipe`` on the seeds at ``seeds_url``; write ``out_url``/
-    alignment.parquet and metrics.json atomically.  Returns the metrics (or the existing ones
-    when ``out_url`` already holds this exact result)."""
+    alignment.parquet, matches.parquet and metrics.json atomically.  Returns the metrics (or
+    the existing ones when ``out_url`` already holds this exact result).  ``engine``: where
+    the work runs (default: this process)."""
+    engine = engine or Engine()
+    with engine.session():
+        return _run_align(dataset_url, seeds_url, out_url, cfg, storage_options, engine)
+
+
+def _run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig,
+               storage_options: StorageOptions, engine: Engine) -> dict[str, Any]:
+    engine.start_step()
     t0 = time.perf_counter()
     cfg.check()
     ds = Dataset(dataset_url, storage_options=storage_options)
@@ -234,19 +196,18 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
     seed_l, seed_r = read_seeds(seeds_url, counts, storage_options=storage_options)
     fp = fingerprint({"dataset": ds.manifest["fingerprint"], "config": align_settings(cfg),
                       "seeds": fingerprint([seed_l.tolist(), seed_r.tolist()]),
-                      "code": __version__, **({"engine": "ray"} if engine else {})})
-    with DatasetWriter(out_url, stage=f"align-{cfg.align.recipe}", fingerprint=fp,
-                       storage_options=storage_options, require_graph=False,
-                       entity_counts=counts, keep=(TRAIN,),
-                       inputs={"dataset": ds.manifest["fingerprint"]}) as writer:
-        if writer.committed:
-            log.info("%s already holds this alignment (fingerprint %s)", out_url, fp)
-            return read_json(join(out_url, "metrics.json"), storage_options)
-        engine = engine or AlignEngine(cfg)
+                      "code": __version__, **engine.identity()})
+    with StepOutput(out_url, stage=f"align-{cfg.align.recipe}", fingerprint=fp,
+                    result="metrics.json", what="this alignment",
+                    storage_options=storage_options, keep=(TRAIN,), entity_counts=counts,
+                    inputs={"dataset": ds.manifest["fingerprint"]}) as out:
+        if out.reused is not None:
+            return out.reused
+        steps = engine.align_steps(cfg, out_url, storage_options)
         profile: list[dict] = []  # report: seconds and peak memory per step
         try:
             with StepMeter() as meter:
-                pair, gen, mods = engine.inputs(ds)
+                pair, gen, mods = steps.inputs(ds)
             profile.append({"step": "inputs", **meter.record()})
         except ValueError as exc:
             raise ConfigError(f"{dataset_url}: {exc}") from None
@@ -257,7 +218,7 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
         checkpoint = AlignCheckpoint(join(out_url, TRAIN, "aligner.ckpt"), fp,
                                      cfg.align.checkpoint_every, storage_options)
         with StepMeter() as meter:
-            aligner = engine.fit(gen, mods, graph, pair.left.n, seed_l, seed_r, checkpoint)
+            aligner = steps.fit(gen, mods, graph, pair.left.n, seed_l, seed_r, checkpoint)
         worker = getattr(aligner, "report_extras_", {}).get("worker_peak_rss_bytes")  # Ray
         profile.append({"step": "train", **meter.record(),
                         **({"worker_peak_rss_bytes": int(worker)} if worker else {})})
@@ -266,7 +227,7 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
         t = time.perf_counter()
         with StepMeter() as meter:
             k = a.topk if a.matching == "off" else max(a.topk, a.match_k)
-            lr = engine.topk(gen, left, right, k)
+            lr = steps.topk(gen, left, right, k)
             table = topk_table(lr[0][:, :a.topk], lr[1][:, :a.topk])
         search_seconds = time.perf_counter() - t
         profile.append({"step": "search", **meter.record(), **task_peak()})
@@ -275,7 +236,7 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
         t = time.perf_counter()
         if a.matching != "off":
             with StepMeter() as meter:
-                rl = engine.topk(gen, right, left, a.match_k)
+                rl = steps.topk(gen, right, left, a.match_k)
                 graph_ = candidate_graph((lr[0][:, :a.match_k], lr[1][:, :a.match_k]), rl,
                                          a.csls_k)
                 del rl
@@ -291,7 +252,7 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
         t = time.perf_counter()
         with StepMeter() as meter:
             if pair.gold is not None:  # evaluation only: after training, nothing chosen on it
-                metrics = engine.metrics(gen, left, right, pair.gold)
+                metrics = steps.metrics(gen, left, right, pair.gold)
         eval_seconds = time.perf_counter() - t
         profile.append({"step": "evaluation", **meter.record(), **task_peak()})
         metrics["samples"] = aligned_samples(matches, top1, pair, a)
@@ -318,87 +279,22 @@ def run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig, *
             "eval_seconds": round(eval_seconds, 3),
             "seconds_total": round(time.perf_counter() - t0, 3),
             # this process's peak so far (the pipeline job: seeds and aligner together)
-            "driver_peak_rss_bytes": peak_rss_bytes(),
+            "driver_peak_rss_bytes": high_water_bytes(),
             "profile": profile,
             "align_config": to_dict(cfg.align),
             "reproducibility": reproducibility(cfg),
             "fingerprint": fp, "code_version": __version__,
             **getattr(aligner, "report_extras_", {}),
         })
-        nodes = engine.nodes(gen)
+        nodes = steps.nodes(gen)
         if nodes is not None:  # the Ray engine: every task and actor of this step, per node
             metrics["nodes"] = nodes
-        writer.write("alignment", table, filename="alignment.parquet")
+        tables = [("alignment", table, "alignment.parquet")]
         if matches is not None:
-            writer.write("matches", matches_table(matches), filename="matches.parquet")
-        writer.put_file("metrics.json", json.dumps(metrics, indent=1).encode(), fixed=True)
-        writer.commit(meta={"dataset": dataset_url, "seeds": seeds_url,
-                            "recipe": cfg.align.recipe})
+            tables.append(("matches", matches_table(matches), "matches.parquet"))
+        out.commit(metrics, tables=tables, meta={"dataset": dataset_url, "seeds": seeds_url,
+                                                 "recipe": cfg.align.recipe})
         checkpoint.clear()
     log.info("align %s: hits@1 %s, hits@10 %s, mrr %s, %.1f s", cfg.align.recipe,
              metrics["hits@1"], metrics["hits@10"], metrics["mrr"], metrics["seconds_total"])
     return metrics
-
-
-def run_pipeline(dataset_url: str, out_url: str, cfg: PSQEConfig, *,
-                 storage_options: StorageOptions = None,
-                 encode: Callable[[], list[dict]] | None = None,
-                 seeds: Callable[[str], dict] | None = None,
-                 align: Callable[[str, str], dict] | None = None,
-                 extras: Callable[[dict], dict] | None = None) -> dict[str, Any]:
-    """encode (``encode()`` -> the encoders' results, when given) -> seeds into
-    ``out_url``/seeds -> aligner into ``out_url``/align -> ``report.json`` + ``report.html`` at
-    ``out_url``.
-
-    ``seeds(out)`` / ``align(seeds_url, out)`` run those steps (default: in-process
-    :func:`psqe_ray.inprocess.run_seeds` and :func:`run_align`; the job passes the Ray ones);
-    ``extras(report)`` returns keys to add to the report (the job's per-node ``nodes``).
-    A rerun reuses the committed seeds and alignment.
-    """
-    from psqe_ray.inprocess import run_seeds
-    from psqe_ray.report.html import render_html
-
-    t0 = time.perf_counter()
-    cfg.check()
-    seeds = seeds or (lambda out: run_seeds(dataset_url, out, cfg,
-                                            storage_options=storage_options))
-    align = align or (lambda s, out: run_align(dataset_url, s, out, cfg,
-                                               storage_options=storage_options))
-    # encoding first (it updates the dataset, and is skipped when up to date): the run is
-    # named by the dataset as the seeds will read it
-    t = time.perf_counter()
-    with StepMeter() as encode_meter:
-        encoded = encode() if encode else []
-    seconds = {"encode": round(time.perf_counter() - t, 3) if encode else 0.0}
-    ds = Dataset(dataset_url, storage_options=storage_options)
-    fp = fingerprint({"dataset": ds.manifest["fingerprint"], "config": to_dict(cfg),
-                      "code": __version__})
-    with DatasetWriter(out_url, stage="run", fingerprint=fp, storage_options=storage_options,
-                       require_graph=False, keep=("seeds", "align"),
-                       inputs={"dataset": ds.manifest["fingerprint"]}) as writer:
-        if writer.committed:
-            return read_json(join(out_url, "report.json"), storage_options)
-        t = time.perf_counter()
-        seed_report = seeds(join(out_url, "seeds"))
-        seconds["seeds"] = round(time.perf_counter() - t, 3)
-        t = time.perf_counter()
-        metrics = align(join(out_url, "seeds"), join(out_url, "align"))
-        seconds["align"] = round(time.perf_counter() - t, 3)
-        seconds["total"] = round(time.perf_counter() - t0, 3)
-        report = {"pipeline": "psqe-ray run", "dataset": dataset_url, "out": out_url,
-                  "recipe": cfg.align.recipe, "seconds": seconds, "seeds": seed_report,
-                  "align": metrics, "config": to_dict(cfg), "code_version": __version__,
-                  "reproducibility": reproducibility(cfg),
-                  "outputs": {"seeds": join(out_url, "seeds", "seeds.parquet"),
-                              "alignment": join(out_url, "align", "alignment.parquet")}}
-        if encoded:
-            report["encode"] = encoded
-        if encode:  # the steps of the seeds and the aligner: their own reports' ``profile``
-            report["profile"] = [{"step": "encode", **encode_meter.record()}]
-        if extras is not None:
-            report.update(extras(report))
-        writer.put_file("report.json", json.dumps(report, indent=1, default=str).encode(),
-                        fixed=True)
-        writer.put_file("report.html", render_html(report).encode(), fixed=True)
-        writer.commit(meta={"dataset": dataset_url, "recipe": cfg.align.recipe})
-    return report
