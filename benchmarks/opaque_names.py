@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from psqe_ray.config import fingerprint
-from psqe_ray.io.dataset import Dataset, DatasetWriter
+from psqe_ray.io.dataset import Dataset
+from psqe_ray.io.writer import DatasetWriter
 
 
 def main() -> None:

@@ -34,7 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from psqe_ray.io.dataset import MANIFEST, Dataset, DatasetWriter
+from psqe_ray.io.dataset import MANIFEST, Dataset
+from psqe_ray.io.writer import DatasetWriter
 from psqe_ray.testing.synth import SynthConfig, synthesize
 
 ROOT = Path(__file__).resolve().parents[1]

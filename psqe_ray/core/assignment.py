@@ -39,7 +39,7 @@ import numpy as np
 from psqe_ray.core.matching import greedy_one_to_one
 
 __all__ = ["CandidateGraph", "MatchResult", "candidate_graph", "match", "match_metrics",
-           "pair_metrics", "sinkhorn", "rerank_metrics"]
+           "judge_pairs", "pair_metrics", "sinkhorn", "rerank_metrics"]
 
 
 @dataclass
@@ -164,6 +164,23 @@ def match_metrics(m: MatchResult, gold_left: np.ndarray, gold_right: np.ndarray)
     return pair_metrics(m.left, m.right, gold_left, gold_right)
 
 
+def judge_pairs(left: np.ndarray, right: np.ndarray, gold_left: np.ndarray,
+                gold_right: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each pair ``left[i] -> right[i]`` against the gold links (evaluation only): (correct
+    bool (P,), judged bool (P,): the pair touches an entity of a gold pair, partner int64: the
+    gold right partner of every left id up to the largest seen, -1 for none)."""
+    gl, gr = np.asarray(gold_left, np.int64), np.asarray(gold_right, np.int64)
+    left, right = np.asarray(left, np.int64), np.asarray(right, np.int64)
+    n_l = int(max(gl.max(initial=-1), left.max(initial=-1))) + 1
+    n_r = int(max(gr.max(initial=-1), right.max(initial=-1))) + 1
+    partner = np.full(n_l, -1, np.int64)
+    partner[gl] = gr
+    listed_r = np.zeros(n_r, bool)
+    listed_r[gr] = True
+    correct = partner[left] == right
+    return correct, (partner[left] >= 0) | listed_r[right], partner
+
+
 def pair_metrics(left: np.ndarray, right: np.ndarray, gold_left: np.ndarray,
                  gold_right: np.ndarray) -> dict:
     """Precision / recall / F1 of entity pairs (the matches) against gold links (evaluation
@@ -175,16 +192,9 @@ def pair_metrics(left: np.ndarray, right: np.ndarray, gold_left: np.ndarray,
     mentions cannot be judged (benchmark gold lists are partial) and is counted as
     ``unjudged``, and ``precision_all`` counts it as wrong."""
     gl = np.asarray(gold_left, np.int64)
-    gr = np.asarray(gold_right, np.int64)
-    left, right = np.asarray(left, np.int64), np.asarray(right, np.int64)
-    n_l = int(max(gl.max(initial=-1), left.max(initial=-1))) + 1
-    n_r = int(max(gr.max(initial=-1), right.max(initial=-1))) + 1
-    partner = np.full(n_l, -1, np.int64)
-    partner[gl] = gr
-    in_gold_r = np.zeros(n_r, bool)
-    in_gold_r[gr] = True
-    correct = int((partner[left] == right).sum())
-    judged = int(((partner[left] >= 0) | in_gold_r[right]).sum())
+    left = np.asarray(left, np.int64)
+    ok, seen, _ = judge_pairs(left, right, gl, gold_right)
+    correct, judged = int(ok.sum()), int(seen.sum())
     p = correct / judged if judged else None
     r = correct / len(gl) if len(gl) else None
     f1 = 2 * p * r / (p + r) if p and r else (0.0 if p is not None and r is not None else None)

@@ -1,5 +1,5 @@
 """Progress of long loops on the driver, the same in-process and on Ray: training epochs (the
-Ray Train workers send theirs to the driver, :func:`psqe_ray.distributed.runtime.fit_on_ray`),
+Ray Train workers send theirs to the driver, :func:`psqe_ray.distributed.raytrain.fit_on_ray`),
 rows encoded (``distributed/encode.py``), search shards done (``core/search.py``,
 ``distributed/psqe.py``).
 

@@ -12,83 +12,25 @@ worker's usage record: ``metrics.json`` and the pipeline's ``report.json`` tally
 from __future__ import annotations
 
 import logging
-import os
-import pickle
-import tempfile
 
 import numpy as np
 import ray
 
 from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import PSQEConfig, to_dict
-from psqe_ray.distributed.psqe import RaySeedGenerator
-from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_device,
-                                          fit_on_ray, gather_objects, gather_usage,
-                                          node_usage, send_progress, train_threads)
-from psqe_ray.distributed.tasks import rss
-from psqe_ray.io.checkpoint import AlignCheckpoint
-from psqe_ray.io.fs import StorageOptions, absolute, join, resolve
 from psqe_ray.core.alignment_quality import Vectors
 from psqe_ray.distributed.blocks import pair_scores_task, subset
+from psqe_ray.distributed.psqe import RaySeedGenerator
+from psqe_ray.distributed.raytrain import fit_on_ray, train_threads
+from psqe_ray.distributed.runtime import cluster_device
+from psqe_ray.distributed.usage import Meter, node_usage
+from psqe_ray.distributed.workers import ALIGNER_RESULT, aligner_worker
+from psqe_ray.io.checkpoint import AlignCheckpoint
+from psqe_ray.io.fs import StorageOptions, absolute, join, resolve
 from psqe_ray.runners.align import TRAIN
 from psqe_ray.runners.engine import AlignSteps
 
 log = logging.getLogger(__name__)
-
-_RESULT = ("embeddings_", "modality_weights_", "added_", "losses_", "train_seconds_",
-           "structure_", "smoothing_", "steps_")
-
-
-def _align_worker(config: dict) -> None:
-    """Ray Train loop: the aligner's ``fit`` with all-reduced gradients; rank 0 reports the
-    result in a checkpoint."""
-    import ray.train
-    import torch
-
-    from psqe_ray.config import AlignConfig, SearchConfig
-    from psqe_ray.core.search import Searcher
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(config["threads"])
-    from psqe_ray.distributed.blocks import fetch_features, write_blocks
-
-    meter = Meter("align-train", actor=True)
-    graph, seeds = ray.get(config["refs"])
-    meter.add(graph, seeds)
-    feats = fetch_features(config["mods"], meter)
-    cfg = AlignConfig(**{**config["align"], "fanout": tuple(config["align"]["fanout"])})
-    searcher = Searcher.from_config(SearchConfig(**config["search"]), config["seed"])
-    checkpoint = None
-    if config["checkpoint"] is not None:
-        url, tag, every = config["checkpoint"]
-        checkpoint = AlignCheckpoint(url, tag, every, config["storage_options"])
-    aligner = Aligner(cfg, config["seed"], searcher, config.get("device", "cpu"))
-    epochs = aligner.epochs()
-
-    def on_epoch(done: int, loss: float) -> None:
-        if rank == 0:
-            send_progress(config, done, epochs, loss)
-
-    aligner.fit(feats, graph, config["n_left"], seeds[0], seeds[1], rank=rank, world=world,
-                sync=lambda m: allreduce_gradients(m, world), checkpoint=checkpoint,
-                gather=gather_objects, on_epoch=on_epoch)
-    usage = gather_usage(meter.take())
-    if rank == 0:
-        # the joint vectors go block by block to storage (the checkpoint says where); the
-        # driver reads them back into the object store, never into its own memory
-        written = write_blocks(config["blocks_url"], "embeddings", *aligner.embeddings_,
-                               config["bounds"], config["storage_options"])
-        result = {k: getattr(aligner, k) for k in _RESULT if k != "embeddings_"}
-        with tempfile.TemporaryDirectory() as tmp:
-            with open(os.path.join(tmp, "result.pkl"), "wb") as fh:
-                pickle.dump({**result, "embeddings_": written, "rss": rss(), "usage": usage},
-                            fh)
-            ray.train.report({"epochs": len(aligner.losses_)},
-                             checkpoint=ray.train.Checkpoint.from_directory(tmp))
-    else:
-        ray.train.report({"epochs": len(aligner.losses_)})
-
 
 class RayAlignSteps(AlignSteps):
     """:class:`psqe_ray.runners.engine.AlignSteps` on Ray: the inputs are made block by block
@@ -122,7 +64,7 @@ class RayAlignSteps(AlignSteps):
         try:
             device = cluster_device(d.device)
             state = fit_on_ray(
-                _align_worker,
+                aligner_worker,
                 {"refs": refs, "mods": {m: (v[0].refs, v[1].refs) for m, v in mods.items()},
                  "bounds": {"left": first[0].bounds, "right": first[1].bounds},
                  "blocks_url": blocks_url, "storage_options": storage_options,
@@ -145,7 +87,7 @@ class RayAlignSteps(AlignSteps):
                     if fs.exists(path):
                         log.warning("could not remove %s: %r", url, exc)
         aligner = Aligner(cfg.align, cfg.seed)
-        for k in _RESULT:
+        for k in ALIGNER_RESULT:
             setattr(aligner, k, state[k])
         aligner.report_extras_ = {"engine": "ray", "train_workers": d.train_workers,
                                   "device": device,

@@ -33,7 +33,7 @@ from psqe_ray.core.blocks import (assign, block_stats, cluster_sums, dense, fuse
 from psqe_ray.core.features import Source, raw_rows
 from psqe_ray.core.fusion import l2_normalize
 from psqe_ray.core.topk import canonical_scores
-from psqe_ray.distributed.runtime import Meter
+from psqe_ray.distributed.usage import Meter
 from psqe_ray.io.fs import join, read_bytes, resolve, write_bytes
 from psqe_ray.schemas import feature_table, vectors_numpy
 

@@ -30,12 +30,13 @@ import ray
 
 from psqe_ray.config import EncodeConfig, fingerprint
 from psqe_ray.core.progress import Progress
+from psqe_ray.distributed.runtime import actor_plan, ray_session
+from psqe_ray.distributed.usage import Meter, metered, node_usage, pop_usage
 from psqe_ray.errors import ConfigError, DataError, NothingToEncode, PsqeError
-from psqe_ray.io.dataset import Dataset, DatasetWriter
+from psqe_ray.io.dataset import Dataset
 from psqe_ray.io.fs import StorageOptions, join, one_line
+from psqe_ray.io.writer import DatasetWriter
 from psqe_ray.schemas import SIDES, feature_table, local_name
-from psqe_ray.distributed.runtime import (Meter, actor_plan, metered, node_usage, pop_usage,
-                                          ray_session)
 
 log = logging.getLogger(__name__)
 

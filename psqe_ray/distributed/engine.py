@@ -16,7 +16,8 @@ from typing import Any, ContextManager
 from psqe_ray.config import PSQEConfig
 from psqe_ray.distributed.align import RayAlignSteps
 from psqe_ray.distributed.psqe import RaySeedGenerator
-from psqe_ray.distributed.runtime import Meter, merge_nodes, ray_session
+from psqe_ray.distributed.runtime import ray_session
+from psqe_ray.distributed.usage import merge_nodes, Meter
 from psqe_ray.io.fs import StorageOptions
 from psqe_ray.runners.engine import Engine
 

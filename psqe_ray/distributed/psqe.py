@@ -7,19 +7,20 @@ its step hooks run on Ray (same ``core`` functions, same inputs, hence the same 
   prepared modality matrices from the object store);
 * Stage I: one Ray task per K-means cluster (K grows with N: clusters stay bounded);
 * Stage II: Ray Train ``TorchTrainer`` (sampled neighbourhoods, gradients all-reduced across
-  ``distributed.train_workers``; checkpoints under ``OUT_URL/stages/_train``), then one Ray task
-  embeds every entity from the final checkpoint;
+  ``distributed.train_workers``; checkpoints under ``OUT_URL/stages/_train``; the worker loop is
+  :func:`psqe_ray.distributed.workers.seed_encoder_worker`), then rank 0 embeds every entity;
 * global top-k: the base side cut into ``distributed.shards`` FAISS shards, one task each
   (exact flat search by default, IVF as an option), merged with the associative
   :func:`~psqe_ray.core.topk.merge_topk`;
-* MIC and Stage III: map tasks over the seed table partitioned by left entity id (Parquet
-  between the steps, in a scratch folder of the stage), reduce on the driver.
+* MIC and Stage III: map tasks over the seed table partitioned by left entity id
+  (:class:`psqe_ray.distributed.partitions.PartitionedSeeds`), reduced on the driver.
 
-Every stage commits its output under ``OUT_URL/stages/<stage>/`` with a manifest; a rerun of
-the same job (same dataset, configuration and code) loads committed stages instead of
-recomputing them, and continues an interrupted training from its latest checkpoint.
+Every stage commits its output under ``OUT_URL/stages/<stage>/`` with a manifest
+(:class:`psqe_ray.distributed.stages.StageStore`); a rerun of the same job (same dataset,
+configuration and code) loads committed stages instead of recomputing them, and continues an
+interrupted training from its latest checkpoint.
 
-Every task and actor returns its usage record (:class:`~psqe_ray.distributed.runtime.Meter`)
+Every task and actor returns its usage record (:class:`~psqe_ray.distributed.usage.Meter`)
 with its result; the report's ``nodes`` tallies them per node (work this run did: a stage
 loaded from its commit adds nothing).
 """
@@ -30,16 +31,9 @@ import copy
 import json
 import logging
 import math
-import os
-import pickle
-import secrets
-import tempfile
-import time
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
 from psqe_ray import __version__
@@ -47,108 +41,30 @@ from psqe_ray.config import PSQEConfig, fingerprint, seed_settings, to_dict
 from psqe_ray.core.blocks import (SIDES, kmeans_init, row_ranges, seed_centroids,
                                   update_centroids)
 from psqe_ray.core.progress import Progress
-from psqe_ray.core.psqe import TOPK_LABELS, SeedGenerator, SeedTable
+from psqe_ray.core.psqe import TOPK_LABELS, SeedGenerator
 from psqe_ray.core.topk import empty_topk, merge_topk
-from psqe_ray.distributed.blocks import (Joined, Sharded, best_task, block_url, fuse_task,
-                                         kmeans_task, prepare_task, raw_task, read_block,
-                                         split_task, take_task, write_task)
-from psqe_ray.distributed.tasks import (cluster_task, expand_map, greedy_task, mic_map,
-                                        parquet, put_table, read_table, rss, topk_shard)
-from psqe_ray.distributed.runtime import (Meter, allreduce_gradients, cluster_device,
-                                          fit_on_ray, gather_usage, get_all, node_cpus,
-                                          node_usage, send_progress, train_threads)
-from psqe_ray.io.dataset import Dataset, DatasetWriter
-from psqe_ray.runners.seeds import seeds_table
-from psqe_ray.io.fs import StorageOptions, absolute, exists, join, read_bytes, resolve
+from psqe_ray.distributed.blocks import (Joined, Sharded, best_task, fuse_task, kmeans_task,
+                                         prepare_task, raw_task, split_task, take_task)
+from psqe_ray.distributed.partitions import PartitionedSeeds
+from psqe_ray.distributed.raytrain import fit_on_ray, train_threads
+from psqe_ray.distributed.runtime import cluster_cpus, cluster_device, get_all, node_cpus
+from psqe_ray.distributed.stages import STAGES, StageStore
+from psqe_ray.distributed.tasks import cluster_task, greedy_task, topk_shard
+from psqe_ray.distributed.usage import Meter, node_usage
+from psqe_ray.distributed.workers import seed_encoder_worker
+from psqe_ray.io.dataset import Dataset
+from psqe_ray.io.fs import StorageOptions, absolute, join, resolve
 from psqe_ray.io.load import load_pair
 from psqe_ray.schemas import is_feature_table, modality_of
 
 log = logging.getLogger(__name__)
 
-STAGES = "stages"
 # execution knobs that never change the seeds: not part of a stage's identity
 _NEUTRAL = ("shards", "partitions", "block_rows", "checkpoint_every", "train_cpus",
             "max_failures")
 
 
-def _cpus() -> int:
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
-def _train_worker(config: dict) -> None:
-    """Ray Train loop: :func:`psqe_ray.core.train.train_encoder` with all-reduced gradients."""
-    import ray.train
-    import torch
-
-    from psqe_ray.config import Stage2Config
-    from psqe_ray.core.train import cpu_state, embed_fused_chunks, train_encoder
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(config["threads"])
-    from psqe_ray.distributed.blocks import BlockSink, fetch_features
-
-    meter = Meter("stage2-train", actor=True)
-    graph, seeds = ray.get(config["refs"])
-    meter.add(graph, seeds)
-    feats = fetch_features(config["mods"], meter)
-    cfg = Stage2Config(**{**config["stage2"], "fanout": tuple(config["stage2"]["fanout"])})
-    state = None
-    restart = ray.train.get_checkpoint()  # this fit's latest, after a lost worker's restart
-    if restart is not None:
-        with restart.as_directory() as tmp:
-            with open(os.path.join(tmp, "state.pkl"), "rb") as fh:
-                state = pickle.load(fh)
-        log.info("stage2: a training worker was lost; continuing from epoch %d", state["epoch"])
-    elif config["resume"]:
-        fs, path = resolve(config["resume"], config["storage_options"])
-        state = pickle.loads(read_bytes(fs, path, config["resume"]))
-    every = config["checkpoint_every"]
-
-    def sync(model) -> None:
-        allreduce_gradients(model, world)
-
-    def report(done: int, losses: list[float], snapshot) -> None:
-        metrics = {"epoch": done, "loss": losses[-1] if losses else 0.0}
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                with open(os.path.join(tmp, "state.pkl"), "wb") as fh:
-                    pickle.dump({**snapshot(), "rss": rss()}, fh)
-                with open(os.path.join(tmp, "epoch.json"), "w") as fh:
-                    json.dump({"epoch": done}, fh)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
-
-    last = {}
-
-    def on_epoch(done: int, losses: list[float], snapshot) -> None:
-        last["snapshot"] = snapshot
-        if rank == 0:
-            send_progress(config, done, cfg.epochs, losses[-1] if losses else 0.0)
-        if done % every == 0 and done < cfg.epochs:
-            report(done, losses, snapshot)
-
-    model, losses = train_encoder(feats, graph, seeds[0], seeds[1], config["n_left"],
-                                  config["anchor"], cfg, config["seed"], rank=rank, world=world,
-                                  sync=sync, state=state, on_epoch=on_epoch,
-                                  device=config.get("device", "cpu"))
-    # rank 0 embeds every entity (full neighbourhoods), fuses and writes the learned vectors
-    # block by block under the stage folder; the last checkpoint says where they are
-    snap = last.get("snapshot") or (lambda: {"model": cpu_state(model.state_dict()),
-                                             "losses": losses, "epoch": len(losses)})
-    usage = gather_usage(meter.take())  # every worker's record, for rank 0's checkpoint
-    learned = None
-    if rank == 0:  # chunk by chunk into the blocks: the learned vectors are never whole here
-        sink = BlockSink(config["stage_url"], config["learned_prefix"], config["bounds"],
-                         config["storage_options"])
-        for rows in embed_fused_chunks(model, feats, graph, config["weights"]):
-            sink.add(rows)
-        learned = sink.entry()
-    report(len(losses), losses, lambda: {**snap(), "learned": learned, "usage": usage})
-
-
-class RaySeedGenerator(SeedGenerator):
+class RaySeedGenerator(StageStore, PartitionedSeeds, SeedGenerator):
     """:class:`SeedGenerator` with its steps on Ray and a committed output per stage.
 
     Args:
@@ -195,34 +111,6 @@ class RaySeedGenerator(SeedGenerator):
         nodes = self._nodes.setdefault(self._current, set())
         nodes.update(r["node"] for r in records)
         self._res(self._current, nodes=len(nodes))
-
-    # -- stage commits ----------------------------------------------------------------------------
-    def _stage_url(self, name: str) -> str:
-        return join(self.out_url, STAGES, name)
-
-    def _stage_fp(self, name: str) -> str:
-        return fingerprint({"run": self.run_id, "stage": name})
-
-    def _committed(self, name: str) -> Dataset | None:
-        url = self._stage_url(name)
-        fs, path = resolve(url, self.storage_options)
-        if not exists(fs, join(path, "_MANIFEST.json"), url):
-            return None
-        ds = Dataset(url, storage_options=self.storage_options)
-        if ds.manifest.get("fingerprint") != self._stage_fp(name):
-            log.info("%s: committed by another run (different input or settings); recomputing",
-                     url)
-            return None
-        return ds
-
-    def _writer(self, name: str) -> DatasetWriter:
-        url = self._stage_url(name)
-        fs, path = resolve(url, self.storage_options)
-        if exists(fs, path, url):  # a stale stage of another run, or one cut short by a kill
-            fs.rm(path, recursive=True)
-        return DatasetWriter(url, stage=name, fingerprint=self._stage_fp(name),
-                             storage_options=self.storage_options, require_graph=False,
-                             entity_counts=self._counts)
 
     # -- the partitioned vectors (psqe_ray.distributed.blocks) -----------------------------------
     def load(self, ds: Dataset):
@@ -373,117 +261,11 @@ class RaySeedGenerator(SeedGenerator):
         self._account([usage])
         return l, r, s
 
-    def _read_blocks(self, entry: dict, root_url: str) -> tuple[Sharded, Sharded]:
-        """A committed kind's blocks (manifest meta) back into the object store."""
-        out = []
-        for side in SIDES:
-            refs, usage, bounds = [], [], []
-            for a, b, rel in entry[side]:
-                url = join(root_url, rel)
-                ref, u = read_block.options(num_returns=2).remote(url, self.storage_options)
-                refs.append(ref)
-                usage.append(u)
-                bounds.append((a, b))
-            self._get_usage(usage)
-            out.append(Sharded(refs, bounds, int(entry["dim"])))
-        return out[0], out[1]
-
-    def _commit_blocks(self, w: DatasetWriter, name: str, kind: str, left: Sharded,
-                       right: Sharded) -> dict:
-        """Write (or adopt, when a task already wrote them) a kind's blocks into the stage."""
-        entry: dict[str, Any] = {"dim": left.dim}
-        prefix = f"blocks/{kind}-{w.token}"
-        jobs = []
-        for side, x in (("left", left), ("right", right)):
-            parts = []
-            for i, (ref, (a, b)) in enumerate(zip(x.refs, x.bounds)):
-                rel = block_url(prefix, side, i)
-                if x.written:  # Stage II's rank 0 wrote them there already
-                    rel = x.written[i]
-                else:
-                    jobs.append(write_task.remote(join(self._stage_url(name), rel), side, a, ref,
-                                                  self.storage_options))
-                w.adopt(rel)
-                parts.append([a, b, rel])
-            entry[side] = parts
-        self._get_usage(jobs)
-        return entry
-
     def fit(self, pair):
         self._counts = {"left": pair.left.n, "right": pair.right.n}
         if not hasattr(self, "_dataset_url"):
             raise ValueError("RaySeedGenerator.fit needs the pair from its load(dataset)")
         return super().fit(pair)
-
-    def _run_stage(self, name: str, run) -> dict:
-        ds = self._committed(name)
-        if ds is not None:
-            return self._load_stage(name, ds)
-        self._current = name
-        t = time.perf_counter()
-        with self._writer(name) as w:
-            self._open_writer = w
-            products = run()
-            w.write("seeds", seeds_table(self))
-            blocks = {kind: self._commit_blocks(w, name, kind, products[f"{kind}_left"],
-                                                products[f"{kind}_right"])
-                      for kind in ("fused", "learned") if f"{kind}_left" in products}
-            if "cluster_left" in products:
-                w.put_file("clusters.parquet", parquet(pa.table({
-                    "side": ["left"] * len(products["cluster_left"])
-                    + ["right"] * len(products["cluster_right"]),
-                    "cluster": np.concatenate([products["cluster_left"],
-                                               products["cluster_right"]])})), fixed=True)
-            record = self.stages_[-1] if self.stages_ and self.stages_[-1]["name"] == name else None
-            res = self._res(name, driver_peak_rss_bytes=rss())
-            if record is not None:
-                record["resources"] = res
-            w.commit(meta={"stage": name, "record": record, "resources": res,
-                           "seed_set": name in self.stage_sets_,
-                           "seconds": round(time.perf_counter() - t, 3),
-                           "blocks": blocks,
-                           **({"budgets": [int(b) for b in products["cluster_budgets"]]}
-                              if "cluster_budgets" in products else {}),
-                           "train_seconds": getattr(self, "train_seconds_", None)})
-            self._open_writer = None
-        return products
-
-    def _load_stage(self, name: str, ds: Dataset) -> dict:
-        """Set the generator's state to what it was right after stage ``name`` committed."""
-        t = ds.table("seeds")
-        acc = t.column("accepted").to_numpy(zero_copy_only=False)
-        col = {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
-        self.seeds_ = (col["left_id"][acc].astype(np.int64), col["right_id"][acc].astype(np.int64),
-                       col["score"][acc].astype(np.float32), col["source"][acc].astype(object))
-        self.table_ = SeedTable()
-        rej = ~acc
-        if rej.any():
-            self.table_.add(col["left_id"][rej], col["right_id"][rej], col["score"][rej],
-                            col["source"][rej].astype(object), "", False)
-            self.table_.stage[-1] = col["stage"][rej].astype(object)
-            self.table_.reason[-1] = col["reason"][rej].astype(object)
-        meta = ds.manifest["meta"]
-        if meta.get("record"):
-            self.stages_.append({**meta["record"], "resumed": True})
-        if meta.get("seed_set"):
-            self.stage_sets_[name] = (self.seeds_[0].copy(), self.seeds_[1].copy())
-        if meta.get("train_seconds") is not None:
-            self.train_seconds_ = meta["train_seconds"]
-        self.resources_[name] = {**meta.get("resources", {}), "resumed": True}
-        self.resumed_.append(name)
-        log.info("%-18s committed earlier: %d seeds (skipped)", name, len(self.seeds_[0]))
-        products: dict[str, Any] = {}
-        for kind, entry in (meta.get("blocks") or {}).items():
-            products[f"{kind}_left"], products[f"{kind}_right"] = self._read_blocks(
-                entry, self._stage_url(name))
-        if "budgets" in meta and exists(ds.fs, join(ds.root, "clusters.parquet"),
-                                        ds.url_of("clusters.parquet")):
-            c = read_table(ds.url_of("clusters.parquet"), self.storage_options)
-            lab = {s: c.filter(pc.equal(c.column("side"), s)).column("cluster").to_numpy()
-                   for s in SIDES}
-            products.update(cluster_left=lab["left"], cluster_right=lab["right"],
-                            cluster_budgets=np.asarray(meta["budgets"], np.int64))
-        return products
 
     # -- the hooks, on Ray ------------------------------------------------------------------------
     def _sample_clusters(self, sim_l, sim_r, lab_l, lab_r, budgets):
@@ -526,7 +308,7 @@ class RaySeedGenerator(SeedGenerator):
         w = self._open_writer
         bounds = {s: mods[next(iter(mods))][i].bounds for i, s in enumerate(SIDES)}
         state = fit_on_ray(
-            _train_worker,
+            seed_encoder_worker,
             {"refs": refs, "mods": {m: (v[0].refs, v[1].refs) for m, v in mods.items()},
              "weights": weights, "bounds": bounds,
              "stage_url": self._stage_url(self._current),
@@ -581,7 +363,7 @@ class RaySeedGenerator(SeedGenerator):
         d = self.config.distributed
         # exact search: one shard per CPU (any split gives the same answer); IVF: the
         # searcher's size-based plan, whatever the cluster, so results never depend on it
-        shards = d.shards or _cpus()
+        shards = d.shards or cluster_cpus()
         # IVF shards go to GPUs when the cluster has them (one per actor); exact shards and
         # the canonical rescoring are CPU work
         device = cluster_device(d.device)
@@ -594,7 +376,7 @@ class RaySeedGenerator(SeedGenerator):
             # few large shards: each task gets a share of the CPUs (at most a node's) and
             # runs that many FAISS threads; exact shards are one single-threaded task per CPU
             # (more shards than CPUs: fractional CPUs, one thread each, so all fit at once)
-            per = _cpus() / len(plan.bounds)
+            per = cluster_cpus() / len(plan.bounds)
             threads = int(max(1, min(min(node_cpus()), per)))
             opts = {"num_cpus": threads if per >= 1 else math.floor(per * 100) / 100,
                     **({"num_gpus": 1} if device == "cuda" else {})}
@@ -620,75 +402,3 @@ class RaySeedGenerator(SeedGenerator):
     def _global_topk(self, learned_l, learned_r, k):
         return (self._search(learned_l, learned_r, k, TOPK_LABELS[0]),
                 self._search(learned_r, learned_l, k, TOPK_LABELS[1]))
-
-    def _partitions(self, n_seeds: int) -> int:
-        return max(1, min(self.config.distributed.partitions or _cpus(), n_seeds))
-
-    def _write_partitions(self, scratch: str, left: np.ndarray, right: np.ndarray) -> list[str]:
-        """The seed list partitioned by left entity id (``left % P``), one Parquet part each."""
-        p = self._partitions(len(left))
-        urls = []
-        pos = np.arange(len(left), dtype=np.int64)
-        for i in range(p):
-            m = left % p == i
-            url = join(scratch, f"seeds-{i:04d}.parquet")
-            put_table(url, pa.table({"position": pos[m], "left_id": left[m], "right_id": right[m]}),
-                       self.storage_options)
-            urls.append(url)
-        return urls
-
-    def _scratch(self, name: str) -> str:
-        return join(self.out_url, STAGES, "_scratch", f"{name}-{secrets.token_hex(4)}")
-
-    def _drop(self, url: str) -> None:
-        """Remove a scratch folder (and the scratch root once empty)."""
-        fs, path = resolve(url, self.storage_options)
-        try:
-            fs.rm(path, recursive=True)
-            parent = path.rstrip("/").rsplit("/", 1)[0]
-            if fs.exists(parent) and not fs.ls(parent):
-                fs.rmdir(parent)
-        except (FileNotFoundError, OSError):
-            pass
-
-    def _mic_keep(self, vec_l, vec_r):
-        if len(vec_l) == 0:
-            return np.zeros(0, bool)
-        scratch = self._scratch("mic")
-        try:
-            l, r = self.seeds_[0], self.seeds_[1]
-            urls = self._write_partitions(scratch, l, r)
-            lref, rref = ray.put(vec_l), ray.put(vec_r)
-            results = ray.get([mic_map.remote(u, self.storage_options, lref, rref, self.searcher)
-                               for u in urls])
-        finally:
-            self._drop(scratch)
-        keep = np.zeros(len(vec_l), bool)
-        for pos, ok, _, _ in results:
-            keep[pos] = ok
-        self._res(self._current, partitions=len(urls),
-                  worker_peak_rss_bytes=max(r[2] for r in results))
-        self._account(r[3] for r in results)
-        return keep
-
-    def _expansion_candidates(self, l0, r0, pair, vec_l, vec_r, taken_l, taken_r):
-        st = self.config.stage3
-        scratch = self._scratch("expansion")
-        try:
-            urls = self._write_partitions(scratch, l0, r0)
-            shared = [ray.put(x) for x in (l0, r0, pair.left.neighbours(), pair.right.neighbours())]
-            # the vectors stay in their blocks: each map task fetches them (zero-copy on its
-            # node) and reads the rows of its seeds' neighbours
-            shared += [vec_l, vec_r] + [ray.put(x) for x in (taken_l, taken_r)]
-            outs = [join(scratch, f"candidates-{i:04d}.parquet") for i in range(len(urls))]
-            results = ray.get([expand_map.remote(u, o, self.storage_options, *shared, len(l0),
-                                                  st.threshold_start, st.threshold_end)
-                               for u, o in zip(urls, outs)])
-            parts = [read_table(o, self.storage_options) for o in outs]
-        finally:
-            self._drop(scratch)
-        t = pa.concat_tables(parts)
-        self._res(self._current, partitions=len(urls), candidates=t.num_rows,
-                  worker_peak_rss_bytes=max(r[1] for r in results))
-        self._account(r[2] for r in results)
-        return {c: t.column(c).to_numpy() for c in ("position", "left", "right", "score")}

@@ -1,20 +1,18 @@
 """Connecting to Ray (the cluster of ``ray job submit`` / ``RAY_ADDRESS``, or an embedded local
-one), sizing actors and training workers, and the per-node accounting of the Ray path."""
+one), sizing actors and training workers, waiting on tasks."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import socket
-from collections import Counter
-from typing import Any, Callable, Iterable, Iterator
+from typing import Iterator
 
-import numpy as np
 import ray
 
 log = logging.getLogger(__name__)
+
+
 
 
 @contextlib.contextmanager
@@ -115,53 +113,15 @@ def cluster_device(device: str = "auto") -> str:
     return "cuda" if gpus and device in ("auto", "cuda") else "cpu"
 
 
+def cluster_cpus() -> int:
+    """The cluster's CPUs (at least 1): the default number of search shards and partitions."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def node_cpus() -> list[float]:
     """CPUs of every alive node that has CPUs ([1] when none is listed)."""
     return [n["Resources"]["CPU"] for n in ray.nodes()
             if n["Alive"] and n["Resources"].get("CPU", 0) > 0] or [1]
-
-
-def train_threads(workers: int) -> int:
-    """torch threads per Ray Train worker: the smallest node's CPUs shared by the workers that
-    may land on it (more threads than cores made the all-reduce steps crawl)."""
-    cpus = node_cpus()
-    per_node = -(-workers // len(cpus))
-    return max(1, int(min(cpus)) // per_node)
-
-
-def allreduce_gradients(module, world: int) -> None:
-    """Average every parameter's gradient over the ``world`` Ray Train workers (in place)."""
-    if world == 1:
-        return
-    import torch
-    import torch.distributed as dist
-
-    for p in module.parameters():
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
-        p.grad /= world
-
-
-def gather_objects(obj) -> list:
-    """Every Ray Train worker's ``obj``, in rank order (a collective: all ranks call it)."""
-    import torch.distributed as dist
-
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _train_storage(url: str, storage_options) -> tuple[Any, str]:
-    """(pyarrow filesystem or None, path) for Ray Train's storage at any fsspec URL."""
-    from psqe_ray.io.fs import is_local, resolve
-
-    fs, path = resolve(url, storage_options)
-    if is_local(fs):
-        return None, os.path.abspath(path)
-    import pyarrow.fs as pafs
-
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
 def get_all(refs: list, progress=None) -> list:
@@ -182,265 +142,4 @@ def get_all(refs: list, progress=None) -> list:
     finally:
         if progress is not None:
             progress.close()
-    return out
-
-
-def send_progress(config: dict, done: int, total: int, loss: float) -> None:
-    """From a training worker (rank 0): one epoch to the driver's progress line
-    (:func:`fit_on_ray`); never fails the training."""
-    queue = config.get("progress")
-    if queue is not None:
-        try:
-            queue.put_nowait((done, total, loss))
-        except Exception:  # noqa: BLE001  (full, or the driver's side is gone: only progress)
-            pass
-
-
-class _Forward:
-    """The driver's side of the workers' progress: a queue actor on the driver's node and a
-    thread that logs what arrives (:class:`psqe_ray.core.progress.EpochProgress`)."""
-
-    def __init__(self, label: str) -> None:
-        import threading
-
-        from ray.util.queue import Queue
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        from psqe_ray.core.progress import EpochProgress
-
-        node = ray.get_runtime_context().get_node_id()
-        self.queue = Queue(maxsize=10000, actor_options={
-            "num_cpus": 0,
-            "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)})
-        self.progress = EpochProgress(label)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="psqe-progress")
-        self.thread.start()
-
-    def _take(self, timeout: float) -> bool:
-        from ray.util.queue import Empty
-
-        try:
-            msg = self.queue.get(timeout=timeout)
-        except Empty:
-            return False
-        self.progress.update(*msg)
-        return True
-
-    def _run(self) -> None:
-        try:
-            while not self.stop.is_set():
-                self._take(0.5)
-        except Exception:  # noqa: BLE001  (the queue actor is gone: progress only)
-            pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-        try:
-            while self._take(0.05):  # what arrived after the thread's last look
-                pass
-            self.queue.shutdown()
-        except Exception:  # noqa: BLE001
-            pass
-
-
-def fit_on_ray(loop: Callable[[dict], None], config: dict, *, workers: int, cpus: float,
-               name: str, storage_url: str, storage_options=None, keep: int = 1,
-               result_file: str, device: str = "cpu", max_failures: int = 0,
-               progress: str | None = None) -> Any:
-    """Run ``loop`` on Ray Train (``workers`` data-parallel workers of ``cpus`` CPUs each, and
-    one GPU each when ``device`` is cuda; checkpoints under ``storage_url/name``, the newest
-    ``keep``) and return the unpickled ``result_file`` of the final checkpoint (written by rank
-    0).  The loop finds the device in ``config["device"]``.  When a worker is lost (its node
-    or process), Ray Train restarts the group up to ``max_failures`` times; the loop resumes
-    from ``ray.train.get_checkpoint()`` or its own checkpoint.  ``progress``: a label; the
-    loop's :func:`send_progress` calls then show on the driver as progress lines."""
-    import pickle
-
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from psqe_ray.io.fs import read_bytes, resolve
-
-    pafs, storage_path = _train_storage(storage_url, storage_options)
-    forward = _Forward(progress) if progress else None
-    trainer = TorchTrainer(
-        loop, train_loop_config={**config, "device": device,
-                                 "progress": forward.queue if forward else None},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=device == "cuda",
-                                     resources_per_worker={"CPU": cpus}),
-        run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=pafs,
-                             checkpoint_config=CheckpointConfig(num_to_keep=keep),
-                             failure_config=FailureConfig(max_failures=max_failures)))
-    try:
-        result = trainer.fit()
-    finally:
-        if forward is not None:
-            forward.close()
-    if getattr(result, "error", None) is not None:
-        raise result.error
-    with result.checkpoint.as_directory() as tmp:
-        path = os.path.join(tmp, result_file)
-        return pickle.loads(read_bytes(*resolve(path), path))  # counted as the driver's read
-
-
-# ---- per-node accounting -----------------------------------------------------------------------
-# Every task and actor of the Ray path (seed stages, Ray Train workers, encoder and fusion pools)
-# keeps a Meter and returns its small record with its result; the driver tallies them per node
-# (node_usage) into the reports' ``nodes``.  Definitions:
-#   bytes_from_storage  bytes the task or actor read from storage through psqe_ray.io
-#                       (read_bytes: seed partitions, checkpoints, images, model weights);
-#   bytes_from_objects  in-memory size of the data it was handed: its array arguments (by value
-#                       or from Ray's object store, local or fetched from another node), the
-#                       objects it ray.get()s, the batches a pool actor maps; not configuration
-#                       objects, not what it writes or returns;
-#   bytes_read          their sum.
-# Ray's own helpers (Ray Data's split tasks, the Ray Train controller) are not counted.
-USAGE = "_usage"  # the column that carries a pool actor's record in its output batches
-
-
-def payload_bytes(obj: Any) -> int:
-    """In-memory bytes of the data in ``obj``: numpy arrays, Arrow tables and arrays, torch
-    tensors, scipy CSR/CSC matrices and bytes, also inside tuples, lists and dict values;
-    anything else (configurations, searchers, scalars, strings) counts 0."""
-    if isinstance(obj, (tuple, list)):
-        return sum(payload_bytes(x) for x in obj)
-    if isinstance(obj, dict):
-        return sum(payload_bytes(x) for x in obj.values())
-    if isinstance(obj, (bytes, bytearray)):
-        return len(obj)
-    if hasattr(obj, "indptr") and hasattr(obj, "indices"):  # scipy compressed sparse
-        return sum(payload_bytes(getattr(obj, a)) for a in ("data", "indices", "indptr"))
-    if hasattr(obj, "element_size") and hasattr(obj, "nelement"):  # torch tensor
-        return int(obj.element_size() * obj.nelement())
-    n = getattr(obj, "nbytes", None)  # numpy, pyarrow
-    return n if isinstance(n, int) else 0
-
-
-class Meter:
-    """What one Ray task or actor (or the driver) ran and read on its node.
-
-    Create it first thing in the task (actor: in ``__init__``, with ``actor=True``), count the
-    data it is handed with :meth:`add`, return :meth:`take`'s record with the result.  An actor
-    returns one record per call, each with what was read since the previous one; the driver
-    counts the actor once by its id.
-    """
-
-    def __init__(self, kind: str, *, actor: bool = False) -> None:
-        from psqe_ray.io.fs import bytes_read
-
-        ctx = ray.get_runtime_context()
-        self.kind, self.node = kind, ctx.get_node_id()
-        self.actor = ctx.get_actor_id() if actor else None
-        self.objects, self._storage = 0, bytes_read()
-
-    def add(self, *data: Any) -> "Meter":
-        """Count ``data`` (arguments, fetched objects, batches) as read from objects."""
-        self.objects += payload_bytes(data)
-        return self
-
-    def take(self) -> dict[str, Any]:
-        """The record of what was read since the last ``take`` (or the start)."""
-        from psqe_ray.io.fs import bytes_read
-
-        now = bytes_read()
-        record = {"kind": self.kind, "node": self.node, "address": ray.util.get_node_ip_address(),
-                  "hostname": socket.gethostname(), "actor": self.actor,
-                  "storage": now - self._storage, "objects": self.objects}
-        self._storage, self.objects = now, 0
-        return record
-
-
-def with_usage(batch: dict[str, Any], record: dict) -> dict[str, Any]:
-    """A pool actor's output ``batch`` with its record in column :data:`USAGE` (first row; the
-    other rows empty), so it reaches the driver through Ray Data whatever the blocks become."""
-    n = len(next(iter(batch.values())))
-    col = np.full(n, "", dtype=object)
-    if n:
-        col[0] = json.dumps(record)
-    return {**batch, USAGE: col}
-
-
-def pop_usage(batch: dict[str, Any]) -> list[dict]:
-    """Remove column :data:`USAGE` from a batch the driver got; the records it carried."""
-    col = batch.pop(USAGE, None)
-    return [] if col is None else [json.loads(x) for x in col if isinstance(x, str) and x]
-
-
-def metered(udf: type, kind: str) -> type:
-    """``udf`` (a Ray Data callable class of another package) with a :class:`Meter`: each
-    output batch carries the record of its call (:func:`with_usage`; the driver takes it off
-    with :func:`pop_usage`), the input batches count as read from objects."""
-
-    class Metered(udf):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            self._meter = Meter(kind, actor=True)  # before the model loads: its reads count
-            super().__init__(*args, **kwargs)
-
-        def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-            self._meter.add(batch)
-            return with_usage(super().__call__(batch), self._meter.take())
-
-    Metered.__name__ = udf.__name__  # Ray Data names its operator after it
-    return Metered
-
-
-def gather_usage(record: dict) -> list[dict]:
-    """Every Ray Train worker's record, on every rank (one all-gather over the workers'
-    process group; just ``[record]`` without one).  All workers must call it."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [record]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, record)
-    return out
-
-
-def node_usage(records: Iterable[dict], driver: dict | None = None) -> dict[str, dict]:
-    """Per-node totals of :class:`Meter` records (the reports' ``nodes``): node id ->
-    ``address``, ``hostname``, ``tasks`` and ``actors`` (kind -> count; an actor counts once
-    however many records it sent), ``bytes_read``, ``bytes_from_storage``,
-    ``bytes_from_objects``.  ``driver`` (the driver's record) adds ``driver_bytes_read`` (its
-    storage reads, kept apart from the tasks' ``bytes_read``) to its node's entry."""
-    nodes: dict[str, dict] = {}
-
-    def entry(r: dict) -> dict:
-        return nodes.setdefault(r["node"], {
-            "address": r["address"], "hostname": r["hostname"], "tasks": Counter(),
-            "actors": Counter(), "bytes_read": 0, "bytes_from_storage": 0,
-            "bytes_from_objects": 0})
-
-    actors = set()
-    for r in records:
-        e = entry(r)
-        if r["actor"] is None:
-            e["tasks"][r["kind"]] += 1
-        elif r["actor"] not in actors:
-            actors.add(r["actor"])
-            e["actors"][r["kind"]] += 1
-        e["bytes_from_storage"] += r["storage"]
-        e["bytes_from_objects"] += r["objects"]
-        e["bytes_read"] += r["storage"] + r["objects"]
-    if driver is not None:
-        entry(driver)["driver_bytes_read"] = driver["storage"]
-    return {n: {**e, "tasks": dict(e["tasks"]), "actors": dict(e["actors"])}
-            for n, e in nodes.items()}
-
-
-def merge_nodes(*tallies: dict[str, dict] | None) -> dict[str, dict]:
-    """Sum :func:`node_usage` results of separate steps (their tasks and actors are distinct)."""
-    out: dict[str, dict] = {}
-    for tally in tallies:
-        for node, e in (tally or {}).items():
-            m = out.setdefault(node, {"address": e["address"], "hostname": e["hostname"],
-                                      "tasks": {}, "actors": {}})
-            for key in ("tasks", "actors"):
-                for kind, n in e[key].items():
-                    m[key][kind] = m[key].get(kind, 0) + n
-            for key in ("bytes_read", "bytes_from_storage", "bytes_from_objects",
-                        "driver_bytes_read"):
-                if key in e:
-                    m[key] = m.get(key, 0) + e[key]
     return out

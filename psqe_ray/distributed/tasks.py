@@ -1,6 +1,6 @@
 """Ray tasks of the distributed PSQE path (light imports: no torch, no PyG, so
 that a fresh worker process starts them quickly).  Each wraps one ``core`` function and returns,
-with its result, its :class:`~psqe_ray.distributed.runtime.Meter` record (node, bytes read)."""
+with its result, its :class:`~psqe_ray.distributed.usage.Meter` record (node, bytes read)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from psqe_ray.core.correction import expansion_candidates
 from psqe_ray.core.sampling import greedy_seeds, sample_cluster_counted
 from psqe_ray.core.search import Searcher, SearchPlan, ShardIndex
 from psqe_ray.distributed.blocks import Rows, Sharded
-from psqe_ray.distributed.runtime import Meter
+from psqe_ray.distributed.usage import Meter
 from psqe_ray.io.fs import read_bytes, resolve, write_bytes
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from psqe_ray.core.assignment import judge_pairs
+
 MAX_NAME = 80  # characters of a name kept in the report
 
 
@@ -42,15 +44,7 @@ def sample_pairs(left: np.ndarray, right: np.ndarray, score: np.ndarray, *,
     score = np.asarray(score, np.float64)
     verdict = partner = None
     if gold is not None:
-        gl, gr = (np.asarray(g, np.int64) for g in gold)
-        n_l = int(max(gl.max(initial=-1), left.max(initial=-1))) + 1
-        n_r = int(max(gr.max(initial=-1), right.max(initial=-1))) + 1
-        partner = np.full(n_l, -1, np.int64)
-        partner[gl] = gr
-        listed_r = np.zeros(n_r, bool)
-        listed_r[gr] = True
-        correct = partner[left] == right
-        judged = (partner[left] >= 0) | listed_r[right]
+        correct, judged, partner = judge_pairs(left, right, gold[0], gold[1])
         verdict = np.where(correct, "correct", np.where(judged, "wrong", "unjudged"))
 
     def rows(idx: np.ndarray) -> list[dict[str, Any]]:

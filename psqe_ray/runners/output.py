@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
-from psqe_ray.io.dataset import DatasetWriter
+from psqe_ray.io.writer import DatasetWriter
 from psqe_ray.io.fs import StorageOptions, join, read_json
 
 log = logging.getLogger(__name__)

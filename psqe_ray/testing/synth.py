@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from psqe_ray.config import fingerprint
 from psqe_ray.errors import ConfigError
-from psqe_ray.io.dataset import DatasetWriter
+from psqe_ray.io.writer import DatasetWriter
 from psqe_ray.io.fs import StorageOptions
 from psqe_ray.schemas import SIDES, feature_schema
 

@@ -160,7 +160,7 @@ def test_a_hanging_image_url_counts_as_unreadable_after_the_timeout(dataset, tin
 
     import pyarrow as pa
 
-    from psqe_ray.io.dataset import DatasetWriter
+    from psqe_ray.io.writer import DatasetWriter
 
     img = Dataset(dataset).table("images")
     urls = img.column("url").to_pylist()

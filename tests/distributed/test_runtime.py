@@ -8,8 +8,8 @@ import pyarrow as pa
 import scipy.sparse as sp
 import torch
 
-from psqe_ray.distributed.runtime import (Meter, merge_nodes, node_usage, payload_bytes,
-                                          pop_usage, with_usage)
+from psqe_ray.distributed.usage import (merge_nodes, Meter, node_usage, payload_bytes, pop_usage,
+                                        with_usage)
 
 
 def test_payload_bytes_counts_data_not_configuration():

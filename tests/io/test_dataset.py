@@ -10,7 +10,8 @@ import pyarrow as pa
 import pytest
 
 from psqe_ray.errors import DataError, DestinationError
-from psqe_ray.io.dataset import MANIFEST, Dataset, DatasetWriter
+from psqe_ray.io.dataset import MANIFEST, Dataset
+from psqe_ray.io.writer import DatasetWriter
 
 
 def _entities(side: str, n: int) -> pa.Table:

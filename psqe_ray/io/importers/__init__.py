@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from psqe_ray.config import fingerprint
 from psqe_ray.errors import DataError
-from psqe_ray.io.dataset import DatasetWriter
+from psqe_ray.io.writer import DatasetWriter
 from psqe_ray.io.fs import StorageOptions
 from psqe_ray.io.importers.graphs import (read_attributes, read_id_graphs, read_links,
                                           read_uri_graphs, uri_name)
