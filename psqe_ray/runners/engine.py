@@ -62,8 +62,9 @@ class AlignSteps:
                 model_inputs(mods), graph, n_left, seed_l, seed_r, checkpoint=checkpoint)
 
     def topk(self, gen, left, right, k: int):
-        """Every left entity's top-``k`` right entities (scores, ids): the search layer."""
-        return gen.searcher.topk(left, right, k)
+        """Every left entity's top-``k`` right entities (scores, ids): the search layer (its
+        shards done show as "align search", as on Ray)."""
+        return gen.searcher.topk(left, right, k, progress="align search")
 
     def metrics(self, gen, left, right, gold) -> dict:
         """The ranking figures against the gold links (evaluation only)."""
