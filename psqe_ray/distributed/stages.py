@@ -22,8 +22,9 @@ import pyarrow.compute as pc
 from psqe_ray.config import fingerprint
 from psqe_ray.core.blocks import SIDES
 from psqe_ray.core.psqe import SeedTable
+from psqe_ray.core.step_meter import high_water_bytes
 from psqe_ray.distributed.blocks import Sharded, block_url, read_block, write_task
-from psqe_ray.distributed.tasks import parquet, read_table, rss
+from psqe_ray.distributed.tasks import parquet, read_table
 from psqe_ray.io.dataset import Dataset
 from psqe_ray.io.fs import exists, join, resolve
 from psqe_ray.io.writer import DatasetWriter
@@ -120,7 +121,7 @@ class StageStore:
                     "cluster": np.concatenate([products["cluster_left"],
                                                products["cluster_right"]])})), fixed=True)
             record = self.stages_[-1] if self.stages_ and self.stages_[-1]["name"] == name else None
-            res = self._res(name, driver_peak_rss_bytes=rss())
+            res = self._res(name, driver_peak_rss_bytes=high_water_bytes())
             if record is not None:
                 record["resources"] = res
             w.commit(meta={"stage": name, "record": record, "resources": res,

@@ -5,7 +5,6 @@ with its result, its :class:`~psqe_ray.distributed.usage.Meter` record (node, by
 from __future__ import annotations
 
 import io
-import resource
 
 import numpy as np
 import pyarrow as pa
@@ -16,13 +15,10 @@ from psqe_ray.core.blocks import dense, stack
 from psqe_ray.core.correction import expansion_candidates
 from psqe_ray.core.sampling import greedy_seeds, sample_cluster_counted
 from psqe_ray.core.search import Searcher, SearchPlan, ShardIndex
+from psqe_ray.core.step_meter import high_water_bytes
 from psqe_ray.distributed.blocks import Rows, Sharded
 from psqe_ray.distributed.usage import Meter
 from psqe_ray.io.fs import read_bytes, resolve, write_bytes
-
-
-def rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # ---- remote functions ------------------------------------------------------------------------
@@ -41,7 +37,7 @@ def cluster_task(left_pieces: list, right_pieces: list, budget, k, searcher: Sea
     (il, sim_l), (ir, sim_r) = sides
     l, r, s, rejected = sample_cluster_counted(sim_l, sim_r, il, ir, budget, k, searcher)
     # the rejected candidates' score counts last: the report's histogram (not the seeds)
-    return l, r, s, rss(), meter.take(), rejected
+    return l, r, s, high_water_bytes(), meter.take(), rejected
 
 
 @ray.remote(num_cpus=0.5)
@@ -83,7 +79,7 @@ def topk_shard(blocks: list, searcher: Searcher, plan: SearchPlan, i: int, threa
         s, got_ids = index.search(dense(q), k)
         scores.append(s)
         ids.append(got_ids)
-    return (np.concatenate(scores), np.concatenate(ids)), rss(), meter.take()
+    return (np.concatenate(scores), np.concatenate(ids)), high_water_bytes(), meter.take()
 
 
 @ray.remote(num_cpus=0.5)
@@ -93,7 +89,7 @@ def mic_map(part_url: str, storage_options, left_vecs, right_vecs, searcher: Sea
     meter = Meter("mic-map").add(left_vecs, right_vecs)
     pos = read_table(part_url, storage_options).column("position").to_numpy()
     _, ids = searcher.topk(left_vecs[pos], right_vecs, 1)
-    return pos, ids[:, 0] == pos, rss(), meter.take()
+    return pos, ids[:, 0] == pos, high_water_bytes(), meter.take()
 
 
 @ray.remote(num_cpus=0.5)
@@ -107,7 +103,7 @@ def expand_map(part_url: str, out_url: str, storage_options, seed_l, seed_r, adj
                                 vec_l, vec_r, taken_l, taken_r, total,
                                 threshold_start=threshold_start, threshold_end=threshold_end)
     put_table(out_url, pa.table(cand), storage_options)
-    return len(cand["position"]), rss(), meter.take()
+    return len(cand["position"]), high_water_bytes(), meter.take()
 
 
 def put_table(url: str, table: pa.Table, storage_options) -> None:

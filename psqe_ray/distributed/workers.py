@@ -11,8 +11,8 @@ import os
 import pickle
 import tempfile
 
+from psqe_ray.core.step_meter import high_water_bytes
 from psqe_ray.distributed.raytrain import allreduce_gradients, gather_objects, send_progress
-from psqe_ray.distributed.tasks import rss
 from psqe_ray.distributed.usage import Meter, gather_usage
 from psqe_ray.io.fs import read_bytes, resolve
 
@@ -66,7 +66,7 @@ def seed_encoder_worker(config: dict) -> None:
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 with open(os.path.join(tmp, "state.pkl"), "wb") as fh:
-                    pickle.dump({**snapshot(), "rss": rss()}, fh)
+                    pickle.dump({**snapshot(), "rss": high_water_bytes()}, fh)
                 with open(os.path.join(tmp, "epoch.json"), "w") as fh:
                     json.dump({"epoch": done}, fh)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -142,8 +142,8 @@ def aligner_worker(config: dict) -> None:
         result = {k: getattr(aligner, k) for k in ALIGNER_RESULT if k != "embeddings_"}
         with tempfile.TemporaryDirectory() as tmp:
             with open(os.path.join(tmp, "result.pkl"), "wb") as fh:
-                pickle.dump({**result, "embeddings_": written, "rss": rss(), "usage": usage},
-                            fh)
+                pickle.dump({**result, "embeddings_": written, "rss": high_water_bytes(),
+                             "usage": usage}, fh)
             ray.train.report({"epochs": len(aligner.losses_)},
                              checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
