@@ -63,6 +63,7 @@ class Aligner:
         modality_weights_: modality -> mean fusion weight over all entities.
         structure_: the structure input used (``align.structure``, ``auto`` resolved).
         smoothing_: ``hops`` appended to the joint vectors and how they were chosen.
+        (With ``world`` > 1 these three are rank 0's alone; other ranks hold None / {}.)
         pairs_: (left int64, right int64) the training pairs at the end (seeds + added).
         added_: pairs added per iterative round; losses_: loss per epoch.
     """
@@ -272,10 +273,12 @@ class Aligner:
             if len(pairs_l) >= 2 * world:
                 train(phases[at["phase"]])
             at = {"phase": at["phase"] + 1, "epoch": 0, "checked": False}
-        joint, weights = model.joint_all(feats, full)
-        joint, self.smoothing_ = self._smooth(joint, graph, n_left)
-        self.embeddings_ = (joint[:n_left], joint[n_left:])
-        self.modality_weights_ = {m: float(w) for m, w in zip(model.modalities, weights)}
+        self.embeddings_, self.modality_weights_, self.smoothing_ = None, {}, None
+        if rank == 0:  # only rank 0's vectors are used: the other ranks skip the embedding
+            joint, weights = model.joint_all(feats, full)  # and the smoothing's searches
+            joint, self.smoothing_ = self._smooth(joint, graph, n_left)
+            self.embeddings_ = (joint[:n_left], joint[n_left:])
+            self.modality_weights_ = {m: float(w) for m, w in zip(model.modalities, weights)}
         self.pairs_ = (pairs_l, pairs_r)
         self.train_seconds_ = time.perf_counter() - t0
         self.model_ = model
