@@ -210,7 +210,8 @@ class AlignConfig:
     topk: int = 10                # candidates per left entity in alignment.parquet
     matching: str = "sinkhorn"    # ours: the one-to-one matches.parquet: sinkhorn (balanced
                                   # on the candidate graph) | greedy (mutual best on CSLS) | off
-    match_k: int = 10             # candidates per entity, each direction, of that assignment
+    match_k: int = 50             # candidates per entity, each direction, of that assignment
+                                  # (the sparse graph approximates the dense balancing)
     match_temperature: float = 0.04  # Sinkhorn temperature on CSLS scores (0.02 on cosines)
     match_iterations: int = 10    # Sinkhorn rounds (row + column normalisation each)
     match_min_share: float = 0.5  # a match is kept when its balanced mass is at least this
