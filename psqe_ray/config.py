@@ -188,6 +188,9 @@ class AlignConfig:
     epochs: int = 30              # epochs on the seeds before the first iterative round
     round_epochs: int = 5         # epochs after each iterative round
     rounds: int = -1              # iterative rounds; -1 = the recipe's default (0 for mclea)
+    match_rounds: int = 0         # ours: rounds after those whose check is the one-to-one
+                                  # assignment on the final vectors (smoothing, Sinkhorn, as
+                                  # matches.parquet): its matches become the training pairs
     lr: float = 0.005             # AdamW
     weight_decay: float = 0.01
     batch_size: int = 1024        # seed pairs per step (in-batch negatives)
@@ -287,10 +290,10 @@ class PSQEConfig:
             raise ConfigError("align.structure must be auto, features, free or init, "
                               f"got {a.structure!r}")
         if min(a.dim, a.batch_size, a.topk, a.gat_layers) < 1 or a.epochs < 0 \
-                or a.epoch_pairs < 0 or a.round_epochs < 0 or a.rounds < -1 or a.temperature <= 0 or a.csls_k < 0 \
+                or a.epoch_pairs < 0 or a.round_epochs < 0 or a.rounds < -1 or a.match_rounds < 0 or a.temperature <= 0 or a.csls_k < 0 \
                 or not 0.0 <= a.momentum < 1.0 or a.lr <= 0:
             raise ConfigError("align: dim, batch_size, topk, gat_layers >= 1; epochs, "
-                              "epoch_pairs, round_epochs, csls_k >= 0; rounds >= -1; temperature, lr > 0; "
+                              "epoch_pairs, round_epochs, match_rounds, csls_k >= 0; rounds >= -1; temperature, lr > 0; "
                               "0 <= momentum < 1")
         if a.smooth < -1:
             raise ConfigError(f"align.smooth must be -1 (auto) or >= 0 hops, got {a.smooth}")

@@ -32,6 +32,7 @@ from psqe_ray.align.model import STRUCTURE, AlignModel, feature_base, structure_
 from psqe_ray.align.mutual import mutual_nearest, still_mutual
 from psqe_ray.align.recipes import Recipe, get_recipe
 from psqe_ray.config import AlignConfig
+from psqe_ray.core.assignment import candidate_graph, match
 from psqe_ray.core.neighbour_sampler import CSRSampler
 from psqe_ray.core.seed_encoder import icl_loss
 from psqe_ray.core.search import Searcher
@@ -180,7 +181,7 @@ class Aligner:
 
         # the schedule: phase 0 trains ``epochs``; phase i >= 1 is round i's check, then
         # ``round_epochs``; ``at`` says where it stands (what a checkpoint resumes from)
-        phases = [cfg.epochs] + [cfg.round_epochs] * self._rounds()
+        phases = [cfg.epochs] + [cfg.round_epochs] * (self._rounds() + cfg.match_rounds)
         progress = EpochProgress(f"align {rec.name} training")
         at = {"phase": 0, "epoch": 0, "checked": False}
         previous: set[tuple[int, int]] | None = None
@@ -254,7 +255,16 @@ class Aligner:
             model.eval()
 
         while at["phase"] < len(phases):
-            if at["phase"] > 0 and not at["checked"]:
+            if at["phase"] > self._rounds() and not at["checked"]:
+                # a match round: the one-to-one alignment of the vectors so far is the new
+                # pair set (it keeps or drops the seeds like any other pair)
+                pairs_l, pairs_r = self._match_check(model, feats, full, graph, n_left)
+                self.added_.append(len(pairs_l))
+                log.info("align %s round %d: %d one-to-one matches are the training pairs",
+                         rec.name, at["phase"], len(pairs_l))
+                at["checked"] = True
+                save()
+            elif at["phase"] > 0 and not at["checked"]:
                 cand = self._check(model, target, feats, full, n_left, n_right, pairs_l, pairs_r)
                 keys = set(zip(cand[0].tolist(), cand[1].tolist()))
                 accept = keys if rec.agree <= 1 else (
@@ -311,6 +321,21 @@ class Aligner:
                  self.recipe.name, best, counts)
         return out, {"hops": best, "chosen_by": "mutual nearest pairs",
                      "mutual_nearest": {str(h): c for h, c in counts.items()}}
+
+    def _match_check(self, model, feats, full, graph, n_left) -> tuple[np.ndarray, np.ndarray]:
+        """The one-to-one matches of the current model's final vectors (smoothed, Sinkhorn on
+        the candidate graph: what ``matches.parquet`` would hold now), left and right ids."""
+        cfg = self.config
+        joint, _ = model.joint_all(feats, full)
+        x, _ = self._smooth(joint, graph, n_left)
+        left, right = x[:n_left], x[n_left:]
+        g = candidate_graph(self.searcher.topk(left, right, cfg.match_k),
+                            self.searcher.topk(right, left, cfg.match_k), cfg.csls_k)
+        m = match(g, method="greedy" if cfg.matching == "greedy" else "sinkhorn",
+                  temperature=cfg.match_temperature, iterations=cfg.match_iterations,
+                  min_share=cfg.match_min_share)
+        order = np.argsort(m.left, kind="stable")
+        return m.left[order].astype(np.int64), m.right[order].astype(np.int64)
 
     def _check(self, model, target, feats, full, n_left, n_right, pairs_l, pairs_r):
         free_l = np.ones(n_left, bool)

@@ -258,6 +258,21 @@ def test_iterative_filters(inputs):
     assert sum(p in gold_set for p in added) > 0.2 * len(added)  # chance: < 1 %
 
 
+def test_a_match_round_trains_on_the_one_to_one_matches(inputs):
+    """``match_rounds``: the check after the last iterative round is the final assignment
+    (smoothing, Sinkhorn on the candidate graph); its matches replace the training pairs."""
+    feats, graph, n_left, gold = inputs
+    seeds = _seeds(gold, share=0.2)
+    a = Aligner(replace(FAST, recipe="eva", rounds=1, match_rounds=1), 1).fit(
+        feats, graph, n_left, *seeds)
+    assert len(a.added_) == 2 and a.added_[1] == len(a.pairs_[0])
+    pl, pr = a.pairs_
+    assert len(set(pl.tolist())) == len(pl) and len(set(pr.tolist())) == len(pr)
+    assert len(pl) > len(seeds[0]) + a.added_[0]  # the matches cover more than seeds + MNN
+    gold_set = set(zip(gold[0].tolist(), gold[1].tolist()))
+    assert sum(p in gold_set for p in zip(pl.tolist(), pr.tolist())) > 0.2 * len(pl)  # chance: < 1 %
+
+
 def test_better_seeds_give_a_better_aligner(inputs):
     """The claim PSQE rests on, in miniature: the same recipe on cleaner seeds aligns better."""
     feats, graph, n_left, gold = inputs
