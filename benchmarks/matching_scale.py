@@ -1,7 +1,7 @@
 """The one-to-one assignment (psqe_ray.core.assignment) at scale: candidate graph, Sinkhorn and
 greedy matching on synthetic top-k lists, with time and peak memory.
 
-    python benchmarks/matching_scale.py [--entities 400000] [--k 10]
+    python benchmarks/matching_scale.py [--entities 400000] [--k K]   (K: align.match_k, 50)
 
 Lists: a planted partner (left i <-> right perm[i]) scored 0.6 + noise, the other k - 1
 candidates random rights scored 0.3 + noise, both directions, as the search layer would hand
@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from psqe_ray.config import AlignConfig
 from psqe_ray.core.assignment import candidate_graph, match
 
 
@@ -33,7 +34,7 @@ def lists(n: int, k: int, partner: np.ndarray, rng: np.random.Generator):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--entities", type=int, default=400_000)
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=int, default=AlignConfig().match_k)
     args = p.parse_args()
     n, k = args.entities, args.k
     rng = np.random.default_rng(0)
