@@ -32,7 +32,7 @@ from psqe_ray.align.model import STRUCTURE, AlignModel, feature_base, structure_
 from psqe_ray.align.mutual import mutual_nearest, still_mutual
 from psqe_ray.align.recipes import Recipe, get_recipe
 from psqe_ray.config import AlignConfig
-from psqe_ray.core.assignment import candidate_graph, match
+from psqe_ray.core.assignment import assign
 from psqe_ray.core.neighbour_sampler import CSRSampler
 from psqe_ray.core.seed_encoder import icl_loss
 from psqe_ray.core.search import Searcher
@@ -329,11 +329,8 @@ class Aligner:
         joint, _ = model.joint_all(feats, full)
         x, _ = self._smooth(joint, graph, n_left)
         left, right = x[:n_left], x[n_left:]
-        g = candidate_graph(self.searcher.topk(left, right, cfg.match_k),
-                            self.searcher.topk(right, left, cfg.match_k), cfg.csls_k)
-        m = match(g, method="greedy" if cfg.matching == "greedy" else "sinkhorn",
-                  temperature=cfg.match_temperature, iterations=cfg.match_iterations,
-                  min_share=cfg.match_min_share)
+        _, m = assign(self.searcher.topk(left, right, cfg.match_k),
+                      self.searcher.topk(right, left, cfg.match_k), cfg)
         order = np.argsort(m.left, kind="stable")
         return m.left[order].astype(np.int64), m.right[order].astype(np.int64)
 

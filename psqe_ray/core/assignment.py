@@ -38,7 +38,7 @@ import numpy as np
 
 from psqe_ray.core.matching import greedy_one_to_one
 
-__all__ = ["CandidateGraph", "MatchResult", "candidate_graph", "match", "match_metrics",
+__all__ = ["CandidateGraph", "MatchResult", "assign", "candidate_graph", "match", "match_metrics",
            "judge_pairs", "pair_metrics", "sinkhorn", "rerank_metrics"]
 
 
@@ -157,6 +157,18 @@ def match(g: CandidateGraph, *, method: str = "sinkhorn", temperature: float = 0
     kept = pick[keep]
     return MatchResult(g.left[kept], g.right[kept], share[kept], g.score[kept], method,
                        int(g.left.size), int((~keep).sum()), share)
+
+
+def assign(lr: tuple[np.ndarray, np.ndarray], rl: tuple[np.ndarray, np.ndarray],
+           a) -> tuple[CandidateGraph, MatchResult]:
+    """The candidate graph of the top-k lists ``lr`` / ``rl`` (cut to ``a.match_k``) and its
+    one-to-one matching, with the ``align`` settings ``a`` (an ``AlignConfig``; matching
+    ``off`` balances with Sinkhorn, for callers that need the matches anyway)."""
+    k = a.match_k
+    g = candidate_graph((lr[0][:, :k], lr[1][:, :k]), (rl[0][:, :k], rl[1][:, :k]), a.csls_k)
+    return g, match(g, method="greedy" if a.matching == "greedy" else "sinkhorn",
+                    temperature=a.match_temperature, iterations=a.match_iterations,
+                    min_share=a.match_min_share)
 
 
 def match_metrics(m: MatchResult, gold_left: np.ndarray, gold_right: np.ndarray) -> dict:

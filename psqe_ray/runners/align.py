@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from psqe_ray import __version__
 from psqe_ray.config import PSQEConfig, fingerprint, reproducibility, to_dict
-from psqe_ray.core.assignment import (CandidateGraph, MatchResult, candidate_graph, match,
+from psqe_ray.core.assignment import (CandidateGraph, MatchResult, assign,
                                       match_metrics, rerank_metrics)
 from psqe_ray.core.ids import duplicates, out_of_range
 from psqe_ray.core.search import Searcher
@@ -237,11 +237,8 @@ def _run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig,
         if a.matching != "off":
             with StepMeter() as meter:
                 rl = steps.topk(gen, right, left, a.match_k)
-                graph_ = candidate_graph((lr[0][:, :a.match_k], lr[1][:, :a.match_k]), rl,
-                                         a.csls_k)
+                graph_, matches = assign(lr, rl, a)
                 del rl
-                matches = match(graph_, method=a.matching, temperature=a.match_temperature,
-                                iterations=a.match_iterations, min_share=a.match_min_share)
             profile.append({"step": "matching", **meter.record(), **task_peak()})
             log.info("align %s: %d one-to-one matches (%s on %d candidate pairs; %d left out "
                      "as dangling)", a.recipe, len(matches.left), a.matching,
