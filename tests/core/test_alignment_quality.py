@@ -99,3 +99,29 @@ def test_test_split_ranks_among_test_entities_only():
     assert (full >= 1).all() and m["variants"]["l2r/plain/all"]["hits@1"] == pytest.approx((full == 1).mean())
     assert m["variants"]["l2r/plain/all"]["hits@1"] == 0.0
     assert m["variants"]["l2r/plain/test"]["hits@1"] > 0.5
+
+
+def test_every_variant_matches_brute_force():
+    # all eight variants at once (each CSLS penalty searched once per candidate set and shared
+    # by both directions) against per-variant brute force; unequal sides, partial gold
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal((260, 12)).astype(np.float32)
+    left = l2_normalize(base[:200] + 0.9 * rng.standard_normal((200, 12)).astype(np.float32))
+    right = l2_normalize(base[40:260] + 0.9 * rng.standard_normal((220, 12)).astype(np.float32))
+    gl = rng.permutation(np.arange(40, 200))[:120]
+    gr = gl - 40
+    m = alignment_metrics(left, right, gl, gr, csls_k=3, split_seed=5)
+    test = field_split(len(gl), seed=5)
+    local = np.arange(len(test))
+    for name, (lv, rv, li, ri) in {"all": (left, right, gl, gr),
+                                   "test": (left[gl[test]], right[gr[test]], local, local)}.items():
+        for direction, (q, c, qi, ti) in {"l2r": (lv, rv, li, ri),
+                                          "r2l": (rv, lv, ri, li)}.items():
+            for scoring, k in (("plain", 0), ("csls", 3)):
+                rank = _brute_ranks(q, c, qi, ti, k)
+                got = m["variants"][f"{direction}/{scoring}/{name}"]
+                assert got["pairs"] == len(rank)
+                assert got["hits@1"] == pytest.approx((rank == 1).mean())
+                assert got["mrr"] == pytest.approx((1.0 / rank).mean())
+    assert 0 < m["variants"]["r2l/csls/all"]["hits@1"] < 1
+    assert m["variants"]["r2l/csls/all"] != m["variants"]["r2l/plain/all"]
