@@ -188,7 +188,7 @@ class AlignConfig:
     epochs: int = 30              # epochs on the seeds before the first iterative round
     round_epochs: int = 5         # epochs after each iterative round
     rounds: int = -1              # iterative rounds; -1 = the recipe's default (0 for mclea)
-    match_rounds: int = 0         # ours: rounds after those whose check is the one-to-one
+    match_rounds: int = 1         # ours: rounds after those whose check is the one-to-one
                                   # assignment on the final vectors (smoothing, Sinkhorn, as
                                   # matches.parquet): its matches become the training pairs
     lr: float = 0.005             # AdamW

@@ -82,7 +82,8 @@ class Aligner:
 
     def epochs(self) -> int:
         """Training epochs of the whole schedule (the first training, then every round's)."""
-        return self.config.epochs + self.config.round_epochs * self._rounds()
+        return self.config.epochs + self.config.round_epochs * (self._rounds()
+                                                                + self.config.match_rounds)
 
     def fit(self, feats: dict, graph: tuple[np.ndarray, np.ndarray], n_left: int,
             seed_left: np.ndarray, seed_right: np.ndarray, *, rank: int = 0, world: int = 1,

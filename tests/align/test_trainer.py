@@ -24,7 +24,7 @@ from psqe_ray.io.dataset import Dataset
 from psqe_ray.io.load import load_pair
 from psqe_ray.testing.synth import SynthConfig, synthesize
 
-FAST = AlignConfig(dim=32, epochs=25, round_epochs=4, batch_size=128)
+FAST = AlignConfig(dim=32, epochs=25, round_epochs=4, batch_size=128, match_rounds=0)
 
 
 @pytest.fixture(scope="module")
