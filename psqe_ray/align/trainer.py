@@ -66,7 +66,9 @@ class Aligner:
         smoothing_: ``hops`` appended to the joint vectors and how they were chosen.
         (With ``world`` > 1 these three are rank 0's alone; other ranks hold None / {}.)
         pairs_: (left int64, right int64) the training pairs at the end (seeds + added).
-        added_: pairs added per iterative round; losses_: loss per epoch.
+        added_: pairs added per iterative round; matched_: the one-to-one matches that became
+            the training pairs, per match round (``align.match_rounds``); losses_: loss per
+            epoch.
     """
 
     def __init__(self, config: AlignConfig | None = None, random_state: int = 42,
@@ -146,6 +148,7 @@ class Aligner:
         pairs_r = np.asarray(seed_right, np.int64)
         self.losses_: list[float] = []
         self.added_: list[int] = []
+        self.matched_: list[int] = []
         self.steps_ = 0  # gradient steps taken (the budget the size rule bounds)
         t0 = time.perf_counter()
 
@@ -202,6 +205,7 @@ class Aligner:
             pairs_l, pairs_r = state["pairs"]
             previous = None if state["previous"] is None else set(map(tuple, state["previous"]))
             self.losses_, self.added_, self.steps_ = state["losses"], state["added"], state["steps"]
+            self.matched_ = list(state.get("matched", []))
             at = state["at"]
             log.info("align %s: resumed from %s (epoch %d, round %d)", rec.name, checkpoint.url,
                      len(self.losses_), at["phase"])
@@ -222,6 +226,7 @@ class Aligner:
                 "full_rng": full.rng.bit_generator.state, "pairs": (pairs_l, pairs_r),
                 "previous": None if previous is None else sorted(previous),
                 "losses": list(self.losses_), "added": list(self.added_),
+                "matched": list(self.matched_),
                 "steps": self.steps_, "at": dict(at)})
 
         def train(epochs: int) -> None:
@@ -260,7 +265,7 @@ class Aligner:
                 # a match round: the one-to-one alignment of the vectors so far is the new
                 # pair set (it keeps or drops the seeds like any other pair)
                 pairs_l, pairs_r = self._match_check(model, feats, full, graph, n_left)
-                self.added_.append(len(pairs_l))
+                self.matched_.append(len(pairs_l))
                 log.info("align %s round %d: %d one-to-one matches are the training pairs",
                          rec.name, at["phase"], len(pairs_l))
                 at["checked"] = True

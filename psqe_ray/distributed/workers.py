@@ -101,8 +101,8 @@ def seed_encoder_worker(config: dict) -> None:
     report(len(losses), losses, lambda: {**snap(), "learned": learned, "usage": usage})
 
 
-ALIGNER_RESULT = ("embeddings_", "modality_weights_", "added_", "losses_", "train_seconds_",
-           "structure_", "smoothing_", "steps_")
+ALIGNER_RESULT = ("embeddings_", "modality_weights_", "added_", "matched_", "losses_",
+                  "train_seconds_", "structure_", "smoothing_", "steps_")
 
 
 def aligner_worker(config: dict) -> None:

@@ -232,6 +232,11 @@ def _summary_rows(report: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         else:
             added_text = fmt_int(added)
         yield "seeds used / pairs added", f"{fmt_int(align.get('seeds_used'))} / {added_text}"
+        matched = align.get("match_round_pairs")
+        if isinstance(matched, list) and matched:  # the training pairs, replaced
+            yield "match rounds", (" · ".join(fmt_int(number(x)) for x in matched)
+                                   + ' <span class="sub">one-to-one matches became the training '
+                                   'pairs</span>')
     secs = report.get("seconds")
     if isinstance(secs, Mapping) and secs:
         yield "seconds", " · ".join(f"{esc(k)} {fmt_sec(v)}" for k, v in secs.items())

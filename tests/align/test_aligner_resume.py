@@ -48,7 +48,8 @@ def _kill_at(epoch: int):
 
 
 @pytest.mark.parametrize("recipe", ["pcmea", "meaformer"])
-@pytest.mark.parametrize("kill_at", [3, 8, 11])  # in the first training, in round 1, in round 2
+# in the first training, in round 1, in round 2, in the (default) match round
+@pytest.mark.parametrize("kill_at", [3, 8, 11, 14])
 def test_a_resumed_fit_equals_the_undisturbed_one(inputs, tmp_path, recipe, kill_at):
     feats, graph, n_left, seeds = inputs
     cfg = replace(CFG, recipe=recipe)
@@ -67,6 +68,7 @@ def test_a_resumed_fit_equals_the_undisturbed_one(inputs, tmp_path, recipe, kill
     assert np.array_equal(got.embeddings_[0], ref.embeddings_[0])
     assert np.array_equal(got.embeddings_[1], ref.embeddings_[1])
     assert got.losses_ == ref.losses_ and got.added_ == ref.added_
+    assert got.matched_ == ref.matched_ and len(ref.matched_) == 1
     assert got.steps_ == ref.steps_
     assert all(np.array_equal(a, b) for a, b in zip(got.pairs_, ref.pairs_))
 

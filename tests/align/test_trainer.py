@@ -265,10 +265,12 @@ def test_a_match_round_trains_on_the_one_to_one_matches(inputs):
     seeds = _seeds(gold, share=0.2)
     a = Aligner(replace(FAST, recipe="eva", rounds=1, match_rounds=1), 1).fit(
         feats, graph, n_left, *seeds)
-    assert len(a.added_) == 2 and a.added_[1] == len(a.pairs_[0])
+    assert len(a.added_) == 1 and a.matched_ == [len(a.pairs_[0])]
     pl, pr = a.pairs_
     assert len(set(pl.tolist())) == len(pl) and len(set(pr.tolist())) == len(pr)
     assert len(pl) > len(seeds[0]) + a.added_[0]  # the matches cover more than seeds + MNN
+    assert Aligner(replace(FAST, recipe="eva", rounds=1), 1).fit(
+        feats, graph, n_left, *seeds).matched_ == []  # match_rounds=0 (FAST)
     gold_set = set(zip(gold[0].tolist(), gold[1].tolist()))
     assert sum(p in gold_set for p in zip(pl.tolist(), pr.tolist())) > 0.2 * len(pl)  # chance: < 1 %
 

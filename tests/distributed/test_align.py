@@ -51,6 +51,7 @@ def test_ray_train_aligner_equals_inprocess(pair_and_seeds, tmp_path, ray_local,
         lines
     assert on_ray["engine"] == "ray" and on_ray["train_workers"] == 1
     assert on_ray["pairs_added"] == local["pairs_added"]
+    assert on_ray["match_round_pairs"] == local["match_round_pairs"]
     assert on_ray["variants"] == local["variants"]
     a = pq.read_table(tmp_path / "local" / "alignment.parquet")
     b = pq.read_table(tmp_path / "ray" / "alignment.parquet")

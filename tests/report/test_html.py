@@ -88,6 +88,7 @@ FULL = {
     },
     "align": {"recipe": "meaformer", "hits@1": 0.81, "hits@10": 0.93, "mrr": 0.86,
               "seconds_total": 80.2, "seeds_used": 5340, "pairs_added": 1200,
+              "match_round_pairs": [17926],
               "variants": {"l2r/plain/all": metrics(0.8, 0.9, 0.85),
                            "l2r/csls/test": metrics(0.4, 0.6, 0.5),
                            "r2l/plain/all": metrics(0.7, 0.88, 0.8)}},
@@ -124,7 +125,7 @@ def test_headline_numbers_are_formatted() -> None:
     for expected in ("Hits@1 0.810", "Hits@10 0.930", "MRR 0.860", "5,340", "precision 0.854",
                      "recall 0.304", "19,661 left", "19,993 right", "15,000", "seeds 104.6 s",
                      "total 190.1 s", "meaformer", "name, image", "mean 0.590",
-                     "s3://bucket/DBP15K/zh_en"):
+                     "s3://bucket/DBP15K/zh_en", "match rounds17,926"):
         assert expected in text, expected
 
 
