@@ -205,13 +205,12 @@ def _exact_variants(left, right, gl, gr, test, csls_k, hits, searcher) -> dict:
     for name, (lv, rv, li, ri) in {"all": (left, right, gl, gr),
                                    "test": (left[gl[test]], right[gr[test]], local, local)
                                    }.items():
-        pen_l = csls_penalty(lv, rv, csls_k, searcher) if csls_k > 0 else None
-        pen_r = csls_penalty(rv, lv, csls_k, searcher) if csls_k > 0 else None
+        csls = csls_k > 0 and len(li) > 0  # no gold pair: nothing to rank, nothing to search
+        pen_l = csls_penalty(lv, rv, csls_k, searcher) if csls else None
+        pen_r = csls_penalty(rv, lv, csls_k, searcher) if csls else None
         for direction, (q, c, qi, ti, pq, pc) in {"l2r": (lv, rv, li, ri, pen_l, pen_r),
                                                   "r2l": (rv, lv, ri, li, pen_r, pen_l)}.items():
-            pens = [None] + ([(pq[qi], pc)] if csls_k > 0 else [])
-            ranks = _exact_ranks(q, c, qi, ti, pens) if len(qi) else \
-                [np.zeros(0, np.int64)] * len(pens)
+            ranks = _exact_ranks(q, c, qi, ti, [None] + ([(pq[qi], pc)] if csls else []))
             variants[f"{direction}/plain/{name}"] = _summary(ranks[0], hits)
             variants[f"{direction}/csls/{name}"] = _summary(ranks[-1], hits)
     return variants
@@ -256,12 +255,8 @@ def alignment_metrics(left: np.ndarray, right: np.ndarray, gold_left: np.ndarray
             right = np.ascontiguousarray(right, np.float32)
         variants = _approximate_variants(left, right, gl, gr, test, csls_k, hits, searcher,
                                          vectors)
-    if not variants and len(gl):
+    if not variants:
         variants = _exact_variants(left, right, gl, gr, test, csls_k, hits, searcher)
-    elif not variants:
-        variants = {f"{direction}/{scoring}/{name}": _summary(np.zeros(0, np.int64), hits)
-                    for direction in ("l2r", "r2l") for scoring in ("plain", "csls")
-                    for name in ("all", "test")}
     head = variants["l2r/plain/all"]
     return {**{f"hits@{k}": head[f"hits@{k}"] for k in hits}, "mrr": head["mrr"],
             "csls_k": csls_k, "split_seed": split_seed,
