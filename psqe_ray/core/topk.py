@@ -130,6 +130,27 @@ def _resolve_backend(backend: str) -> str:
     return backend
 
 
+def _descending_key(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """uint64 sort keys ordering (row asc, score desc) like ``lexsort((-scores, rows))``:
+    the row in the high 32 bits, the float32 score's bits mapped to an order-reversing uint32
+    in the low ones (``-0.0`` and ``+0.0`` get one key, as they compare equal)."""
+    bits = (scores.astype(np.float32) + np.float32(0.0)).view(np.uint32)
+    ascending = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))
+    return (rows.astype(np.uint64) << np.uint64(32)) | (~ascending).astype(np.uint64)
+
+
+def _order(rows: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The permutation ``np.lexsort((ids, -scores, rows))``: one sort of a combined key, and
+    a second (by id first) only when some row holds equal scores."""
+    key = _descending_key(rows, scores)
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    if np.any(ordered[1:] == ordered[:-1]):  # ties: order by id first, then stably by key
+        by_id = np.argsort(ids, kind="stable")
+        order = by_id[np.argsort(key[by_id], kind="stable")]
+    return order
+
+
 def _topk_from_flat(rows: np.ndarray, scores: np.ndarray, ids: np.ndarray, n: int, k: int,
                     dedupe: bool = False) -> TopK:
     """Per-row top-k of a flat candidate list, ordered by (score desc, id asc).
@@ -141,14 +162,14 @@ def _topk_from_flat(rows: np.ndarray, scores: np.ndarray, ids: np.ndarray, n: in
     out_s, out_i = empty_topk(n, k)
     if rows.size == 0 or k == 0:
         return out_s, out_i
-    if dedupe:
-        order = np.lexsort((-scores, ids, rows))
-        rows, scores, ids = rows[order], scores[order], ids[order]
-        first = np.ones(rows.size, bool)
-        first[1:] = (rows[1:] != rows[:-1]) | (ids[1:] != ids[:-1])
-        rows, scores, ids = rows[first], scores[first], ids[first]
-    order = np.lexsort((ids, -scores, rows))
+    order = _order(rows, scores, ids)
     rows, scores, ids = rows[order], scores[order], ids[order]
+    if dedupe:  # an id's first entry in its row is its best: drop the later ones
+        pair = np.lexsort((ids, rows))
+        later = np.zeros(rows.size, bool)
+        later[pair[1:]] = (rows[pair[1:]] == rows[pair[:-1]]) & (ids[pair[1:]] == ids[pair[:-1]])
+        if later.any():
+            rows, scores, ids = rows[~later], scores[~later], ids[~later]
     starts = np.searchsorted(rows, np.arange(n, dtype=rows.dtype))
     rank = np.arange(rows.size) - starts[rows]
     keep = rank < k
@@ -202,12 +223,29 @@ def merge_topk(a: TopK, b: TopK, k: int) -> TopK:
         if n is not None and s.shape[0] != n:
             raise ValueError(f"a has {n} query rows, b has {s.shape[0]}")
         n = s.shape[0]
-        r, c = np.nonzero(i >= 0)
-        parts.append((r, s[r, c], i[r, c]))
-    rows = np.concatenate([p[0] for p in parts])
-    scores = np.concatenate([p[1] for p in parts])
-    ids = np.concatenate([p[2] for p in parts])
-    return _topk_from_flat(rows, scores, ids, n, k, dedupe=True)
+        parts.append((s, i))
+    s = np.concatenate([p[0] for p in parts], axis=1)
+    i = np.concatenate([p[1] for p in parts], axis=1)
+    pad = i < 0
+    real = np.where(pad, -1, i)
+    if k == 0 or n == 0 or not (~pad).any():
+        return empty_topk(n, k)
+    by_id = np.sort(real, axis=1)
+    if i.max() >= 1 << 32 or np.any((by_id[:, 1:] == by_id[:, :-1]) & (by_id[:, 1:] >= 0)):
+        # an id twice in a row (or ids past 32 bits): the flat path, which dedupes
+        r, c = np.nonzero(~pad)
+        return _topk_from_flat(r, s[r, c], i[r, c], n, k, dedupe=True)
+    # one sort per row of a 64-bit key: (score desc, id asc), padding last
+    key = _descending_key(np.zeros_like(s, np.uint32), s) << np.uint64(32)
+    key |= real.astype(np.uint64)
+    key[pad] = np.iinfo(np.uint64).max
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
+    out_s, out_i = empty_topk(n, k)
+    w = order.shape[1]
+    taken = np.take_along_axis(pad, order, axis=1)
+    out_s[:, :w] = np.where(taken, -np.inf, np.take_along_axis(s, order, axis=1))
+    out_i[:, :w] = np.where(taken, -1, np.take_along_axis(i, order, axis=1))
+    return out_s, out_i
 
 
 def _round_down_f32(x: np.ndarray) -> np.ndarray:

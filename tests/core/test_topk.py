@@ -173,6 +173,44 @@ def test_merge_is_idempotent_and_pads():
         merge_topk(a, (np.zeros((2, 2), np.float32), np.zeros((2, 2), np.int64)), 3)
 
 
+def reference_merge(a, b, k):
+    """Row by row in plain Python: the union with an id's best score, (score desc, id asc)."""
+    n = a[0].shape[0]
+    out = empty_topk(n, k)
+    for r in range(n):
+        best = {}
+        for s, i in (a, b):
+            for score, idx in zip(s[r].tolist(), i[r].tolist()):
+                if idx >= 0 and (idx not in best or score > best[idx]):
+                    best[idx] = score
+        ranked = sorted(best.items(), key=lambda t: (-t[1], t[0]))[:k]
+        for c, (idx, score) in enumerate(ranked):
+            out[0][r, c], out[1][r, c] = score, idx
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_merge_matches_a_plain_reference(seed):
+    """Ties, an id in both inputs with different scores, padding, real -inf scores, -0.0 and
+    ids past 32 bits: the fast paths of merge_topk agree with the definition."""
+    rng = np.random.default_rng(seed)
+    n, ka, kb = 40, int(rng.integers(1, 8)), int(rng.integers(1, 8))
+    span = [10, 10 ** 6, 2 ** 40][seed % 3]
+
+    def side(width):
+        s = np.round(rng.standard_normal((n, width)), 1).astype(np.float32)
+        s[rng.random((n, width)) < 0.05] = -0.0
+        s[rng.random((n, width)) < 0.03] = -np.inf
+        i = rng.integers(0, span, (n, width))
+        i[rng.random((n, width)) < 0.1] = -1
+        s[i < 0] = -np.inf
+        return s, i
+
+    a, b = side(ka), side(kb)
+    for k in (0, 1, 3, ka + kb, ka + kb + 2):
+        assert_same(merge_topk(a, b, k), reference_merge(a, b, k))
+
+
 def test_canonical_scores_do_not_depend_on_batch():
     rng = np.random.default_rng(8)
     query = rng.standard_normal((50, 300)).astype(np.float32)
