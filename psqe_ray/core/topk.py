@@ -5,8 +5,9 @@ Used wherever PSQE searches one graph's vectors against the other's: Stage II gl
 top-1 search of each seed's left vector among the seeds' right vectors) and Stage III's recheck
 (4.3).  Nothing here ever holds an ``n x m`` similarity matrix: queries and base vectors are cut
 into blocks of at most ``block`` rows, each ``block x block`` score tile is reduced to a few
-candidates per query row at once, and a running top-k per row is kept (memory
-``O(n * k + block**2 + block * d)``).
+float32 candidates per query row at once, and a query block's candidates are cut once more and
+rescored when it has met every base block (memory ``O(n * k + block * k * m / block + block**2
++ block * d)``).
 
 The result is a *function of the inputs only*:
 
@@ -19,22 +20,28 @@ numpy unrolls it by 8 "without changing summation ordering" under any SIMD targe
 depend on how many rows are reduced together), and ``fl32`` rounds to the nearest float32
 (``-0.0`` is normalised to ``+0.0``).  Fast float32 kernels (BLAS ``sgemm`` for "numpy",
 ``IndexFlatIP`` for "faiss") only *shortlist* candidates; their rounding differs between
-backends, block shapes, thread counts and machines, so they never decide the final order.  The
-shortlist of query row i in one base block keeps every candidate whose fast score ``a`` satisfies
+backends, block shapes, thread counts and machines, so they never decide the final order.
 
-    a >= max(a_(k) - 2 E_i,  R_i - E_i),     E_i = (d + 2) 2^-23 ||q_i|| max_j ||b_j|| + tiny
+Each query block meets every base block in float32 first.  In one base block, query row i keeps
+every candidate whose fast score ``a`` satisfies
 
-where ``a_(k)`` is (a lower bound on) the block's k-th largest fast score, ``R_i`` the k-th
-canonical score already held for row i, and ``E_i`` twice the worst-case gap ``|a - c|`` (the
-float32 dot-product error bound ``gamma_d sum|q_t b_t|`` plus the canonical rounding, with
-Cauchy-Schwarz).  A dropped candidate's canonical score (``< a + E_i/2``) is below that of k
-candidates that are kept or already held, so it cannot be in the exact top-k; the shortlist is
-rescored canonically and the exact top-k taken from it.  Hence output is bit-identical across
-``block`` sizes, backends and any split of the base into shards merged with :func:`merge_topk` in
-any order.
+    a >= max(a_(k), A_i) - 2 E_i,     E_i = (d + 2) 2^-23 ||q_i|| max_j ||b_j|| + tiny
 
-Costs that are not arithmetic: the shortlist is about ``k`` per row and block (more only when many
-fast scores lie within ``2 E_i`` of the k-th, e.g. exact ties).  All-zero query rows are answered
+where ``a_(k)`` is (a lower bound on) the block's k-th largest fast score, ``A_i`` the largest
+such bound of the blocks before (each one bounds the k-th fast score over the whole base from
+below), the max runs over the whole base, and ``E_i`` is twice the worst-case gap ``|a - c|``
+(the float32 dot-product error bound ``gamma_d sum|q_t b_t|`` plus the canonical rounding, with
+Cauchy-Schwarz).  When every block is done, the whole base's k-th largest fast score ``K_i`` is
+among the candidates (each of the base's k best is among its own block's k best), and the
+candidates below ``K_i - 2 E_i`` are dropped as well.  A dropped candidate's canonical score
+(``< a + E_i/2``) is below that of k others (each ``> K_i - E_i/2``), so it cannot be in the
+exact top-k; only the survivors, about k per row, are rescored canonically and the exact top-k
+taken from them.  Hence output is bit-identical across ``block`` sizes, backends and any split
+of the base into shards merged with :func:`merge_topk` in any order.
+
+Costs that are not arithmetic: the float32 candidates are about ``k`` per row and block, the
+rescored ones about ``k`` per row (more only when many fast scores lie within ``2 E_i`` of the
+k-th, e.g. exact ties).  All-zero query rows are answered
 without search (every score is exactly 0, so the k smallest ids win) and all-zero base rows after
 the first ``k`` are skipped (they tie at 0 with smaller-id zero rows), so missing-modality zero
 vectors do not blow up the shortlist.  Many *identical non-zero* base vectors tied at a row's k-th
@@ -186,18 +193,6 @@ def topk_from_candidates(rows: np.ndarray, scores: np.ndarray, ids: np.ndarray, 
                            np.asarray(ids, np.int64), n, k, dedupe=True)
 
 
-def _merge_later_ids(held: TopK, new: TopK, k: int) -> TopK:
-    """Top-k of two sorted (n, k) results when every real id in ``new`` exceeds those in ``held``.
-
-    Base blocks are visited in ascending order, so a stable sort on score alone, held entries
-    first, already breaks ties by smaller id; padding (-inf) sorts after every real score.
-    """
-    s = np.concatenate([held[0], new[0]], axis=1)
-    i = np.concatenate([held[1], new[1]], axis=1)
-    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
-
-
 def merge_topk(a: TopK, b: TopK, k: int) -> TopK:
     """Merge two partial results for the same query rows into their joint top-k.
 
@@ -256,18 +251,20 @@ def _round_down_f32(x: np.ndarray) -> np.ndarray:
     return y
 
 
-def _thresholds(kth: np.ndarray, running_kth: np.ndarray, err: np.ndarray) -> np.ndarray:
-    """Shortlist cut per row (see module docstring): max(a_(k) - 2E, R - E), as float32."""
-    cut = np.maximum(kth.astype(np.float64) - 2.0 * err, running_kth.astype(np.float64) - err)
+def _thresholds(kth: np.ndarray, floor: np.ndarray, err: np.ndarray) -> np.ndarray:
+    """Shortlist cut per row (see module docstring): max(a_(k), A) - 2E, as float32."""
+    cut = np.maximum(kth.astype(np.float64), floor.astype(np.float64)) - 2.0 * err
     return _round_down_f32(cut)
 
 
-def _shortlist_numpy(qb: np.ndarray, bb: np.ndarray, k: int, running_kth: np.ndarray,
-                     err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _shortlist_numpy(qb: np.ndarray, bb: np.ndarray, k: int, floor: np.ndarray,
+                     err: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Candidates of one (query block, base block) tile from a float32 BLAS product.
 
-    qb (bq, d) float32, bb (bn, d) float32, running_kth (bq,) float32, err (bq,) float64 ->
-    (rows, cols) int64 local indices of every pair that may be in the exact top-k.
+    qb (bq, d) float32, bb (bn, d) float32, floor (bq,) float32 (a lower bound on each row's
+    k-th fast score over the whole base), err (bq,) float64 -> rows, cols (int64 local
+    indices of every pair that may be in the exact top-k), their fast scores (float32) and a
+    lower bound on each row's k-th largest fast score in this block (bq,) float32.
 
     Instead of partitioning the whole tile, its columns are dealt into G groups (column
     ``t * G + g`` goes to group g); the k-th largest group maximum is a lower bound on a_(k)
@@ -278,18 +275,19 @@ def _shortlist_numpy(qb: np.ndarray, bb: np.ndarray, k: int, running_kth: np.nda
     bq, bn = qb.shape[0], bb.shape[0]
     s = qb @ bb.T
     if bn <= k:
-        cut = _thresholds(np.full(bq, -np.inf, np.float32), running_kth, err)
-        return np.nonzero(s >= cut[:, None])
+        kth = np.full(bq, -np.inf, np.float32)
+        rows, cols = np.nonzero(s >= _thresholds(kth, floor, err)[:, None])
+        return rows, cols, s[rows, cols], kth
     w = min(64, bn // (4 * k))
     if w <= 1:
         kth = np.partition(s, bn - k, axis=1)[:, bn - k]
-        cut = _thresholds(kth, running_kth, err)
-        return np.nonzero(s >= cut[:, None])
+        rows, cols = np.nonzero(s >= _thresholds(kth, floor, err)[:, None])
+        return rows, cols, s[rows, cols], kth
     groups = bn // w
     dealt = s[:, :groups * w].reshape(bq, w, groups)
     gmax = dealt.max(axis=1)
     kth = np.partition(gmax, groups - k, axis=1)[:, groups - k]
-    cut = _thresholds(kth, running_kth, err)
+    cut = _thresholds(kth, floor, err)
     r, g = np.nonzero(gmax >= cut[:, None])
     pi, ti = np.nonzero(dealt[r, :, g] >= cut[r][:, None])
     rows, cols = r[pi], ti * groups + g[pi]
@@ -297,31 +295,47 @@ def _shortlist_numpy(qb: np.ndarray, bb: np.ndarray, k: int, running_kth: np.nda
         tr, tc = np.nonzero(s[:, groups * w:] >= cut[:, None])
         rows = np.concatenate([rows, tr])
         cols = np.concatenate([cols, tc + groups * w])
-    return rows, cols
+    return rows, cols, s[rows, cols], kth
 
 
-def _shortlist_faiss(index, qb: np.ndarray, bn: int, k: int, running_kth: np.ndarray,
-                     err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _shortlist_faiss(index, qb: np.ndarray, bn: int, k: int, floor: np.ndarray,
+                     err: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Same contract as :func:`_shortlist_numpy`, from ``IndexFlatIP`` searches.
 
     faiss returns the kk best fast scores; that list contains every candidate above the cut
     only if its last score is already below the cut (or it holds the whole block), so rows
     failing that test are searched again with 4x kk.
     """
-    rows_out, cols_out = [], []
+    rows_out, cols_out, fast_out = [], [], []
     pending = np.arange(qb.shape[0])
     kk = min(bn, k + _FAISS_SLACK)
+    block_kth = None
     while pending.size:
         dist, lab = index.search(qb[pending], kk)
         kth = dist[:, k - 1] if kk >= k else np.full(pending.size, -np.inf, np.float32)
-        cut = _thresholds(kth, running_kth[pending], err[pending])
+        if block_kth is None:
+            block_kth = kth.astype(np.float32)
+        cut = _thresholds(kth, floor[pending], err[pending])
         done = (kk == bn) | (dist[:, kk - 1] < cut)
         r, c = np.nonzero((dist >= cut[:, None]) & (lab >= 0) & done[:, None])
         rows_out.append(pending[r])
         cols_out.append(lab[r, c])
+        fast_out.append(dist[r, c])
         pending = pending[~done]
         kk = min(bn, kk * 4)
-    return np.concatenate(rows_out), np.concatenate(cols_out)
+    return (np.concatenate(rows_out), np.concatenate(cols_out),
+            np.concatenate(fast_out).astype(np.float32), block_kth)
+
+
+def _kth_per_row(rows: np.ndarray, fast: np.ndarray, n: int, k: int) -> np.ndarray:
+    """(n,) float32: each row's k-th largest value of ``fast`` (-inf when it has fewer)."""
+    out = np.full(n, -np.inf, np.float32)
+    order = np.argsort(_descending_key(rows, fast), kind="stable")
+    r = rows[order]
+    starts = np.searchsorted(r, np.arange(n, dtype=r.dtype))
+    at = np.flatnonzero(np.arange(r.size) - starts[r] == k - 1)
+    out[r[at]] = fast[order[at]]
+    return out
 
 
 def topk_search(query: np.ndarray, base: np.ndarray, k: int, *, block: int = 4096,
@@ -388,30 +402,34 @@ def topk_search(query: np.ndarray, base: np.ndarray, k: int, *, block: int = 409
     tiny = 4.0 * (d + 1) * float(np.finfo(np.float32).tiny)
     all_live = live_q.size == n
 
-    for b0 in range(0, m, block):
-        b1 = min(m, b0 + block)
-        cols_global = b0 + np.flatnonzero(usable[b0:b1])
-        if cols_global.size == 0:
-            continue
-        bb = base[b0:b1] if cols_global.size == b1 - b0 else base[cols_global]
-        err_scale = g * float(bnorm[cols_global].max())
-        index = None
-        if backend == "faiss":
-            index = faiss.IndexFlatIP(d)
-            index.add(bb)
-        for q0 in range(0, live_q.size, block):
-            qrows = live_q[q0:q0 + block]
-            qb = query[q0:q0 + block] if all_live else query[qrows]
-            err = err_scale * qnorm[qrows] + tiny
-            running_s, running_i = scores[qrows], ids[qrows]
-            running_kth = running_s[:, k - 1]
-            if index is None:
-                r, c = _shortlist_numpy(qb, bb, k, running_kth, err)
+    # E's base factor over the whole base, so one bound serves every block (module docstring)
+    err_scale = g * float(bnorm[usable].max())
+    for q0 in range(0, live_q.size, block):
+        qrows = live_q[q0:q0 + block]
+        qb = query[q0:q0 + block] if all_live else query[qrows]
+        err = err_scale * qnorm[qrows] + tiny
+        floor = np.full(qrows.size, -np.inf, np.float32)
+        parts = []
+        for b0 in range(0, m, block):
+            b1 = min(m, b0 + block)
+            cols_global = b0 + np.flatnonzero(usable[b0:b1])
+            if cols_global.size == 0:
+                continue
+            bb = base[b0:b1] if cols_global.size == b1 - b0 else base[cols_global]
+            if backend == "faiss":
+                index = faiss.IndexFlatIP(d)
+                index.add(bb)
+                r, c, a, kth = _shortlist_faiss(index, qb, bb.shape[0], k, floor, err)
+                del index
             else:
-                r, c = _shortlist_faiss(index, qb, bb.shape[0], k, running_kth, err)
-            c = cols_global[c]
-            new = _topk_from_flat(r, canonical_scores(query, base, qrows[r], c),
-                                  c + base_offset, qrows.size, k)
-            scores[qrows], ids[qrows] = _merge_later_ids((running_s, running_i), new, k)
-        del index
+                r, c, a, kth = _shortlist_numpy(qb, bb, k, floor, err)
+            parts.append((r, cols_global[c], a))
+            floor = np.maximum(floor, kth)  # a block's k-th bounds the whole base's k-th
+        r, c, a = (np.concatenate(x) for x in zip(*parts))
+        # the k-th largest fast score over the whole base is among the candidates: one last
+        # cut, then only what survives it is rescored
+        keep = a >= _thresholds(_kth_per_row(r, a, qrows.size, k), floor, err)[r]
+        r, c = r[keep], c[keep]
+        scores[qrows], ids[qrows] = _topk_from_flat(
+            r, canonical_scores(query, base, qrows[r], c), c + base_offset, qrows.size, k)
     return scores, ids
