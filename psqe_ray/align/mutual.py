@@ -29,16 +29,16 @@ def mutual_nearest(left: np.ndarray, right: np.ndarray, free_left: np.ndarray,
     entities of the other graph (inner products; ties to the smaller id), found by the search
     layer (``searcher``; approximate above its exact threshold).  int64 (P,) each.
 
-    Only the right entities some free left entity points to can be in a pair, so the way back
-    is searched for those alone (each query's answer does not depend on the others asked)."""
+    Both ways come from one search (:meth:`Searcher.topk_both`: one pass over the score tiles
+    when the search is exact; each query's answer does not depend on the others asked)."""
     fl, fr = np.flatnonzero(free_left), np.flatnonzero(free_right)
     if len(fl) == 0 or len(fr) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     searcher = searcher or Searcher()
-    l2r = _nearest(searcher, left[fl], right[fr], fr)
-    hit = np.unique(l2r[l2r >= 0])
+    lr, rl = searcher.topk_both(left[fl], right[fr], 1)
+    l2r = np.where(lr[1][:, 0] >= 0, fr[np.maximum(lr[1][:, 0], 0)], -1)
     back = np.full(len(free_right), -1, np.int64)
-    back[hit] = _nearest(searcher, right[hit], left[fl], fl)
+    back[fr] = np.where(rl[1][:, 0] >= 0, fl[np.maximum(rl[1][:, 0], 0)], -1)
     keep = (l2r >= 0) & (back[np.maximum(l2r, 0)] == fl)
     return fl[keep], l2r[keep]
 

@@ -335,8 +335,7 @@ class Aligner:
         joint, _ = model.joint_all(feats, full)
         x, _ = self._smooth(joint, graph, n_left)
         left, right = x[:n_left], x[n_left:]
-        _, m = assign(self.searcher.topk(left, right, cfg.match_k),
-                      self.searcher.topk(right, left, cfg.match_k), cfg)
+        _, m = assign(*self.searcher.topk_both(left, right, cfg.match_k), cfg)
         order = np.argsort(m.left, kind="stable")
         return m.left[order].astype(np.int64), m.right[order].astype(np.int64)
 

@@ -206,8 +206,10 @@ def _exact_variants(left, right, gl, gr, test, csls_k, hits, searcher) -> dict:
                                    "test": (left[gl[test]], right[gr[test]], local, local)
                                    }.items():
         csls = csls_k > 0 and len(li) > 0  # no gold pair: nothing to rank, nothing to search
-        pen_l = csls_penalty(lv, rv, csls_k, searcher) if csls else None
-        pen_r = csls_penalty(rv, lv, csls_k, searcher) if csls else None
+        pen_l = pen_r = None
+        if csls:  # both ways from one search
+            lr, rl = searcher.topk_both(lv, rv, csls_k)
+            pen_l, pen_r = (s.astype(np.float64).mean(axis=1) for s, _ in (lr, rl))
         for direction, (q, c, qi, ti, pq, pc) in {"l2r": (lv, rv, li, ri, pen_l, pen_r),
                                                   "r2l": (rv, lv, ri, li, pen_r, pen_l)}.items():
             ranks = _exact_ranks(q, c, qi, ti, [None] + ([(pq[qi], pc)] if csls else []))

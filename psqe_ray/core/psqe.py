@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 _FILLED = {"name"}  # besides precomputed feature tables; bags stay zero when absent
 # the global top-k's progress labels (shards done; left->right, right->left), both engines
-TOPK_LABELS = ("stage2-global top-k left->right", "stage2-global top-k right->left")
+TOPK_LABELS = ("stage2-global top-k left->right", "stage2-global top-k right->left",
+               "stage2-global top-k both ways")
 
 
 @dataclass
@@ -335,8 +336,7 @@ class SeedGenerator:
 
     def _global_topk(self, learned_l, learned_r, k: int):
         """(left -> right top-k, right -> left top-k) over the whole graphs."""
-        return (self.searcher.topk(learned_l, learned_r, k, progress=TOPK_LABELS[0]),
-                self.searcher.topk(learned_r, learned_l, k, progress=TOPK_LABELS[1]))
+        return self.searcher.topk_both(learned_l, learned_r, k, progress=TOPK_LABELS[2])
 
     def _mic_keep(self, vec_l: np.ndarray, vec_r: np.ndarray) -> np.ndarray:
         return mic_keep(vec_l, vec_r, self.searcher)

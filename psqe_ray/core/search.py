@@ -57,7 +57,7 @@ import numpy as np
 
 from psqe_ray.core.progress import Progress
 from psqe_ray.core.topk import (TopK, canonical_scores, empty_topk, merge_topk,
-                                topk_from_candidates, topk_search)
+                                topk_from_candidates, topk_search, topk_search_both)
 
 __all__ = ["INDEXES", "SCAN_ROWS", "SearchPlan", "Searcher", "ShardIndex"]
 
@@ -188,6 +188,31 @@ class Searcher:
             if shown is not None:
                 shown.add(1)
         return merged
+
+    def topk_both(self, left: np.ndarray, right: np.ndarray, k: int, *,
+                  progress: str | None = None) -> tuple[TopK, TopK]:
+        """``(self.topk(left, right, k), self.topk(right, left, k))``, the same bits; when
+        both plans are exact, from one pass over the score tiles
+        (:func:`~psqe_ray.core.topk.topk_search_both`: the arithmetic once, not twice)."""
+        if not (self.is_exact(len(left)) and self.is_exact(len(right))):
+            return (self.topk(left, right, k, progress=progress),
+                    self.topk(right, left, k, progress=progress))
+        shown = [None]
+
+        def on_block(done: int, total: int) -> None:
+            if progress is None:
+                return
+            if shown[0] is None:
+                shown[0] = Progress(progress, total, "blocks")
+            shown[0].add(done - shown[0].done)
+
+        k_lr, k_rl = int(min(k, len(right))), int(min(k, len(left)))
+        if k_lr != k_rl:  # one side has fewer than k rows: the two widths differ
+            return (self.topk(left, right, k, progress=progress),
+                    self.topk(right, left, k, progress=progress))
+        return topk_search_both(np.ascontiguousarray(left, np.float32),
+                                np.ascontiguousarray(right, np.float32), k_lr,
+                                on_block=on_block)
 
 
 def _bounds(rows: int, n: int) -> tuple[tuple[int, int], ...]:

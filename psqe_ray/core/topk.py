@@ -55,6 +55,8 @@ other jobs on the two cores, about twice that.  Canonical rescoring is ~15 % of 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 try:  # faiss is optional (the "cpu"/"gpu" extras); "auto" falls back to numpy without it
@@ -63,7 +65,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     faiss = None
 
 __all__ = ["BACKENDS", "canonical_scores", "empty_topk", "merge_topk", "topk_from_candidates",
-           "topk_search"]
+           "topk_search", "topk_search_both"]
 
 BACKENDS = ("auto", "numpy", "faiss")
 TopK = tuple[np.ndarray, np.ndarray]
@@ -272,8 +274,13 @@ def _shortlist_numpy(qb: np.ndarray, bb: np.ndarray, k: int, floor: np.ndarray,
     are looked into.  Strided groups make the group maximum an elementwise ``maximum`` of w
     contiguous column slices, several times faster than reducing short contiguous runs.
     """
-    bq, bn = qb.shape[0], bb.shape[0]
-    s = qb @ bb.T
+    return _shortlist_tile(qb @ bb.T, k, floor, err)
+
+
+def _shortlist_tile(s: np.ndarray, k: int, floor: np.ndarray, err: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_shortlist_numpy` of a score tile already computed: s (bq, bn) float32."""
+    bq, bn = s.shape
     if bn <= k:
         kth = np.full(bq, -np.inf, np.float32)
         rows, cols = np.nonzero(s >= _thresholds(kth, floor, err)[:, None])
@@ -296,6 +303,37 @@ def _shortlist_numpy(qb: np.ndarray, bb: np.ndarray, k: int, floor: np.ndarray,
         rows = np.concatenate([rows, tr])
         cols = np.concatenate([cols, tc + groups * w])
     return rows, cols, s[rows, cols], kth
+
+
+def _shortlist_columns(s: np.ndarray, k: int, floor: np.ndarray, err: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_shortlist_tile` of ``s.T`` without transposing the tile (a transpose costs as
+    much as the product): the candidates of each column of s (bq, bn) as (column, row, fast
+    score), and a lower bound on each column's k-th largest value (bn,).  The rows are dealt
+    into strided groups, as the columns are there; the group maxima are reductions over the
+    leading axis, which run along contiguous rows."""
+    bq, bn = s.shape
+    w = min(64, bq // (4 * k))
+    if bq <= k or w <= 1:
+        kth = np.full(bn, -np.inf, np.float32) if bq <= k else \
+            np.partition(s, bq - k, axis=0)[bq - k]
+        rows, cols = np.nonzero(s >= _thresholds(kth, floor, err)[None, :])
+        return cols, rows, s[rows, cols], kth
+    groups = bq // w
+    dealt = s[:groups * w].reshape(w, groups, bn)  # row t * groups + g is dealt[t, g]
+    gmax = dealt.max(axis=0)
+    # the k-th largest group maximum bounds the column's k-th value from below (the rows
+    # left over after the groups are compared with the cut one by one)
+    kth = np.partition(gmax, groups - k, axis=0)[groups - k]
+    cut = _thresholds(kth, floor, err)
+    g, c = np.nonzero(gmax >= cut[None, :])
+    ti, pi = np.nonzero(dealt[:, g, c] >= cut[c][None, :])
+    rows, cols = ti * groups + g[pi], c[pi]
+    if groups * w < bq:
+        tr, tc = np.nonzero(s[groups * w:] >= cut[None, :])
+        rows = np.concatenate([rows, tr + groups * w])
+        cols = np.concatenate([cols, tc])
+    return cols, rows, s[rows, cols], kth
 
 
 def _shortlist_faiss(index, qb: np.ndarray, bn: int, k: int, floor: np.ndarray,
@@ -336,6 +374,87 @@ def _kth_per_row(rows: np.ndarray, fast: np.ndarray, n: int, k: int) -> np.ndarr
     at = np.flatnonzero(np.arange(r.size) - starts[r] == k - 1)
     out[r[at]] = fast[order[at]]
     return out
+
+
+def _finish(query: np.ndarray, base: np.ndarray, qrows: np.ndarray, parts: list, floor,
+            err, k: int, base_offset: int = 0) -> TopK:
+    """The exact top-k of the query rows ``qrows`` from their float32 candidates ``parts``
+    ((local rows, base cols, fast scores) from every base block): the k-th largest fast score
+    over the whole base is among them, so one last cut, then only the survivors are
+    rescored canonically."""
+    r, c, a = (np.concatenate(x) for x in zip(*parts))
+    keep = a >= _thresholds(_kth_per_row(r, a, qrows.size, k), floor, err)[r]
+    r, c = r[keep], c[keep]
+    return _topk_from_flat(r, canonical_scores(query, base, qrows[r], c), c + base_offset,
+                           qrows.size, k)
+
+
+# topk_search_both keeps every right row's float32 candidates until the end: above this many
+# (about 20 bytes each) it runs two searches instead
+_BOTH_MAX_CANDIDATES = 1 << 24
+
+
+def topk_search_both(left: np.ndarray, right: np.ndarray, k: int, *, block: int = 4096,
+                     on_block: Callable[[int, int], None] | None = None) -> tuple[TopK, TopK]:
+    """``(topk_search(left, right, k), topk_search(right, left, k))``, the same bits, from one
+    pass over the score tiles: each float32 tile ``left_block @ right_block.T`` is shortlisted
+    by rows for the left queries and by columns for the right ones, so the arithmetic is paid
+    once instead of twice (mutual nearest neighbours, CSLS penalties, the candidate graph of
+    the one-to-one assignment all ask both ways).  The right rows' float32 candidates are
+    kept until every left block is done (``O(m * k * n / block)``): when that would pass
+    :data:`_BOTH_MAX_CANDIDATES`, or a side holds an all-zero row (answered without search in
+    :func:`topk_search`), it runs the two searches.  ``on_block(done, total)`` after each
+    left block."""
+    left = _as_matrix(left, "left")
+    right = _as_matrix(right, "right")
+    k, block = int(k), int(block)
+    if left.shape[1] != right.shape[1]:
+        raise ValueError(f"query has d={left.shape[1]}, base has d={right.shape[1]}")
+    if k < 0 or block < 1:
+        raise ValueError(f"need k >= 0, block >= 1; got {k}, {block}")
+    n, d = left.shape
+    m = right.shape[0]
+    blocks = -(-n // block)
+    lnorm = _row_norms(left, "left")
+    rnorm = _row_norms(right, "right")
+    if n == 0 or m == 0 or k == 0 or not (lnorm > 0).all() or not (rnorm > 0).all() \
+            or m * blocks * k > _BOTH_MAX_CANDIDATES:
+        out = (topk_search(left, right, k, block=block), topk_search(right, left, k, block=block))
+        if on_block is not None:
+            on_block(blocks, blocks)
+        return out
+    g = (d + 2) * 2.0 ** -23
+    if lnorm.max() * rnorm.max() * (1.0 + g) >= _F32_MAX:
+        raise ValueError("inner products may overflow float32; rescale the vectors")
+    tiny = 4.0 * (d + 1) * float(np.finfo(np.float32).tiny)
+    err_l = g * float(rnorm.max()) * lnorm + tiny
+    err_r = g * float(lnorm.max()) * rnorm + tiny
+    floor_r = np.full(m, -np.inf, np.float32)
+    parts_r: list[list] = [[] for _ in range(0, m, block)]
+    lr = empty_topk(n, k)
+    for i, a0 in enumerate(range(0, n, block)):
+        lrows = np.arange(a0, min(n, a0 + block))
+        floor = np.full(lrows.size, -np.inf, np.float32)
+        parts = []
+        for j, b0 in enumerate(range(0, m, block)):
+            b1 = min(m, b0 + block)
+            s = left[a0:a0 + block] @ right[b0:b1].T
+            r, c, a, kth = _shortlist_tile(s, k, floor, err_l[lrows])
+            parts.append((r, c + b0, a))
+            floor = np.maximum(floor, kth)
+            r, c, a, kth = _shortlist_columns(s, k, floor_r[b0:b1], err_r[b0:b1])
+            parts_r[j].append((r, c + a0, a))
+            floor_r[b0:b1] = np.maximum(floor_r[b0:b1], kth)
+        lr[0][lrows], lr[1][lrows] = _finish(left, right, lrows, parts, floor, err_l[lrows], k)
+        if on_block is not None:
+            on_block(i + 1, blocks)
+    rl = empty_topk(m, k)
+    for j, b0 in enumerate(range(0, m, block)):
+        rrows = np.arange(b0, min(m, b0 + block))
+        rl[0][rrows], rl[1][rrows] = _finish(right, left, rrows, parts_r[j], floor_r[rrows],
+                                             err_r[rrows], k)
+        parts_r[j] = []
+    return lr, rl
 
 
 def topk_search(query: np.ndarray, base: np.ndarray, k: int, *, block: int = 4096,
@@ -425,11 +544,6 @@ def topk_search(query: np.ndarray, base: np.ndarray, k: int, *, block: int = 409
                 r, c, a, kth = _shortlist_numpy(qb, bb, k, floor, err)
             parts.append((r, cols_global[c], a))
             floor = np.maximum(floor, kth)  # a block's k-th bounds the whole base's k-th
-        r, c, a = (np.concatenate(x) for x in zip(*parts))
-        # the k-th largest fast score over the whole base is among the candidates: one last
-        # cut, then only what survives it is rescored
-        keep = a >= _thresholds(_kth_per_row(r, a, qrows.size, k), floor, err)[r]
-        r, c = r[keep], c[keep]
-        scores[qrows], ids[qrows] = _topk_from_flat(
-            r, canonical_scores(query, base, qrows[r], c), c + base_offset, qrows.size, k)
+        scores[qrows], ids[qrows] = _finish(query, base, qrows, parts, floor, err, k,
+                                            base_offset)
     return scores, ids

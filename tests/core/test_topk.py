@@ -7,7 +7,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from psqe_ray.core.topk import canonical_scores, empty_topk, merge_topk, topk_search
+from psqe_ray.core.topk import (canonical_scores, empty_topk, merge_topk, topk_search,
+                                topk_search_both)
 
 BACKENDS = ["numpy", "faiss"]
 
@@ -209,6 +210,42 @@ def test_merge_matches_a_plain_reference(seed):
     a, b = side(ka), side(kb)
     for k in (0, 1, 3, ka + kb, ka + kb + 2):
         assert_same(merge_topk(a, b, k), reference_merge(a, b, k))
+
+
+@pytest.mark.parametrize("n,m,d,k,block", [(70, 50, 8, 5, 16), (33, 90, 4, 1, 7), (64, 64, 6, 3, 64),
+                                           (20, 9, 5, 12, 4), (1, 1, 1, 1, 1), (0, 5, 3, 2, 8),
+                                           (40, 30, 3, 0, 8), (300, 260, 5, 2, 128)])
+@pytest.mark.parametrize("kind", ["float", "integer"])
+def test_both_directions_in_one_pass_equal_two_searches(n, m, d, k, block, kind):
+    rng = np.random.default_rng(n * 1000 + m + k)
+    if kind == "integer":  # exact ties everywhere: the id order decides
+        left, right = integer_vectors(rng, n, d), integer_vectors(rng, m, d)
+        left[np.abs(left).sum(axis=1) == 0, 0] = 1.0  # all-zero rows take the other path
+        right[np.abs(right).sum(axis=1) == 0, 0] = 1.0
+    else:
+        left = rng.standard_normal((n, d)).astype(np.float32)
+        right = rng.standard_normal((m, d)).astype(np.float32)
+    seen = []
+    lr, rl = topk_search_both(left, right, k, block=block,
+                              on_block=lambda done, total: seen.append((done, total)))
+    assert_same(lr, brute_force(left, right, k))
+    assert_same(rl, brute_force(right, left, k))
+    assert_same(lr, topk_search(left, right, k, block=block))
+    assert_same(rl, topk_search(right, left, k, block=block))
+    assert seen[-1][0] == seen[-1][1] == -(-n // block)
+
+
+def test_both_directions_with_zero_rows_fall_back_to_two_searches():
+    rng = np.random.default_rng(3)
+    left = rng.standard_normal((30, 4)).astype(np.float32)
+    right = rng.standard_normal((25, 4)).astype(np.float32)
+    left[[2, 7]] = 0.0
+    right[5] = 0.0
+    lr, rl = topk_search_both(left, right, 4, block=8)
+    assert_same(lr, topk_search(left, right, 4))
+    assert_same(rl, topk_search(right, left, 4))
+    with pytest.raises(ValueError):
+        topk_search_both(left, right[:, :3], 2)
 
 
 def test_canonical_scores_do_not_depend_on_batch():
