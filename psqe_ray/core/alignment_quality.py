@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from psqe_ray.core.search import Searcher
-from psqe_ray.core.topk import canonical_scores
+from psqe_ray.core.topk import _round_down_f32, canonical_scores
 
 __all__ = ["Vectors", "alignment_metrics", "csls_penalty", "field_split", "gold_ranks"]
 
@@ -122,15 +122,21 @@ def _exact_ranks(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids: 
     for pen in pens:
         true, tol = (base, tol0) if pen is None else (2.0 * base - pen[0] - pen[1][t_ids],
                                                       4.0 * tol0)
-        bounds.append((true + tol, true - tol))
+        hi, lo = true + tol, true - tol
+        if pen is None:  # the float32 tile compared with float32 bounds, the same answers:
+            # for a float32 s, s > hi iff s > (largest float32 <= hi), and s >= lo iff
+            # s >= (smallest float32 >= lo)
+            hi, lo = _round_down_f32(hi), -_round_down_f32(-lo)
+        bounds.append((hi, lo))
     ranks = [np.ones(len(q_ids), np.int64) for _ in pens]
     for a in range(0, len(q_ids), block):
         qb = qv[a:a + block]
         tb = t_ids[a:a + block, None]
         for c0 in range(0, len(cand), block):
-            raw = (qb @ cand[c0:c0 + block].T).astype(np.float64)
+            raw = qb @ cand[c0:c0 + block].T
             earlier = np.arange(c0, c0 + raw.shape[1])[None, :] < tb
             for pen, (hi, lo), rank in zip(pens, bounds, ranks):
+                # 2 * raw is exact in float32; the penalties make it float64
                 s = raw if pen is None else \
                     2.0 * raw - pen[0][a:a + block, None] - pen[1][None, c0:c0 + block]
                 better = (s > hi[a:a + block, None]) | \
