@@ -43,7 +43,8 @@ from psqe_ray.core.train import (embed_fused, joint_graph, model_inputs, pick_an
 log = logging.getLogger(__name__)
 
 _FILLED = {"name"}  # besides precomputed feature tables; bags stay zero when absent
-# the global top-k's progress labels (shards done; left->right, right->left), both engines
+# the global top-k's progress labels: shards done left->right and right->left (both engines),
+# or blocks done of the one pass both ways (in-process, when the search is exact)
 TOPK_LABELS = ("stage2-global top-k left->right", "stage2-global top-k right->left",
                "stage2-global top-k both ways")
 
@@ -336,7 +337,10 @@ class SeedGenerator:
 
     def _global_topk(self, learned_l, learned_r, k: int):
         """(left -> right top-k, right -> left top-k) over the whole graphs."""
-        return self.searcher.topk_both(learned_l, learned_r, k, progress=TOPK_LABELS[2])
+        if self.searcher.one_pass(len(learned_l), len(learned_r)):
+            return self.searcher.topk_both(learned_l, learned_r, k, progress=TOPK_LABELS[2])
+        return (self.searcher.topk(learned_l, learned_r, k, progress=TOPK_LABELS[0]),
+                self.searcher.topk(learned_r, learned_l, k, progress=TOPK_LABELS[1]))
 
     def _mic_keep(self, vec_l: np.ndarray, vec_r: np.ndarray) -> np.ndarray:
         return mic_keep(vec_l, vec_r, self.searcher)

@@ -143,6 +143,10 @@ class Searcher:
         return self.index == "flat" or (self.index == "auto" and rows <= self.exact_below) \
             or rows == 0
 
+    def one_pass(self, n_left: int, n_right: int) -> bool:
+        """Whether :meth:`topk_both` answers both ways in one pass (both searches exact)."""
+        return self.is_exact(n_left) and self.is_exact(n_right)
+
     def plan(self, rows: int, shards: int = 1) -> SearchPlan:
         """The plan for a base of ``rows`` rows.  ``shards`` only matters for exact search
         (any split gives the same answer there: the Ray path asks for one per CPU)."""
@@ -194,7 +198,7 @@ class Searcher:
         """``(self.topk(left, right, k), self.topk(right, left, k))``, the same bits; when
         both plans are exact, from one pass over the score tiles
         (:func:`~psqe_ray.core.topk.topk_search_both`: the arithmetic once, not twice)."""
-        if not (self.is_exact(len(left)) and self.is_exact(len(right))):
+        if not self.one_pass(len(left), len(right)):
             return (self.topk(left, right, k, progress=progress),
                     self.topk(right, left, k, progress=progress))
         shown = [None]

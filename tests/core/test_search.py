@@ -54,6 +54,22 @@ def test_exact_plan_is_the_exact_search_bit_for_bit():
     np.testing.assert_array_equal(got[1], want[1])
 
 
+@pytest.mark.parametrize("searcher,one_pass", [(Searcher(exact_below=10_000), True),
+                                               (Searcher(exact_below=400, seed=3), False),
+                                               (Searcher(index="ivf", seed=3), False)])
+@pytest.mark.parametrize("k", [1, 7, 400])
+def test_both_ways_equal_two_searches(searcher, one_pass, k):
+    """One pass when both sides are searched exactly, two searches otherwise (an IVF side);
+    either way the answers of two ``topk`` calls, bit for bit (k above one side's rows too)."""
+    rng = np.random.default_rng(k)
+    left, right = clustered(rng, 300, 16), clustered(rng, 500, 16)
+    assert searcher.one_pass(len(left), len(right)) is one_pass
+    lr, rl = searcher.topk_both(left, right, k)
+    for got, want in zip((lr, rl), (searcher.topk(left, right, k), searcher.topk(right, left, k))):
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_ivf_candidates_are_rescored_canonically_and_recall_is_high():
     rng = np.random.default_rng(1)
     q, b = clustered(rng, 2600, 32), clustered(rng, 6000, 32)
