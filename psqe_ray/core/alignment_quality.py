@@ -72,8 +72,12 @@ def csls_penalty(x: np.ndarray, others: np.ndarray, k: int = 3,
     """float64 (n,): mean of each row of ``x``'s ``k`` best inner products with ``others``."""
     if k <= 0 or len(others) == 0:
         return np.zeros(len(x))
-    s, _ = (searcher or Searcher()).topk(x, others, k)
-    return s.astype(np.float64).mean(axis=1)
+    return _penalty((searcher or Searcher()).topk(x, others, k))
+
+
+def _penalty(lists) -> np.ndarray:
+    """float64 (n,): the mean of each row's scores in a top-k result (scores, ids)."""
+    return lists[0].astype(np.float64).mean(axis=1)
 
 
 def gold_ranks(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids: np.ndarray, *,
@@ -215,7 +219,7 @@ def _exact_variants(left, right, gl, gr, test, csls_k, hits, searcher) -> dict:
         pen_l = pen_r = None
         if csls:  # both ways from one search
             lr, rl = searcher.topk_both(lv, rv, csls_k)
-            pen_l, pen_r = (s.astype(np.float64).mean(axis=1) for s, _ in (lr, rl))
+            pen_l, pen_r = _penalty(lr), _penalty(rl)
         for direction, (q, c, qi, ti, pq, pc) in {"l2r": (lv, rv, li, ri, pen_l, pen_r),
                                                   "r2l": (rv, lv, ri, li, pen_r, pen_l)}.items():
             ranks = _exact_ranks(q, c, qi, ti, [None] + ([(pq[qi], pc)] if csls else []))

@@ -198,7 +198,10 @@ class Searcher:
         """``(self.topk(left, right, k), self.topk(right, left, k))``, the same bits; when
         both plans are exact, from one pass over the score tiles
         (:func:`~psqe_ray.core.topk.topk_search_both`: the arithmetic once, not twice)."""
-        if not self.one_pass(len(left), len(right)):
+        k_lr, k_rl = int(min(k, len(right))), int(min(k, len(left)))
+        # two searches with an IVF side, or when one side has fewer than k rows (the two
+        # results then have different widths)
+        if not self.one_pass(len(left), len(right)) or k_lr != k_rl:
             return (self.topk(left, right, k, progress=progress),
                     self.topk(right, left, k, progress=progress))
         shown = [None]
@@ -210,10 +213,6 @@ class Searcher:
                 shown[0] = Progress(progress, total, "blocks")
             shown[0].add(done - shown[0].done)
 
-        k_lr, k_rl = int(min(k, len(right))), int(min(k, len(left)))
-        if k_lr != k_rl:  # one side has fewer than k rows: the two widths differ
-            return (self.topk(left, right, k, progress=progress),
-                    self.topk(right, left, k, progress=progress))
         return topk_search_both(np.ascontiguousarray(left, np.float32),
                                 np.ascontiguousarray(right, np.float32), k_lr,
                                 on_block=on_block)

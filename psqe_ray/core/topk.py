@@ -378,6 +378,16 @@ def _kth_per_row(rows: np.ndarray, fast: np.ndarray, n: int, k: int) -> np.ndarr
     return out
 
 
+def _error_terms(d: int, qnorm: np.ndarray, bnorm: np.ndarray) -> tuple[float, float]:
+    """(g, tiny) of the bound ``E_i = g ||q_i|| max_j ||b_j|| + tiny`` (module docstring), once
+    no float32 inner product of these rows can overflow.  ``tiny`` stays tiny unless BLAS
+    flushes subnormals (each product then errs by < 2^-126)."""
+    g = (d + 2) * 2.0 ** -23
+    if qnorm.max() * bnorm.max() * (1.0 + g) >= _F32_MAX:
+        raise ValueError("inner products may overflow float32; rescale the vectors")
+    return g, 4.0 * (d + 1) * float(np.finfo(np.float32).tiny)
+
+
 def _finish(query: np.ndarray, base: np.ndarray, qrows: np.ndarray, parts: list, floor,
             err, k: int, base_offset: int = 0) -> TopK:
     """The exact top-k of the query rows ``qrows`` from their float32 candidates ``parts``
@@ -425,10 +435,7 @@ def topk_search_both(left: np.ndarray, right: np.ndarray, k: int, *, block: int 
         if on_block is not None:
             on_block(blocks, blocks)
         return out
-    g = (d + 2) * 2.0 ** -23
-    if lnorm.max() * rnorm.max() * (1.0 + g) >= _F32_MAX:
-        raise ValueError("inner products may overflow float32; rescale the vectors")
-    tiny = 4.0 * (d + 1) * float(np.finfo(np.float32).tiny)
+    g, tiny = _error_terms(d, lnorm, rnorm)
     err_l = g * float(rnorm.max()) * lnorm + tiny
     err_r = g * float(lnorm.max()) * rnorm + tiny
     floor_r = np.full(m, -np.inf, np.float32)
@@ -503,9 +510,7 @@ def topk_search(query: np.ndarray, base: np.ndarray, k: int, *, block: int = 409
 
     qnorm = _row_norms(query, "query")
     bnorm = _row_norms(base, "base")
-    g = (d + 2) * 2.0 ** -23
-    if qnorm.max() * bnorm.max() * (1.0 + g) >= _F32_MAX:
-        raise ValueError("inner products may overflow float32; rescale the vectors")
+    g, tiny = _error_terms(d, qnorm, bnorm)
 
     # Zero query rows score exactly 0 against everything: the k smallest ids win.
     live_q = np.flatnonzero(qnorm > 0)
@@ -519,8 +524,6 @@ def topk_search(query: np.ndarray, base: np.ndarray, k: int, *, block: int = 409
     # Zero base rows beyond the first k tie at 0 with k smaller-id zero rows: never selected.
     zero_b = bnorm == 0
     usable = ~zero_b | (np.cumsum(zero_b) <= k)
-    # Stays tiny unless BLAS flushes subnormals (each product then errs by < 2^-126).
-    tiny = 4.0 * (d + 1) * float(np.finfo(np.float32).tiny)
     all_live = live_q.size == n
 
     # E's base factor over the whole base, so one bound serves every block (module docstring)
