@@ -88,9 +88,14 @@ def _text_units(ds: Dataset, modality: str, cfg: EncodeConfig
             ids = r.column("relation_id").to_numpy()
             names = [n or (local_name(u) if u else None) for n, u in
                      zip(r.column("name").to_pylist(), r.column("uri").to_pylist())]
-            if any(n is None for n in names):
-                raise DataError(join(ds.url, "relations"), f"side {s}: relations without a "
-                                "name or URI have no text to encode")
+            missing = sum(n is None for n in names)
+            if missing and missing == len(names):  # e.g. DBP15K's id layout
+                raise NothingToEncode(join(ds.url, "relations"), f"side {s}: the relations "
+                                      "are ids only (no name or URI): no text to encode")
+            if missing:
+                raise DataError(join(ds.url, "relations"), f"side {s}: {missing} of "
+                                f"{len(names)} relations have no name or URI, so no text "
+                                "to encode")
             text_of = np.empty(len(ids), dtype=object)
             text_of[ids] = names
             t = tri.filter(pc.equal(tri.column("side"), s))

@@ -176,3 +176,30 @@ def test_a_hanging_image_url_counts_as_unreadable_after_the_timeout(dataset, tin
     assert res.failed == 1 and res.failures[0].startswith(hanging_image_url + ": ")
     assert res.present == len(urls) - 1 - sum(u is None for u in urls)
     assert took < 28, took  # the default (30 s) alone would exceed this
+
+
+def test_relations_that_are_ids_only_have_nothing_to_encode(tmp_path, tiny_bert_dir):
+    """DBP15K's id layout (no rel_ids file): relation text cannot be encoded.  The error is the
+    one the pipeline's default model (``auto``) skips, naming the relations table; the dataset
+    is left as it was."""
+    from psqe_ray.errors import NothingToEncode
+    from psqe_ray.io.importers import import_pair
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = {"ent_ids_1": [(0, "http://fr.dbpedia.org/resource/Paris"),
+                          (1, "http://fr.dbpedia.org/resource/Lyon")],
+            "ent_ids_2": [(10, "http://dbpedia.org/resource/Paris"),
+                          (11, "http://dbpedia.org/resource/Lyon")],
+            "triples_1": [(0, 100, 1)], "triples_2": [(10, 200, 11)],
+            "ill_ent_ids": [(0, 10), (1, 11)]}
+    for name, lines in rows.items():
+        (src / name).write_text("".join("\t".join(map(str, r)) + "\n" for r in lines))
+    ds = str(tmp_path / "ds")
+    import_pair("dbp15k", str(src), ds)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ds").iterdir() if p.is_file()}
+    with pytest.raises(NothingToEncode, match="relations are ids only") as err:
+        encode_modality(ds, "relation", EncodeConfig(relation_model=tiny_bert_dir))
+    assert "relations" in str(err.value)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ds").iterdir() if p.is_file()} == before
+    assert not Dataset(ds).has("features/relation")
