@@ -79,8 +79,8 @@ def _text_units(ds: Dataset, modality: str, cfg: EncodeConfig
             rows[s] = (t.column("entity_id").to_numpy()[keep], [names[i] for i in keep])
     elif modality == "relation":
         if not ds.has("triples") or not ds.has("relations"):
-            raise DataError(join(ds.url, "relations"), "relation text needs the triples and "
-                            "relations tables")
+            raise NothingToEncode(join(ds.url, "relations"), "relation text needs the "
+                                  "triples and relations tables")
         rel = ds.table("relations")
         tri = ds.table("triples")
         for s in SIDES:
@@ -104,8 +104,8 @@ def _text_units(ds: Dataset, modality: str, cfg: EncodeConfig
             rows[s] = (ent, list(text_of[np.concatenate([rel_ids, rel_ids])]))
     elif modality == "attribute":
         if not ds.has("attributes"):
-            raise DataError(join(ds.url, "attributes"), "attribute text needs the attributes "
-                            "table")
+            raise NothingToEncode(join(ds.url, "attributes"), "attribute text needs the "
+                                  "attributes table")
         att = ds.table("attributes")
         for s in SIDES:
             a = att.filter(pc.equal(att.column("side"), s))

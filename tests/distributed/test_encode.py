@@ -179,9 +179,9 @@ def test_a_hanging_image_url_counts_as_unreadable_after_the_timeout(dataset, tin
 
 
 def test_relations_that_are_ids_only_have_nothing_to_encode(tmp_path, tiny_bert_dir):
-    """DBP15K's id layout (no rel_ids file): relation text cannot be encoded.  The error is the
-    one the pipeline's default model (``auto``) skips, naming the relations table; the dataset
-    is left as it was."""
+    """DBP15K's id layout (no rel_ids file, no attribute triples): neither relation nor
+    attribute text can be encoded.  The error is the one the pipeline's default model
+    (``auto``) skips, naming the table; the dataset is left as it was."""
     from psqe_ray.errors import NothingToEncode
     from psqe_ray.io.importers import import_pair
 
@@ -201,5 +201,7 @@ def test_relations_that_are_ids_only_have_nothing_to_encode(tmp_path, tiny_bert_
     with pytest.raises(NothingToEncode, match="relations are ids only") as err:
         encode_modality(ds, "relation", EncodeConfig(relation_model=tiny_bert_dir))
     assert "relations" in str(err.value)
+    with pytest.raises(NothingToEncode, match="attributes: attribute text needs"):
+        encode_modality(ds, "attribute", EncodeConfig(attribute_model=tiny_bert_dir))
     assert {p.name: p.read_bytes() for p in (tmp_path / "ds").iterdir() if p.is_file()} == before
     assert not Dataset(ds).has("features/relation")
