@@ -29,17 +29,17 @@ def candidate_edges(left: np.ndarray, right: np.ndarray, k: int, *,
     """Union of per-left top-k and per-right top-k pairs (deduplicated).
 
     left (n, d), right (m, d) float32 (normalised: scores are cosines); ``left_ids`` /
-    ``right_ids`` map rows to entity ids (default: row numbers); ``searcher`` runs the two
-    searches (default: exact up to 50,000 rows, IVF above).  Returns int64 (E,) left ids,
-    int64 (E,) right ids, float32 (E,) scores, sorted by (left, right).
+    ``right_ids`` map rows to entity ids (default: row numbers); ``searcher`` searches both
+    ways (default: exact up to 50,000 rows, IVF above; one pass when both sides are exact).
+    Returns int64 (E,) left ids, int64 (E,) right ids, float32 (E,) scores, sorted by (left,
+    right).
     """
     lid = np.arange(len(left), dtype=np.int64) if left_ids is None else left_ids
     rid = np.arange(len(right), dtype=np.int64) if right_ids is None else right_ids
     if len(left) == 0 or len(right) == 0 or k <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     searcher = searcher or Searcher()
-    l, r, s = candidates_union(searcher.topk(left, right, k), searcher.topk(right, left, k),
-                               len(right))
+    l, r, s = candidates_union(*searcher.topk_both(left, right, k), len(right))
     return lid[l], rid[r], s
 
 
