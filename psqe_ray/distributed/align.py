@@ -100,6 +100,10 @@ class RayAlignSteps(AlignSteps):
         gen._current = "align"
         return gen._search(left, right, k)
 
+    def topk_both(self, gen, left, right, k: int):
+        """Two sharded searches (the shard tasks search one direction each)."""
+        return self.topk(gen, left, right, k), self.topk(gen, right, left, k)
+
     def metrics(self, gen, left, right, gold) -> dict:
         if gen.searcher.is_exact(max(len(left), len(right))):
             # exact ranking counts over whole candidate sets: below the search layer's exact

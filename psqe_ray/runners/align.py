@@ -226,8 +226,13 @@ def _run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig,
         a = cfg.align
         t = time.perf_counter()
         with StepMeter() as meter:
-            k = a.topk if a.matching == "off" else max(a.topk, a.match_k)
-            lr = steps.topk(gen, left, right, k)
+            if a.matching == "off":
+                lr, rl = steps.topk(gen, left, right, a.topk), None
+            elif a.topk <= a.match_k:  # both ways, one pass over the score tiles where it can
+                lr, rl = steps.topk_both(gen, left, right, a.match_k)
+            else:
+                lr, rl = steps.topk(gen, left, right, a.topk), steps.topk(gen, right, left,
+                                                                           a.match_k)
             table = topk_table(lr[0][:, :a.topk], lr[1][:, :a.topk])
         search_seconds = time.perf_counter() - t
         profile.append({"step": "search", **meter.record(), **task_peak()})
@@ -236,7 +241,6 @@ def _run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig,
         t = time.perf_counter()
         if a.matching != "off":
             with StepMeter() as meter:
-                rl = steps.topk(gen, right, left, a.match_k)
                 graph_, matches = assign(lr, rl, a)
                 del rl
             profile.append({"step": "matching", **meter.record(), **task_peak()})

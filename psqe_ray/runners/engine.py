@@ -66,6 +66,12 @@ class AlignSteps:
         shards done show as "align search", as on Ray)."""
         return gen.searcher.topk(left, right, k, progress="align search")
 
+    def topk_both(self, gen, left, right, k: int):
+        """``(self.topk(gen, left, right, k), self.topk(gen, right, left, k))``, the same bits;
+        here one pass over the score tiles when both sides are searched exactly
+        (:meth:`~psqe_ray.core.search.Searcher.topk_both`)."""
+        return gen.searcher.topk_both(left, right, k, progress="align search")
+
     def metrics(self, gen, left, right, gold) -> dict:
         """The ranking figures against the gold links (evaluation only)."""
         a = self.cfg.align
