@@ -294,3 +294,84 @@ def test_rejects_bad_input():
         topk_search(q, q, 2, backend="annoy")
     with pytest.raises(ValueError):
         topk_search(np.full((1, 4), 1e20, np.float32), np.full((1, 4), 1e20, np.float32), 1)
+
+
+def cone(rng, rows, d, spread, scale=1.0):
+    """Unit vectors (times ``scale``) around one direction, ``spread`` apart: float32 cannot
+    order their inner products, so the search takes its float64-tile path."""
+    c = rng.standard_normal(d)
+    x = c + spread * rng.standard_normal((rows, d))
+    return (scale * x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["random", "cone", "cone-large", "integer", "near-duplicates",
+                                  "tiny"])
+def test_canonical_tile_equals_canonical_scores(kind):
+    from psqe_ray.core.topk import _canonical_tile
+
+    rng = np.random.default_rng(["random", "cone", "cone-large", "integer", "near-duplicates",
+                                 "tiny"].index(kind))
+    n, m, d = 60, 70, 48
+    if kind == "random":
+        q, b = (rng.standard_normal((r, d)).astype(np.float32) for r in (n, m))
+    elif kind == "cone":
+        q, b = cone(rng, n, d, 1e-4), cone(rng, m, d, 1e-4)
+    elif kind == "cone-large":
+        q, b = cone(rng, n, d, 1e-3, 1e6), cone(rng, m, d, 1e-3, 1e-3)
+    elif kind == "integer":
+        q, b = integer_vectors(rng, n, d), integer_vectors(rng, m, d)
+    elif kind == "near-duplicates":
+        b = near_duplicates(rng, m, d)
+        q = near_duplicates(rng, n, d)
+    else:  # products near the float32 subnormal range
+        q = (rng.standard_normal((n, d)) * 1e-20).astype(np.float32)
+        b = (rng.standard_normal((m, d)) * 1e-20).astype(np.float32)
+    norm = lambda x: np.sqrt(np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64)))
+    r, c = (a.ravel() for a in np.meshgrid(np.arange(n), np.arange(m), indexing="ij"))
+    want = canonical_scores(q, b, r, c).reshape(n, m)
+    got = _canonical_tile(q, b, norm(q), norm(b))
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_sums_near_a_float32_rounding_midpoint_are_flagged():
+    """The tile path's test for sums that another summation order may round differently."""
+    from psqe_ray.core.topk import _near_midpoint
+
+    one = 1.0
+    mid = one + 2.0 ** -24  # halfway between 1 and the next float32
+    v = np.array([mid, mid + 2.0 ** -40, mid - 2.0 ** -40, one + 2.0 ** -30, one - 2.0 ** -26,
+                  one + 2.0 ** -25, -mid, 0.5, 0.0])
+    f = v.astype(np.float32)
+    got = _near_midpoint(v, f, np.full(v.size, 2.0 ** -35))
+    # 0.0 is within the bound of its midpoints with the smallest subnormals
+    assert got.tolist() == [True, True, True, False, False, False, True, False, True]
+    assert not _near_midpoint(v[:1] + 2.0 ** -30, (v[:1] + 2.0 ** -30).astype(np.float32),
+                              np.full(1, 2.0 ** -35)).any()
+
+
+def test_canonical_tile_rescores_a_sum_on_a_rounding_midpoint():
+    """1 + 2^-24 lies halfway between two float32 numbers and rounds to even (1.0)."""
+    from psqe_ray.core.topk import _canonical_tile
+
+    q = np.array([[1.0, 2.0 ** -24], [1.0, 3 * 2.0 ** -24]], np.float32)
+    b = np.array([[1.0, 1.0]], np.float32)
+    norm = lambda x: np.sqrt((x.astype(np.float64) ** 2).sum(axis=1))
+    got = _canonical_tile(q, b, norm(q), norm(b))
+    assert got[0, 0] == np.float32(1.0)
+    assert got[1, 0] == np.float32(1.0 + 2.0 ** -22)  # 1 + 3 * 2^-24: ties to even, upwards
+    np.testing.assert_array_equal(got[:, 0], canonical_scores(q, b, np.arange(2), np.zeros(2, int)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_vectors_float32_cannot_order_match_brute_force(backend, scale):
+    """A narrow cone: every pair is inside the float32 error band, so each query block goes to
+    float64 tiles instead of rescoring all n x m pairs; the answer is the same."""
+    rng = np.random.default_rng(int(scale))
+    left, right = cone(rng, 300, 40, 1e-4, scale), cone(rng, 260, 40, 1e-4, scale)
+    for k, block in ((10, 64), (3, 4096), (40, 100)):
+        want = brute_force(left, right, k)
+        assert_same(topk_search(left, right, k, block=block, backend=backend), want)
+    lr, rl = topk_search_both(left, right, 5, block=64)
+    assert_same(lr, brute_force(left, right, 5))
+    assert_same(rl, brute_force(right, left, 5))
