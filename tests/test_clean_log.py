@@ -37,5 +37,5 @@ def test_a_healthy_run_shows_progress_and_no_error_line(tmp_path, tiny_bert_dir)
                   r"stage2 training: epoch 4/4, loss ",
                   r"stage2-global top-k both ways: 1 of 1 blocks \(100%\)",
                   r"align pcmea training: epoch \d+/\d+, loss ",
-                  r"align search: 1 of 1 shards \(100%\)"):
+                  r"align search: 1 of 1 blocks \(100%\)"):
         assert any(re.match(stage, line) for line in progress), (stage, progress)
