@@ -500,12 +500,15 @@ def topk_search_both(left: np.ndarray, right: np.ndarray, k: int, *, block: int 
     blocks = -(-n // block)
     lnorm = _row_norms(left, "left")
     rnorm = _row_norms(right, "right")
-    if n == 0 or m == 0 or k == 0 or not (lnorm > 0).all() or not (rnorm > 0).all() \
-            or m * blocks * k > _BOTH_MAX_CANDIDATES:
+    def two_searches() -> tuple[TopK, TopK]:
         out = (topk_search(left, right, k, block=block), topk_search(right, left, k, block=block))
         if on_block is not None:
             on_block(blocks, blocks)
         return out
+
+    if n == 0 or m == 0 or k == 0 or not (lnorm > 0).all() or not (rnorm > 0).all() \
+            or m * blocks * k > _BOTH_MAX_CANDIDATES:
+        return two_searches()
     g, tiny = _error_terms(d, lnorm, rnorm)
     err_l = g * float(rnorm.max()) * lnorm + tiny
     err_r = g * float(lnorm.max()) * rnorm + tiny
@@ -521,20 +524,12 @@ def topk_search_both(left: np.ndarray, right: np.ndarray, k: int, *, block: int 
             s = left[a0:a0 + block] @ right[b0:b1].T
             r, c, a, kth = _shortlist_tile(s, k, floor, err_l[lrows])
             if r.size > _BAND_LIMIT * k * lrows.size:  # vectors float32 cannot tell apart
-                out = (topk_search(left, right, k, block=block),
-                       topk_search(right, left, k, block=block))
-                if on_block is not None:
-                    on_block(blocks, blocks)
-                return out
+                return two_searches()
             parts.append((r, c + b0, a))
             floor = np.maximum(floor, kth)
             r, c, a, kth = _shortlist_columns(s, k, floor_r[b0:b1], err_r[b0:b1])
             if r.size > _BAND_LIMIT * k * (b1 - b0):
-                out = (topk_search(left, right, k, block=block),
-                       topk_search(right, left, k, block=block))
-                if on_block is not None:
-                    on_block(blocks, blocks)
-                return out
+                return two_searches()
             parts_r[j].append((r, c + a0, a))
             floor_r[b0:b1] = np.maximum(floor_r[b0:b1], kth)
         lr[0][lrows], lr[1][lrows] = _finish(left, right, lrows, parts, floor, err_l[lrows], k)
