@@ -45,6 +45,8 @@ class FeatureConfig:
     fill_missing: bool = True     # paper: missing image -> N(mean, std) of the present ones
     signal_test: bool = True      # ours: drop a modality with no signal shared by both graphs
                                   # (psqe_ray.core.signal; no gold link read)
+    centre_text: bool = True      # ours: a text model's vectors (name / relation / attribute
+                                  # feature tables) lose their graph's mean before normalising
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ independent of the cut:
 
 * the unit of randomness and of floating-point sums is the *chunk* (:data:`CHUNK` rows of one
   side); an execution block is any run of whole chunks (:func:`row_ranges`);
+* a text model's vectors lose their graph's mean (:func:`side_means`), summed the same way;
 * the missing-row fill (:func:`fill_block`) draws each chunk's random rows from a stream keyed
   by (seed, modality, side, chunk), from statistics summed chunk by chunk in chunk order
   (:func:`chunk_stats`, :func:`fill_stats`);
@@ -25,6 +26,7 @@ non-zero instead of 4 bytes per column.  Every step here works on one *dense* ch
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -128,6 +130,45 @@ def fill_stats(chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None
     mean = s[1:1 + d] / s[0]
     var = np.maximum(s[1 + d:] / s[0] - np.square(mean), 0.0)
     return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Prep:
+    """How one modality's raw rows are prepared: the fill statistics (:func:`fill_stats`, None:
+    no fill) and, for a centred modality, side -> the graph's mean (:func:`side_means`)."""
+
+    fill: tuple | None = None
+    centre: dict | None = None
+
+    def rows(self, x, present: np.ndarray, start: int, seed: int, modality: str, side: str,
+             chunk: int = CHUNK):
+        """:func:`prepare_rows` of one block of ``side``."""
+        return prepare_rows(x, present, start, self.fill, seed, modality, side, chunk,
+                            None if self.centre is None else self.centre[side])
+
+
+def side_means(chunks: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray] | None:
+    """side -> float32 (d,) mean of that graph's present rows, from its chunks' stats
+    (:func:`chunk_stats`, in chunk order); None when a side has no present row."""
+    out = {}
+    for side, parts in chunks.items():
+        s = np.concatenate(parts).sum(axis=0)
+        if s[0] == 0:
+            return None
+        d = (len(s) - 1) // 2
+        out[side] = (s[1:1 + d] / s[0]).astype(np.float32)
+    return out
+
+
+def centred_stats(stats: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Chunk stats (:func:`chunk_stats`) of the same rows less ``mean`` (the statistics the
+    fill of a centred modality draws from): (n, S - n m, Q - 2 m S + n m^2)."""
+    out = stats.copy()
+    d = (stats.shape[1] - 1) // 2
+    n, m = stats[:, :1], mean.astype(np.float64)[None, :]
+    out[:, 1:1 + d] = stats[:, 1:1 + d] - n * m
+    out[:, 1 + d:] = stats[:, 1 + d:] - 2 * m * stats[:, 1:1 + d] + n * np.square(m)
+    return out
 
 
 def fill_block(x: np.ndarray, present: np.ndarray, start: int, stats, seed: int,
@@ -239,26 +280,30 @@ def take_rows(blocks: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def block_stats(x: np.ndarray, present: np.ndarray, start: int, fill: bool,
+def block_stats(x: np.ndarray, present: np.ndarray, start: int, sums: bool,
                 chunk: int = CHUNK) -> dict:
     """What :meth:`psqe_ray.core.psqe.SeedGenerator.check` needs of a block: present rows, non-zero columns and
-    (when the modality is filled) the per-chunk sums of :func:`chunk_stats`."""
+    (``sums``: the modality is filled or centred) the per-chunk sums of :func:`chunk_stats`."""
     if sp.issparse(x):
         nz = np.zeros(x.shape[1], bool)
         nz[x.indices[x.data != 0]] = True
     else:
         nz = x.any(axis=0)
     return {"present": int(present.sum()), "any": nz,
-            "chunks": chunk_stats(x, present, start, chunk) if fill else None}
+            "chunks": chunk_stats(x, present, start, chunk) if sums else None}
 
 
 def prepare_rows(x: np.ndarray, present: np.ndarray, start: int, fill, seed: int, modality: str,
-                 side: str, chunk: int = CHUNK) -> np.ndarray:
-    """A block's prepared rows: absent rows filled (``fill``: :func:`fill_stats`, or None for no
-    fill), then L2-normalised; in the storage form of :func:`compact`."""
+                 side: str, chunk: int = CHUNK, centre: np.ndarray | None = None) -> np.ndarray:
+    """A block's prepared rows: present rows less ``centre`` (the side's mean, or None), absent
+    rows filled (``fill``: :func:`fill_stats`, or None for no fill), then L2-normalised; in the
+    storage form of :func:`compact`."""
     from psqe_ray.core.fusion import l2_normalize
 
     def prep(a: int, rows: np.ndarray) -> np.ndarray:
+        if centre is not None:
+            keep = present[a:a + chunk]
+            rows = np.where(keep[:, None], rows - centre, np.float32(0)).astype(np.float32)
         if fill is not None:
             rows = fill_block(rows, present[a:a + chunk], start + a, fill, seed, modality,
                               SIDES.index(side), chunk)

@@ -24,7 +24,8 @@ import numpy as np
 from psqe_ray.config import PSQEConfig
 from psqe_ray.core.correction import (expand_spread, expansion_candidates,
                                       mic_keep)
-from psqe_ray.core.blocks import SIDES, block_stats, dense, fill_stats, kmeans, prepare_rows
+from psqe_ray.core.blocks import (SIDES, Prep, block_stats, centred_stats, dense, fill_stats,
+                                  kmeans, side_means)
 from psqe_ray.core.features import (Source, attribute_incidence, raw_rows,
                                     relation_incidence)
 from psqe_ray.core.fusion import fuse, l2_normalize
@@ -42,6 +43,7 @@ from psqe_ray.core.train import (embed_fused, joint_graph, model_inputs, pick_an
 
 log = logging.getLogger(__name__)
 
+_TEXT = ("name", "relation", "attribute")  # what a text model encodes (encode --model)
 _FILLED = {"name"}  # besides precomputed feature tables; bags stay zero when absent
 # the global top-k's progress labels: shards done left->right and right->left (both engines),
 # or blocks done of the one pass both ways (in-process, when the search is exact)
@@ -131,11 +133,23 @@ class SeedGenerator:
         return self.config.features.fill_missing and (m in _FILLED or m not in
                                                       ("relation", "attribute"))
 
+    def centres(self, m: str, src: "Source") -> bool:
+        """Whether modality ``m``'s rows lose their graph's mean before normalising: a text
+        model's vectors (a feature table of name / relation / attribute).  A sentence encoder
+        puts every text of a graph in a narrow cone around a common direction, with an offset
+        of its own per language; what is left after removing each graph's mean is what tells
+        its entities apart (Libovicky et al. 2020, on multilingual encoders' language means)."""
+        return self.config.features.centre_text and src.kind == "table" and m in _TEXT
+
+    def needs_stats(self, m: str, src: "Source") -> bool:
+        """Whether a block's :func:`block_stats` must carry its chunk sums (fill or centre)."""
+        return self.fills(m) or self.centres(m, src)
+
     def check(self, sources: dict[str, "Source"], stats: dict[str, dict[str, list[dict]]]
-              ) -> dict[str, Any]:
+              ) -> dict[str, Prep]:
         """The modalities that carry a signal shared by both graphs, from every block's
-        :func:`block_stats` (side -> blocks in order): modality -> its fill statistics (None:
-        no fill).  Sets ``feature_sources_`` and ``skipped_``."""
+        :func:`block_stats` (side -> blocks in order): modality -> how its rows are prepared
+        (:class:`~psqe_ray.core.blocks.Prep`).  Sets ``feature_sources_`` and ``skipped_``."""
         out: dict[str, Any] = {}
         self.feature_sources_ = {}
         for m, src in sources.items():
@@ -153,19 +167,26 @@ class SeedGenerator:
                             "relations?); not used", m)
                 self.skipped_[m] = "no shared feature dimension between the graphs"
                 continue
-            out[m] = fill_stats([b["chunks"] for s in SIDES for b in st[s]]) \
-                if self.fills(m) else None
-            self.feature_sources_[m] = src.label
+            centre = side_means({s: [b["chunks"] for b in st[s]] for s in SIDES}) \
+                if self.centres(m, src) else None
+            fill = None
+            if self.fills(m):
+                fill = fill_stats([b["chunks"] if centre is None else
+                                   centred_stats(b["chunks"], centre[s])
+                                   for s in SIDES for b in st[s]])
+            out[m] = Prep(fill, centre)
+            self.feature_sources_[m] = src.label + (", centred per graph" if centre else "")
         if not out:
             raise ValueError(f"none of the modalities {list(self.config.modalities)} carries a "
                              f"signal shared by both graphs (skipped: {self.skipped_ or 'absent'})")
         return out
 
     def prepared_rows(self, m: str, x: np.ndarray, present: np.ndarray, start: int, side: str,
-                      fill) -> np.ndarray:
-        """A block's prepared rows: absent rows filled where the paper does, L2-normalised."""
-        return prepare_rows(x, present, start, fill, self.config.seed, m, side,
-                            self.config.distributed.chunk_rows)
+                      prep: Prep) -> np.ndarray:
+        """A block's prepared rows: centred where :meth:`centres` says, absent rows filled
+        where the paper does, L2-normalised."""
+        return prep.rows(x, present, start, self.config.seed, m, side,
+                         self.config.distributed.chunk_rows)
 
     # -- fit ------------------------------------------------------------------------------------
     def fit(self, pair: KGPair) -> "SeedGenerator":
@@ -246,8 +267,8 @@ class SeedGenerator:
                                names=pair.side(s).names, table=pair.side(s).features.get(m))
                    for s in SIDES} for m, src in sources.items()}
         chunk = self.config.distributed.chunk_rows
-        stats = {m: {s: [block_stats(*raw[m][s], 0, self.fills(m), chunk)] for s in SIDES}
-                 for m in sources}
+        stats = {m: {s: [block_stats(*raw[m][s], 0, self.needs_stats(m, src), chunk)]
+                     for s in SIDES} for m, src in sources.items()}
         fills = self.check(sources, stats)
         # in-process the sides stay whole, dense arrays (the Ray path keeps sparse blocks)
         mods = {m: tuple(dense(self.prepared_rows(m, *raw[m][s], 0, s, fills[m]))

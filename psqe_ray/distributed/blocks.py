@@ -28,8 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from psqe_ray.core.blocks import (assign, block_stats, cluster_sums, dense, fuse_rows,
-                                  prepare_rows, stack, take_rows)
+from psqe_ray.core.blocks import (assign, block_stats, cluster_sums, dense, fuse_rows, stack,
+                                  take_rows)
 from psqe_ray.core.features import Source, raw_rows
 from psqe_ray.core.fusion import l2_normalize
 from psqe_ray.core.topk import canonical_scores
@@ -302,7 +302,7 @@ def _table_rows(dataset_url: str, storage_options, modality: str, side: str, sta
 
 @ray.remote(num_cpus=0.5)
 def raw_task(sources: dict[str, Source], side: str, start: int, stop: int, fc, names,
-             dataset_url: str, storage_options, fills: dict[str, bool], chunk: int):
+             dataset_url: str, storage_options, sums: dict[str, bool], chunk: int):
     """One block's raw modality rows: one return per modality ((x, present)), then the
     block's stats (modality -> :func:`~psqe_ray.core.blocks.block_stats`) and usage."""
     meter = Meter("features-raw")
@@ -311,18 +311,18 @@ def raw_task(sources: dict[str, Source], side: str, start: int, stop: int, fc, n
         table = _table_rows(dataset_url, storage_options, m, side, start, stop, src.dim) \
             if src.kind == "table" else None
         x, present = raw_rows(src, side, start, stop, fc, names=names, table=table)
-        stats[m] = block_stats(x, present, start, fills[m], chunk)
+        stats[m] = block_stats(x, present, start, sums[m], chunk)
         out.append((x, present))
     return (*out, (stats, meter.take()))
 
 
 @ray.remote(num_cpus=0.5)
-def prepare_task(names: list[str], side: str, start: int, fills: dict, seed: int, chunk: int,
+def prepare_task(names: list[str], side: str, start: int, preps: dict, seed: int, chunk: int,
                  *raw):
-    """One block's prepared modality rows (filled, normalised): one return per modality, then
-    the usage record."""
+    """One block's prepared modality rows (centred, filled, normalised:
+    :class:`~psqe_ray.core.blocks.Prep`): one return per modality, then the usage record."""
     meter = Meter("features-prepare").add(raw)
-    out = [prepare_rows(x, present, start, fills[m], seed, m, side, chunk)
+    out = [preps[m].rows(x, present, start, seed, m, side, chunk)
            for m, (x, present) in zip(names, raw)]
     return (*out, meter.take())
 

@@ -131,14 +131,14 @@ class RaySeedGenerator(StageStore, PartitionedSeeds, SeedGenerator):
     def prepare(self, pair):
         """:meth:`SeedGenerator.prepare` block by block on Ray: raw rows (one task per block,
         precomputed tables read there), the driver reduces their small statistics, then one
-        task per block fills and normalises.  Returns modality -> (left, right)
+        task per block centres, fills and normalises.  Returns modality -> (left, right)
         :class:`Sharded`."""
         self._current = "features"
         self.skipped_ = {}
         cfg, d = self.config, self.config.distributed
         sources = self.plan(pair, getattr(self, "_tables", {}))
         names = list(sources)
-        fills = {m: self.fills(m) for m in names}
+        sums = {m: self.needs_stats(m, sources[m]) for m in names}
         src_ref = ray.put(sources)
         bounds = {s: self._ranges(pair.side(s).n) for s in SIDES}
         raw, stat_refs = {}, []
@@ -147,7 +147,7 @@ class RaySeedGenerator(StageStore, PartitionedSeeds, SeedGenerator):
             for i, (a, b) in enumerate(bounds[s]):
                 refs = raw_task.options(num_returns=len(names) + 1).remote(
                     src_ref, s, a, b, cfg.features, side_names[a:b] if side_names is not None
-                    else None, self._dataset_url, self.storage_options, fills, d.chunk_rows)
+                    else None, self._dataset_url, self.storage_options, sums, d.chunk_rows)
                 raw[s, i] = refs[:-1]
                 stat_refs.append((s, refs[-1]))
         stats = {m: {s: [] for s in SIDES} for m in names}
@@ -158,14 +158,14 @@ class RaySeedGenerator(StageStore, PartitionedSeeds, SeedGenerator):
                 stats[m][s].append(st[m])
         a, b = bounds["left"][0]
         self._res("features", blocks=len(stat_refs), block_rows=b - a)
-        fill = self.check(sources, stats)
-        used = [m for m in names if m in fill]
+        preps = self.check(sources, stats)
+        used = [m for m in names if m in preps]
         blocks = {m: {s: [] for s in SIDES} for m in used}
         usage = []
         for s in SIDES:
             for i, (a, b) in enumerate(bounds[s]):
                 refs = prepare_task.options(num_returns=len(used) + 1).remote(
-                    used, s, a, {m: fill[m] for m in used}, cfg.seed, d.chunk_rows,
+                    used, s, a, {m: preps[m] for m in used}, cfg.seed, d.chunk_rows,
                     *[raw[s, i][names.index(m)] for m in used])
                 for m, r in zip(used, refs[:-1]):
                     blocks[m][s].append(r)

@@ -13,7 +13,7 @@ import pytest
 from psqe_ray.align.trainer import Aligner
 from psqe_ray.config import load_config
 from psqe_ray.runners import engine_for, run_align
-from psqe_ray.testing.synth import SynthConfig, synthesize
+from psqe_ray.testing.synth import FeatureSpec, SynthConfig, synthesize
 
 REPO = Path(__file__).resolve().parents[2]
 SETS = ["align.dim=16", "align.epochs=5", "align.round_epochs=2", "align.batch_size=64",
@@ -25,7 +25,10 @@ def pair_and_seeds(tmp_path_factory) -> tuple[str, str]:
     from psqe_ray.cli import main
 
     root = tmp_path_factory.mktemp("dalign")
-    synthesize(str(root / "pair"), SynthConfig(entities=200, seed=6))
+    # a name feature table besides the image one: a text model's vectors, centred per graph
+    # (features.centre_text) from every block's sums on Ray
+    synthesize(str(root / "pair"), SynthConfig(entities=200, seed=6, features=(
+        FeatureSpec(), FeatureSpec("name", 16, 0.6, 0.1))))
     assert main(["-q", "seeds", str(root / "pair"), str(root / "seeds"), "--method", "uvp",
                  "--set", "stage1.budget=60"]) == 0
     return str(root / "pair"), str(root / "seeds")
@@ -66,6 +69,7 @@ def test_ray_train_aligner_equals_inprocess(pair_and_seeds, tmp_path, ray_local,
         kinds = {k for e in on_ray["nodes"].values() for k in e["tasks"]}
         # subsets and the gold pairs' scores made by tasks: no gold row reaches the driver
         assert {"features-raw", "gather-rows", "pair-scores"} <= kinds
+        assert on_ray["feature_sources"]["name"] == "features/name, centred per graph"
         assert "take-rows" not in kinds
 
 
