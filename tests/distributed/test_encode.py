@@ -138,7 +138,8 @@ def test_seeds_job_encodes_first_and_uses_the_table(dataset, tiny_bert_dir, tmp_
                "--set", f"encode.name_model={tiny_bert_dir}", "--set", "stage1.budget=50"])
     assert rc == 0
     report = json.loads(open(os.path.join(out, "report.json")).read())
-    assert report["feature_sources"] == {"name": "features/name"}
+    # a text model's vectors are centred per graph (features.centre_text)
+    assert report["feature_sources"] == {"name": "features/name, centred per graph"}
     assert Dataset(dataset).has("features/name")
 
 
