@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from psqe_ray.config import PSQEConfig
@@ -150,7 +149,7 @@ class SeedGenerator:
         """The modalities that carry a signal shared by both graphs, from every block's
         :func:`block_stats` (side -> blocks in order): modality -> how its rows are prepared
         (:class:`~psqe_ray.core.blocks.Prep`).  Sets ``feature_sources_`` and ``skipped_``."""
-        out: dict[str, Any] = {}
+        out: dict[str, Prep] = {}
         self.feature_sources_ = {}
         for m, src in sources.items():
             st = stats[m]
@@ -269,10 +268,10 @@ class SeedGenerator:
         chunk = self.config.distributed.chunk_rows
         stats = {m: {s: [block_stats(*raw[m][s], 0, self.needs_stats(m, src), chunk)]
                      for s in SIDES} for m, src in sources.items()}
-        fills = self.check(sources, stats)
+        preps = self.check(sources, stats)
         # in-process the sides stay whole, dense arrays (the Ray path keeps sparse blocks)
-        mods = {m: tuple(dense(self.prepared_rows(m, *raw[m][s], 0, s, fills[m]))
-                         for s in SIDES) for m in fills}
+        mods = {m: tuple(dense(self.prepared_rows(m, *raw[m][s], 0, s, preps[m]))
+                         for s in SIDES) for m in preps}
         mods = self.screen(mods, lambda x, ids: x[ids], topk_search)
         return mods, self._weights(mods)
 

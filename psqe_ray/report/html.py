@@ -186,6 +186,9 @@ def _summary_rows(report: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     yield "seed method", esc(dig(seeds, "method") or "n/a")
     mods = dig(seeds, "modalities")
     yield "modalities", esc(", ".join(map(str, mods)) if isinstance(mods, list) and mods else "n/a")
+    sources = dig(seeds, "feature_sources")
+    if isinstance(sources, Mapping) and sources:
+        yield "features", "<br>".join(f"{esc(m)}: {esc(src)}" for m, src in sources.items())
     skipped = dig(seeds, "skipped_modalities")
     if isinstance(skipped, Mapping) and skipped:
         yield "modalities left out", "<br>".join(f"{esc(m)}: {esc(why)}"

@@ -245,9 +245,12 @@ def test_matching_and_left_out_modalities_are_shown() -> None:
         "f1": 0.9437, "ranking": {"hits@1": 0.9403, "hits@10": 0.99, "mrr": 0.96}}
     report["seeds"]["skipped_modalities"] = {
         "name": "no shared signal (AUC 0.480 against a shuffled baseline, z -2.2)"}
+    report["seeds"]["feature_sources"] = {"attribute": "features/attribute, centred per graph",
+                                          "relation": "relation bag"}
     text = "".join(parse(render_html(report)).text)
     for expected in ("14,210 pairs (sinkhorn)", "precision 0.971", "recall 0.918", "f1 0.944",
-                     "Hits@1 0.940", "name: no shared signal (AUC 0.480"):
+                     "Hits@1 0.940", "name: no shared signal (AUC 0.480",
+                     "attribute: features/attribute, centred per graph", "relation: relation bag"):
         assert expected in text, expected
     report["align"]["matching"] = {"method": "greedy", "matches": 12, "precision": None}
     assert "not scored: no gold links" in "".join(parse(render_html(report)).text)
