@@ -124,8 +124,8 @@ def canonical_scores(query: np.ndarray, base: np.ndarray, rows: np.ndarray,
     return out
 
 
-def _canonical_tile(qb: np.ndarray, bb: np.ndarray, qnorm: np.ndarray, bnorm: np.ndarray
-                    ) -> np.ndarray:
+def _canonical_tile(qb: np.ndarray, bb: np.ndarray, qnorm: np.ndarray, bnorm: np.ndarray,
+                    k: int | None = None) -> np.ndarray:
     """``canonical_scores`` of every pair of a tile, the same bits, from one float64 product.
 
     qb (bq, d), bb (bn, d) float32; qnorm (bq,), bnorm (bn,) their float64 norms -> (bq, bn)
@@ -136,11 +136,21 @@ def _canonical_tile(qb: np.ndarray, bb: np.ndarray, qnorm: np.ndarray, bnorm: np
     adjacent float32 numbers are exact in float64).  Those few pairs are rescored by
     :func:`canonical_scores`.  ``bound`` below is 4x that margin, which also covers the
     rounding of the norms and of ``v - midpoint``.
+
+    With ``k``, only the pairs that can be among their row's top ``k`` are rescored: a pair with
+    ``fl32(v + bound) < fl32(T)``, T the row's k-th largest ``v - bound``, is strictly below k
+    canonical scores of its row whatever its last bit (rounding is monotonic), so it may keep
+    ``fl32(v)``.  Without it, vectors with many zero or tiny scores (sparse bags: the bound
+    exceeds float32's spacing near zero) would send most of the tile to the gather.
     """
     v = qb.astype(np.float64) @ bb.astype(np.float64).T
     f = v.astype(np.float32)
     bound = (8.0 * (qb.shape[1] + 2) * 2.0 ** -53) * np.outer(qnorm, bnorm) + 1e-300
-    r, c = np.nonzero(_near_midpoint(v, f, bound))
+    near = _near_midpoint(v, f, bound)
+    if k is not None and v.shape[1] > k and near.any():
+        kth = np.partition(v - bound, v.shape[1] - k, axis=1)[:, v.shape[1] - k]
+        near &= (v + bound).astype(np.float32) >= kth.astype(np.float32)[:, None]
+    r, c = np.nonzero(near)
     if r.size:
         f[r, c] = canonical_scores(qb, bb, r, c)
     f += np.float32(0.0)
@@ -165,7 +175,7 @@ def _topk_tiles(query: np.ndarray, base: np.ndarray, qrows: np.ndarray, bcols: l
         rows = qrows[q0:q0 + _TILE_ROWS]
         qb, got = query[rows], empty_topk(rows.size, k)
         for cols in bcols:
-            t = _canonical_tile(qb, base[cols], qnorm[rows], bnorm[cols])
+            t = _canonical_tile(qb, base[cols], qnorm[rows], bnorm[cols], k)
             if cols.size > k:  # every entry >= the row's k-th value (ties included) is kept
                 kth = np.partition(t, cols.size - k, axis=1)[:, cols.size - k]
                 r, c = np.nonzero(t >= kth[:, None])

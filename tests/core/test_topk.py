@@ -375,3 +375,28 @@ def test_vectors_float32_cannot_order_match_brute_force(backend, scale):
     lr, rl = topk_search_both(left, right, 5, block=64)
     assert_same(lr, brute_force(left, right, 5))
     assert_same(rl, brute_force(right, left, 5))
+
+
+def test_tile_path_rescores_only_pairs_that_can_reach_the_top_k(monkeypatch):
+    """Sparse count bags: most scores are exactly zero, and the error bound is larger than
+    float32's spacing there, so every zero pair is "near a midpoint".  The tile path must give
+    the brute-force answer while rescoring only pairs that can reach a row's top k."""
+    import psqe_ray.core.topk as topk
+
+    rng = np.random.default_rng(7)
+    bags = [(rng.random((n, 60)) < 0.15) * rng.integers(1, 4, (n, 60)) for n in (200, 230)]
+    left, right = ((b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1)
+                    ).astype(np.float32) for b in bags)
+    rescored = []
+    real = topk.canonical_scores
+
+    def counted(q, b, r, c):
+        rescored.append(len(r))
+        return real(q, b, r, c)
+
+    monkeypatch.setattr(topk, "_BAND_LIMIT", 0)  # every block takes the tile path
+    monkeypatch.setattr(topk, "canonical_scores", counted)
+    for k in (1, 5, 40):
+        rescored.clear()
+        assert_same(topk_search(left, right, k, block=64), brute_force(left, right, k))
+        assert sum(rescored) < 0.2 * left.shape[0] * right.shape[0]
