@@ -150,14 +150,10 @@ class Prep:
 def side_means(chunks: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray] | None:
     """side -> float32 (d,) mean of that graph's present rows, from its chunks' stats
     (:func:`chunk_stats`, in chunk order); None when a side has no present row."""
-    out = {}
-    for side, parts in chunks.items():
-        s = np.concatenate(parts).sum(axis=0)
-        if s[0] == 0:
-            return None
-        d = (len(s) - 1) // 2
-        out[side] = (s[1:1 + d] / s[0]).astype(np.float32)
-    return out
+    stats = {side: fill_stats(parts) for side, parts in chunks.items()}
+    if any(st is None for st in stats.values()):
+        return None
+    return {side: st[0] for side, st in stats.items()}
 
 
 def centred_stats(stats: np.ndarray, mean: np.ndarray) -> np.ndarray:
