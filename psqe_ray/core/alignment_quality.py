@@ -135,17 +135,36 @@ def _exact_ranks(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids: 
     ranks = [np.ones(len(q_ids), np.int64) for _ in pens]
     for a in range(0, len(q_ids), block):
         qb = qv[a:a + block]
-        tb = t_ids[a:a + block, None]
+        tb = t_ids[a:a + block]
         for c0 in range(0, len(cand), block):
             raw = qb @ cand[c0:c0 + block].T
-            earlier = np.arange(c0, c0 + raw.shape[1])[None, :] < tb
+            # the partner's own column when it lies in this block (never counted: not above
+            # its own upper bound, not earlier than itself)
+            own = np.flatnonzero((tb >= c0) & (tb < c0 + raw.shape[1]))
             for pen, (hi, lo), rank in zip(pens, bounds, ranks):
-                # 2 * raw is exact in float32; the penalties make it float64
-                s = raw if pen is None else \
-                    2.0 * raw - pen[0][a:a + block, None] - pen[1][None, c0:c0 + block]
-                better = (s > hi[a:a + block, None]) | \
-                    ((s >= lo[a:a + block, None]) & earlier)
-                rank[a:a + block] += better.sum(axis=1)
+                if pen is None:
+                    s = raw
+                else:  # 2 * raw is exact in float32; the penalties make it float64
+                    s = raw.astype(np.float64)
+                    s *= 2.0
+                    s -= pen[0][a:a + block, None]
+                    s -= pen[1][None, c0:c0 + block]
+                hb, lb = hi[a:a + block], lo[a:a + block]
+                # better = s > hi, or lo <= s <= hi (a tie within rounding) at an earlier id.
+                # Count the first everywhere, the band only on the rows that have one beside
+                # the partner: ties are rare, so the tile is compared twice and nothing more
+                above = np.count_nonzero(s > hb[:, None], axis=1)
+                band = np.count_nonzero(s >= lb[:, None], axis=1) - above
+                if len(own):
+                    p = s[own, tb[own] - c0]
+                    band[own] -= (p >= lb[own]) & (p <= hb[own])
+                rank[a:a + block] += above
+                tied = np.flatnonzero(band)
+                if len(tied):
+                    sub = s[tied]
+                    earlier = np.arange(c0, c0 + raw.shape[1])[None, :] < tb[tied, None]
+                    rank[a + tied] += np.count_nonzero(
+                        (sub >= lb[tied, None]) & (sub <= hb[tied, None]) & earlier, axis=1)
     return ranks
 
 

@@ -125,3 +125,51 @@ def test_every_variant_matches_brute_force():
                 assert got["mrr"] == pytest.approx((1.0 / rank).mean())
     assert 0 < m["variants"]["r2l/csls/all"]["hits@1"] < 1
     assert m["variants"]["r2l/csls/all"] != m["variants"]["r2l/plain/all"]
+
+
+def _reference_ranks(query, cand, q_ids, t_ids, pens, bounds):
+    """The rank rule written out whole: better = s > hi, or lo <= s <= hi at an earlier id."""
+    out = []
+    raw = query[q_ids] @ cand.T
+    for pen, (hi, lo) in zip(pens, bounds):
+        s = raw if pen is None else 2.0 * raw - pen[0][:, None] - pen[1][None, :]
+        earlier = np.arange(len(cand))[None, :] < t_ids[:, None]
+        better = (s > hi[:, None]) | ((s >= lo[:, None]) & earlier)
+        out.append(1 + better.sum(axis=1))
+    return out
+
+
+@pytest.mark.parametrize("block", [5, 16, 64])
+def test_tiled_ranks_count_ties_like_the_whole_rule(block):
+    """The tiles compare twice and look at the tie band only where one holds more than the
+    partner: duplicated rows (exact ties at earlier and later ids), both scorings, blocks
+    that cut through the partners, equal the rule applied to the whole score matrix."""
+    from psqe_ray.core import alignment_quality as aq
+
+    rng = np.random.default_rng(3)
+    base = l2_normalize(rng.standard_normal((12, 8)).astype(np.float32))
+    right = base[rng.integers(0, 12, 60)]            # many exact duplicates
+    left = base[rng.integers(0, 12, 40)]
+    qi = np.arange(40)
+    ti = rng.integers(0, 60, 40)
+    pens = [None, (rng.random(40) * 0.1, rng.random(60) * 0.1)]
+    got = aq._exact_ranks(left, right, qi, ti, pens, block)
+    # the bounds the function uses, rebuilt the same way for the reference
+    base_s = np.einsum("ij,ij->i", left[qi], right[ti], dtype=np.float64)
+    tol0 = (8 + 2) * 2.0 ** -23 * np.linalg.norm(left[qi], axis=1) * float(
+        np.linalg.norm(right, axis=1).max()) + 1e-30
+    bounds = []
+    for pen in pens:
+        true, tol = (base_s, tol0) if pen is None else (2.0 * base_s - pen[0] - pen[1][ti],
+                                                        4.0 * tol0)
+        hi, lo = true + tol, true - tol
+        if pen is None:
+            hi, lo = aq._round_down_f32(hi), -aq._round_down_f32(-lo)
+        bounds.append((hi, lo))
+    want = _reference_ranks(left, right, qi, ti, pens, bounds)
+    for g, w in zip(got, want):
+        assert g.tolist() == w.tolist()
+    assert any((g > 1).any() for g in got)
+    # ties at earlier ids really occur (the duplicates), so the band path is exercised
+    dup_earlier = [(right[:t] == right[t]).all(axis=1).any() for t in ti]
+    assert any(dup_earlier)
