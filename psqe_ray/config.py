@@ -244,12 +244,14 @@ class PSQEConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
-    threads: int = 4              # torch threads of every training process (Stage II, the
+    threads: int = 2              # torch threads of every training process (Stage II, the
                                   # aligner; in-process and each Ray Train worker).  Some CPU
                                   # kernels' sums depend on the thread count, so it is fixed
                                   # (not the machine's cores) and part of the result: the same
                                   # value gives the same seeds and alignment on any machine,
-                                  # under any load.  0 = the node's CPUs (not reproducible)
+                                  # under any load.  2: the smallest machine we support (more
+                                  # threads than cores cost ~30 %).  0 = the node's CPUs (not
+                                  # reproducible)
 
     def check(self) -> None:
         if self.method not in ("psqe", "uvp", "multimodal-greedy"):

@@ -91,7 +91,7 @@ def test_same_bytes_under_any_load_cpu_count_and_engine(pair, tmp_path):
     assert figures[1] == figures[0] and figures[2] == figures[0]
     repro = json.loads((outs[2] / "report.json").read_text())["reproducibility"]
     assert repro["same_result_anywhere"] is True
-    assert repro["result_settings"]["threads"] == 4
+    assert repro["result_settings"]["threads"] == 2
     assert "PSQE_RAY_NUM_CPUS" in repro["no_effect"]
 
 
