@@ -109,20 +109,18 @@ def gold_ranks(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids: np
     return _exact_ranks(query, cand, q_ids, t_ids, pens, block)[0]
 
 
-def _exact_ranks(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids: np.ndarray,
-                 pens: list, block: int = 4096) -> list[np.ndarray]:
-    """Exact ranks (module docstring) under several scorings from one pass over the score
-    blocks: ``pens`` holds, per scoring, None (plain inner products) or the CSLS penalties
-    (r_q float64 (P,) of the query rows ``q_ids``, r_c float64 (m,) of every candidate).
-    ``query`` / ``cand`` float32 contiguous; returns one int64 (P,) array per scoring."""
+def _rank_bounds(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids: np.ndarray,
+                 pens: list) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per scoring of :func:`_exact_ranks`: (hi, lo), the partner's score plus and minus the
+    rounding bound.  Float32 tiles differ from the exact score by rounding: scores within
+    this bound of the partner's count as ties (and ties go to the smaller id), so rounding
+    never decides a rank."""
     qv = query[q_ids]
     base = np.einsum("ij,ij->i", qv, cand[t_ids], dtype=np.float64)
-    # float32 tiles differ from the exact score by rounding: scores within this bound of the
-    # partner's count as ties (and ties go to the smaller id), so rounding never decides a rank
     d = query.shape[1]
     tol0 = (d + 2) * 2.0 ** -23 * np.linalg.norm(qv, axis=1) * float(
         np.linalg.norm(cand, axis=1).max(initial=0.0)) + 1e-30
-    bounds = []  # per scoring: (partner's score + tol, partner's score - tol)
+    bounds = []
     for pen in pens:
         true, tol = (base, tol0) if pen is None else (2.0 * base - pen[0] - pen[1][t_ids],
                                                       4.0 * tol0)
@@ -132,6 +130,17 @@ def _exact_ranks(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids: 
             # s >= (smallest float32 >= lo)
             hi, lo = _round_down_f32(hi), -_round_down_f32(-lo)
         bounds.append((hi, lo))
+    return bounds
+
+
+def _exact_ranks(query: np.ndarray, cand: np.ndarray, q_ids: np.ndarray, t_ids: np.ndarray,
+                 pens: list, block: int = 4096) -> list[np.ndarray]:
+    """Exact ranks (module docstring) under several scorings from one pass over the score
+    blocks: ``pens`` holds, per scoring, None (plain inner products) or the CSLS penalties
+    (r_q float64 (P,) of the query rows ``q_ids``, r_c float64 (m,) of every candidate).
+    ``query`` / ``cand`` float32 contiguous; returns one int64 (P,) array per scoring."""
+    qv = query[q_ids]
+    bounds = _rank_bounds(query, cand, q_ids, t_ids, pens)
     ranks = [np.ones(len(q_ids), np.int64) for _ in pens]
     for a in range(0, len(q_ids), block):
         qb = qv[a:a + block]

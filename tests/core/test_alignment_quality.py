@@ -154,18 +154,7 @@ def test_tiled_ranks_count_ties_like_the_whole_rule(block):
     ti = rng.integers(0, 60, 40)
     pens = [None, (rng.random(40) * 0.1, rng.random(60) * 0.1)]
     got = aq._exact_ranks(left, right, qi, ti, pens, block)
-    # the bounds the function uses, rebuilt the same way for the reference
-    base_s = np.einsum("ij,ij->i", left[qi], right[ti], dtype=np.float64)
-    tol0 = (8 + 2) * 2.0 ** -23 * np.linalg.norm(left[qi], axis=1) * float(
-        np.linalg.norm(right, axis=1).max()) + 1e-30
-    bounds = []
-    for pen in pens:
-        true, tol = (base_s, tol0) if pen is None else (2.0 * base_s - pen[0] - pen[1][ti],
-                                                        4.0 * tol0)
-        hi, lo = true + tol, true - tol
-        if pen is None:
-            hi, lo = aq._round_down_f32(hi), -aq._round_down_f32(-lo)
-        bounds.append((hi, lo))
+    bounds = aq._rank_bounds(left, right, qi, ti, pens)  # the bounds the function uses
     want = _reference_ranks(left, right, qi, ti, pens, bounds)
     for g, w in zip(got, want):
         assert g.tolist() == w.tolist()
