@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "psqe_ray"
@@ -51,3 +53,16 @@ def test_align_imports_only_core_and_config():
         bad = {m for m in inner if not m.startswith(("psqe_ray.core", "psqe_ray.config",
                                                      "psqe_ray.align"))}
         assert not bad and not _imports(f) & {"ray", "fsspec", "s3fs"}, f"{f}: {bad}"
+
+
+def test_torch_geometric_loads_only_when_a_model_is_built():
+    """Importing the runners and the Ray engine must not import torch_geometric (seconds of
+    imports a bad-input error or a search task should not pay); building a GAT layer does."""
+    code = ("import sys, psqe_ray.runners, psqe_ray.distributed.engine, psqe_ray.align.trainer\n"
+            "assert 'torch_geometric' not in sys.modules, 'loaded at import'\n"
+            "from psqe_ray.core.kernels import gat_conv\n"
+            "conv = gat_conv(4, 4)\n"
+            "assert type(conv).__module__.startswith('torch_geometric'), type(conv)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

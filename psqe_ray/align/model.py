@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.nn import GATConv
 
+from psqe_ray.core.kernels import gat_conv
 from psqe_ray.core.neighbour_sampler import Block, CSRSampler
 from psqe_ray.core.seed_encoder import gat_blocks, project, propagate_full
 
@@ -96,8 +96,7 @@ class AlignModel(nn.Module):
             self.structure = nn.Parameter(base.clone())
         else:  # derived from the features on every worker: not part of the state dict
             self.register_buffer("structure", base, persistent=False)
-        self.convs = nn.ModuleList(GATConv(dim, dim, heads=1, add_self_loops=False)
-                                   for _ in range(layers))
+        self.convs = nn.ModuleList(gat_conv(dim, dim) for _ in range(layers))
         self.inp = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in sorted(dims.items())})
         self.logits = nn.Parameter(torch.zeros(len(self.modalities)))
         if fusion == "entity":

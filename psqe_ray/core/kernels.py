@@ -9,11 +9,14 @@ tensors take the device-generic code that CUDA tensors take, so the GPU path is 
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch_geometric.nn import GATConv
+
+if TYPE_CHECKING:
+    from torch_geometric.nn import GATConv
 
 
 class Adjacency:
@@ -109,6 +112,17 @@ def _aggregate(weights: torch.Tensor, adj: Adjacency, h: torch.Tensor) -> torch.
         return torch.zeros(adj.n_dst, h.shape[1], dtype=h.dtype,
                            device=h.device).index_add(0, adj.dst, msg)
     return _Aggregate.apply(weights, h.contiguous(), adj)
+
+
+def gat_conv(in_dim: int, out_dim: int, heads: int = 1, concat: bool = True) -> "GATConv":
+    """A PyG ``GATConv`` layer without self-loops (the parameters every GAT here trains).
+    torch_geometric is imported here, on first use, not with this module: importing it costs
+    several seconds (it loads torch's compiler stack and its dataset modules), which a process
+    that never builds a model (a bad-input error, a search or sampling task on Ray) should not
+    pay."""
+    from torch_geometric.nn import GATConv
+
+    return GATConv(in_dim, out_dim, heads=heads, concat=concat, add_self_loops=False)
 
 
 def _edge_softmax(conv: GATConv, s_src: torch.Tensor, s_dst: torch.Tensor,

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.nn import GATConv
 
-from psqe_ray.core.kernels import gat_transformed, gat_untransformed, sparse_linear
+from psqe_ray.core.kernels import gat_conv, gat_transformed, gat_untransformed, sparse_linear
 from psqe_ray.core.neighbour_sampler import Block, CSRSampler
 
 
@@ -42,8 +41,8 @@ class SeedEncoder(nn.Module):
         self.modalities = sorted(dims)
         self.inp = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in dims.items()})
         self.convs = nn.ModuleList(
-            GATConv(dim, dim // heads if heads > 1 else dim, heads=heads, concat=heads > 1,
-                    add_self_loops=False) for _ in range(layers))
+            gat_conv(dim, dim // heads if heads > 1 else dim, heads=heads, concat=heads > 1)
+            for _ in range(layers))
 
     def project(self, m: str, feats: dict, rows: np.ndarray) -> torch.Tensor:
         """Input layer of modality ``m`` for ``rows``: float32 (len(rows), dim).
