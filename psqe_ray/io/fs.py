@@ -19,6 +19,28 @@ from psqe_ray.errors import DataError, one_line
 
 StorageOptions = dict[str, Any] | None
 
+
+def _no_expect_continue() -> None:
+    """S3 writes without ``Expect: 100-continue``, so that ``PSQE_RAY_STORAGE_TIMEOUT`` bounds
+    them too.  botocore asks every S3 PUT / POST with a body (PutObject, UploadPart, ...) to
+    wait for the server's ``100 Continue`` before sending it, and aiohttp (under s3fs) waits
+    for that answer without any timeout: a store that accepts a write and never answers held
+    the job forever.  Without the header the body goes at once and the read timeout applies
+    to the answer, as for every other request.  The header only saves uploading a body the
+    server would refuse; nothing else depends on it.  Applied to the botocore sessions created
+    after this module is imported (s3fs creates its own lazily, on its first request), in
+    every process that imports it: the CLI, Ray tasks and actors, and the Ray Train processes
+    that unpickle our training loop; without botocore installed there is nothing to do."""
+    try:
+        from botocore import handlers
+    except ImportError:  # pragma: no cover - s3fs (and botocore) are dependencies
+        return
+    handlers.BUILTIN_HANDLERS[:] = [h for h in handlers.BUILTIN_HANDLERS
+                                    if h[1] is not handlers.add_expect_header]
+
+
+_no_expect_continue()
+
 # bytes this process has read through read_bytes (a lock: image encoders read in threads)
 _read = {"bytes": 0}
 _read_lock = threading.Lock()

@@ -8,10 +8,10 @@ are refused (closed on accept) until :meth:`Outage.restore`.  A cut can be armed
 :meth:`Outage.cut_at` watches the request lines the clients send (``PUT /bucket/key HTTP/1.1``)
 and cuts before forwarding the first one that matches, so the job is stopped exactly at a
 chosen write; :meth:`Outage.cut_after` cuts once a number of bytes went upstream (a write cut
-part way through its body).  :meth:`Outage.stall` holds new data without closing anything (a
-hung server: note that a PUT then waits for its ``100 Continue`` without a timeout, see the
-README on ``PSQE_RAY_STORAGE_TIMEOUT``).  Threads and sockets only; the proxy never parses more
-than request lines.
+part way through its body).  :meth:`Outage.hang_at` is the other way a store fails: a hung
+server, which keeps accepting connections and requests from the chosen one on but never
+answers, nor closes anything.  Threads and sockets only; the proxy never parses more than
+request lines.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ class Outage:
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._down = False
-        self._stalled = threading.Event()
-        self._stalled.set()  # set: data flows
+        self._hanging = False  # hung: requests are swallowed, never forwarded nor answered
+        self._hang = False     # the armed predicate hangs instead of cutting
         self._predicate: Callable[[str, str], bool] | None = None
         self._budget: int | None = None
         self.requests: list[str] = []
@@ -65,23 +65,25 @@ class Outage:
         the request line, e.g. ``/bucket/out/align/alignment.parquet?...``): that request is
         never forwarded, and the store is down from then on."""
         with self._lock:
-            self._predicate, self.cut_request = predicate, None
+            self._predicate, self._hang, self.cut_request = predicate, False, None
+
+    def hang_at(self, predicate: Callable[[str, str], bool]) -> None:
+        """Arm a hang at the first request ``predicate(method, path)`` accepts: from that
+        request on (``cut_request``), nothing the clients send is forwarded or answered, and
+        no connection is closed, until :meth:`restore`; a connection that hung stays hung."""
+        with self._lock:
+            self._predicate, self._hang, self.cut_request = predicate, True, None
 
     def cut_after(self, nbytes: int) -> None:
         """Arm a cut once ``nbytes`` more bytes went from the clients to the server."""
         with self._lock:
             self._budget = int(nbytes)
 
-    def stall(self) -> None:
-        """Hold every byte in both directions from now on (connections stay open)."""
-        self._stalled.clear()
-
     def restore(self) -> None:
         """The server is back: forward again, nothing armed."""
         with self._lock:
-            self._down = False
+            self._down = self._hanging = self._hang = False
             self._predicate = self._budget = None
-        self._stalled.set()
 
     @property
     def down(self) -> bool:
@@ -89,7 +91,6 @@ class Outage:
 
     def close(self) -> None:
         self._closed = True
-        self._stalled.set()
         try:
             self._listener.close()
         except OSError:
@@ -126,16 +127,20 @@ class Outage:
 
     def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
         tail = b""  # the end of the previous chunk: a request line may span two reads
+        hung = False  # this connection's requests are swallowed from now on
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                self._stalled.wait()
                 if self._down:
                     break
-                if upstream and self._check(tail + data, len(data)):
-                    break
+                if upstream and not hung:
+                    if self._check(tail + data, len(data)) and not self._hanging:
+                        break
+                    hung = self._hanging
+                if hung:
+                    continue
                 dst.sendall(data)
                 tail = data[-512:] if upstream else b""
         except OSError:
@@ -151,7 +156,7 @@ class Outage:
                     pass
 
     def _check(self, data: bytes, size: int) -> bool:
-        """Record request lines; True when an armed cut fires on this chunk."""
+        """Record request lines; True when an armed cut or hang fires on this chunk."""
         fire = False
         with self._lock:
             for m in _REQUEST_LINE.finditer(data):
@@ -164,7 +169,9 @@ class Outage:
             if self._budget is not None:
                 self._budget -= size
                 fire = fire or self._budget <= 0
-        if fire:
+        if fire and self._hang:
+            self._hanging = True
+        elif fire:
             self.cut()
         return fire
 

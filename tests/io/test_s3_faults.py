@@ -143,12 +143,46 @@ def test_store_stops_mid_write_then_rerun_completes(where, store, pair, bucket, 
         assert fs.exists(f"{root}/seeds/_MANIFEST.json")
 
     # the store is back: the rerun clears what the cut left and ends with the undisturbed result
+    _rerun_gives_the_undisturbed_result(store, pair, out, undisturbed, capsys)
+
+
+def _rerun_gives_the_undisturbed_result(store, pair, out, undisturbed, capsys) -> None:
     rc, err = _run(store, ["run", pair, out, *ARGS], capsys)
     assert rc == 0, err
     fs = _fs()
+    root = out.removeprefix("s3://")
     for rel in ("seeds/seeds.parquet", "align/alignment.parquet", "align/matches.parquet"):
         assert fs.cat_file(f"{root}/{rel}") == undisturbed[rel], rel
     assert _files(fs, out) == undisturbed["files"]  # no orphan part, marker or lock
+
+
+def test_store_hangs_on_a_write_then_rerun_completes(store, pair, bucket, undisturbed, capsys):
+    """A hung store: it takes the write's request and never answers, nor closes anything.
+    The job (a real process) fails after ``PSQE_RAY_STORAGE_TIMEOUT`` per try with one line
+    naming the file and commits nothing half-written; the rerun completes.  (botocore's
+    ``Expect: 100-continue`` had the PUT wait for the server's answer without any timeout:
+    the job hung for good, and this test ran into its subprocess timeout.)"""
+    out = f"{bucket}/hung"
+    root = out.removeprefix("s3://")
+    key = f"/{root}/seeds/report.json"
+    store.hang_at(lambda method, path: method == "PUT" and path.split("?")[0] == key)
+    env = {**os.environ, "PSQE_RAY_STORAGE_TIMEOUT": "2", "PSQE_RAY_STORAGE_RETRIES": "1"}
+    cmd = [sys.executable, "-m", "psqe_ray.cli", "-q", "run", pair, out, *ARGS]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+    finally:
+        hung = store.cut_request
+        store.restore()
+    assert hung is not None, f"the job never wrote {key}"
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr[-3000:]
+    assert proc.stderr.startswith(f"error: {out}/seeds/report.json: cannot write: "), proc.stderr
+    fs = _fs()
+    assert not fs.exists(f"{root}/seeds/_MANIFEST.json")
+    assert not fs.exists(f"{root}/_MANIFEST.json")
+    assert fs.exists(f"{root}/seeds/_UNCOMMITTED.json")
+    _rerun_gives_the_undisturbed_result(store, pair, out, undisturbed, capsys)
 
 
 def test_store_stops_in_a_ray_task_then_rerun_resumes(store, pair, bucket, undisturbed,
