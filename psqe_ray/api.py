@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from psqe_ray.config import PSQEConfig, _apply, load_config
+from psqe_ray.config import PSQEConfig, load_config
 from psqe_ray.core.assignment import pair_metrics
 from psqe_ray.core.graph import KGPair
 from psqe_ray.errors import ConfigError, DataError
@@ -45,18 +45,7 @@ def make_config(settings: dict[str, Any] | None = None, yaml: str | None = None)
     ``settings``, a mapping of dotted keys as ``--set`` takes them
     (``{"align.recipe": "eva", "stage2.epochs": 50}``).  An unknown key or a bad value raises
     :class:`~psqe_ray.errors.ConfigError` naming it."""
-    cfg = load_config(yaml)
-    nested: dict[str, Any] = {}
-    for key, value in (settings or {}).items():
-        node, parts = nested, str(key).split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{key}: {p} is set both as a value and as a section")
-        node[parts[-1]] = value
-    cfg = _apply(cfg, nested)
-    cfg.check()
-    return cfg
+    return load_config(yaml, settings=settings)
 
 
 def _cfg(cfg: PSQEConfig | None) -> PSQEConfig:

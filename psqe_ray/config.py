@@ -362,24 +362,35 @@ def _apply(obj: Any, updates: dict[str, Any], prefix: str = "") -> Any:
     return replace(obj, **changes)
 
 
+def nest(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """Dotted keys -> nested dict: ``{"stage2.epochs": 100, "seed": 1}`` ->
+    ``{"stage2": {"epochs": 100}, "seed": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in (settings or {}).items():
+        node, parts = out, str(key).strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {p} is set both as a value and as a section")
+        node[parts[-1]] = value
+    return out
+
+
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
     """``["stage2.epochs=100", "seed=1"]`` -> nested dict."""
-    out: dict[str, Any] = {}
+    pairs = {}
     for item in items or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, value = item.split("=", 1)
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value.strip()
-    return out
+        pairs[key] = value.strip()
+    return nest(pairs)
 
 
 def load_config(yaml_text_or_none: str | None = None, sets: list[str] | None = None,
-                **overrides: Any) -> PSQEConfig:
-    """Defaults <- YAML text (already read) <- ``--set`` items <- keyword overrides."""
+                settings: dict[str, Any] | None = None, **overrides: Any) -> PSQEConfig:
+    """Defaults <- YAML text (already read) <- ``--set`` items <- ``settings`` (dotted keys
+    to values, :func:`nest`) <- keyword overrides."""
     cfg = PSQEConfig()
     if yaml_text_or_none:
         import yaml
@@ -392,6 +403,7 @@ def load_config(yaml_text_or_none: str | None = None, sets: list[str] | None = N
             raise ConfigError("config YAML must be a mapping")
         cfg = _apply(cfg, data)
     cfg = _apply(cfg, parse_sets(sets))
+    cfg = _apply(cfg, nest(settings))
     cfg = _apply(cfg, {k: v for k, v in overrides.items() if v is not None})
     cfg.check()
     return cfg

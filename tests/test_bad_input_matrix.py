@@ -387,6 +387,13 @@ def _(ctx):
     return ["psqe-ray", "-q", "seeds", ctx.pair(), ctx.p("out"), "--set", "stage9.x=1"]
 
 
+@_c("seeds-setting-both-a-value-and-a-section", "seed.x: seed is set both as a value and as "
+    "a section")
+def _(ctx):
+    return ["psqe-ray", "-q", "seeds", ctx.pair(), ctx.p("out"), "--set", "seed=1",
+            "--set", "seed.x=2"]
+
+
 @_c("seeds-config-file-missing", "nofile.yaml", "no such file")
 def _(ctx):
     return ["psqe-ray", "-q", "seeds", ctx.pair(), ctx.p("out"), "--config", ctx.p("nofile.yaml")]
