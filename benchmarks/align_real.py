@@ -7,7 +7,9 @@ Per (pair, names): PSQE seeds (`psqe-ray seeds`; an existing PSQE output of
 benchmarks/seeds_real.py in CACHE/runs is reused), then UVP seeds with the same budget as the
 PSQE seed count (same number of seeds, so the comparison is about which seeds).  Then one
 `psqe-ray align` child process per (recipe, seeds); one JSON line per run: Hits@1/10/MRR
-(left-to-right, all gold pairs, every entity a candidate), the field's test split, CSLS,
+(left-to-right, all gold pairs, every entity a candidate, ranked as `align.ranking`
+says, plain and CSLS beside it, and the same read off alignment.parquet itself), the
+field's test split, CSLS,
 seconds (train + evaluation, in the child) and peak RSS, and the one-to-one alignment's
 precision / recall / F1 (matches.parquet) with the Hits@k of the balanced scores.  Without
 names, UVP's pivot is the first available modality (attribute bags on OpenEA); DBP15K has no
@@ -41,6 +43,24 @@ def matching_figures(match: dict | None) -> dict:
             "match_precision": match["precision"], "match_recall": match["recall"],
             "match_f1": match["f1"], "balanced_hits@1": r["hits@1"],
             "balanced_hits@10": r["hits@10"], "balanced_mrr": r["mrr"]}
+
+
+def table_hits(ds: str, out: Path) -> dict:
+    """Hits@1 / Hits@10 of alignment.parquet itself (what a user reads), against the gold
+    links: a check that the file ranks as metrics.json's headline says."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from psqe_ray.io.dataset import Dataset
+
+    g = Dataset(ds).table("gold", ["left_id", "right_id"])
+    partner = dict(zip(g.column("left_id").to_pylist(), g.column("right_id").to_pylist()))
+    t = pq.read_table(out / "alignment.parquet", columns=["left_id", "right_id", "rank"])
+    left, right, rank = (t.column(c).to_numpy() for c in ("left_id", "right_id", "rank"))
+    want = np.array([partner.get(x, -2) for x in left.tolist()])
+    hit = right == want
+    return {"table_hits@1": float(hit[rank == 1].sum()) / len(partner),
+            "table_hits@10": float(hit.sum()) / len(partner)}
 
 
 def seeds(ds: str, out: Path, method: str, modalities: str, sets: list[str]) -> dict:
@@ -105,12 +125,16 @@ def main() -> None:
                     m = run_measured(cmd)
                     met = json.loads((out / "metrics.json").read_text())
                     v = met["variants"]
+                    table = table_hits(ds, out)
                     print(json.dumps({
                         "pair": pair, "names": "name" in modalities, "recipe": recipe,
                         "seeds": kind, "features": args.features or "built-in",
                         "seed_count": rep["seeds"]["count"],
                         "seed_precision": rep["seeds"]["precision"],
+                        "headline": met.get("headline", "l2r/plain/all"),
                         "hits@1": met["hits@1"], "hits@10": met["hits@10"], "mrr": met["mrr"],
+                        "plain_hits@1": v["l2r/plain/all"]["hits@1"],
+                        "csls_hits@1": v["l2r/csls/all"]["hits@1"], **table,
                         "test_hits@1": v["l2r/plain/test"]["hits@1"],
                         "csls_test_hits@1": v["l2r/csls/test"]["hits@1"],
                         "r2l_hits@1": v["r2l/plain/all"]["hits@1"],

@@ -213,6 +213,9 @@ class AlignConfig:
                                   # count with the most mutual nearest pairs; no gold read);
                                   # 0 = off.  The final vectors are (hops + 1) times wider
     topk: int = 10                # candidates per left entity in alignment.parquet
+    ranking: str = "csls"         # the scoring of alignment.parquet and of metrics.json's
+                                  # headline Hits@k: csls (hubness-corrected, the field's
+                                  # inference-time ranking, Lample et al. 2018) | plain cosine
     matching: str = "sinkhorn"    # ours: the one-to-one matches.parquet: sinkhorn (balanced
                                   # on the candidate graph) | greedy (mutual best on CSLS) | off
     match_k: int = 50             # candidates per entity, each direction, of that assignment
@@ -220,7 +223,8 @@ class AlignConfig:
     match_temperature: float = 0.04  # Sinkhorn temperature on CSLS scores (0.02 on cosines)
     match_iterations: int = 10    # Sinkhorn rounds (row + column normalisation each)
     match_min_share: float = 0.5  # a match is kept when its balanced mass is at least this
-    csls_k: int = 3               # evaluation: CSLS neighbourhood (field: 3)
+    csls_k: int = 3               # CSLS neighbourhood of the ranking, the matching and the
+                                  # evaluation (field: 3)
     split_seed: int = 0           # evaluation: seed of the field's 30 / 70 split
     checkpoint_every: int = 10    # ours: epochs between the aligner's checkpoints (and one
                                   # after each round's check) under OUT_URL/_train; no effect
@@ -303,6 +307,8 @@ class PSQEConfig:
             raise ConfigError(f"align.smooth must be -1 (auto) or >= 0 hops, got {a.smooth}")
         if a.checkpoint_every < 1:
             raise ConfigError("align.checkpoint_every must be >= 1")
+        if a.ranking not in ("csls", "plain"):
+            raise ConfigError(f"align.ranking must be csls or plain, got {a.ranking!r}")
         if a.matching not in ("sinkhorn", "greedy", "off"):
             raise ConfigError(f"align.matching must be sinkhorn, greedy or off, got {a.matching!r}")
         if a.match_k < 1 or a.match_iterations < 1 or a.match_temperature <= 0 \

@@ -88,6 +88,7 @@ ALIGNMENT = pa.schema([
     pa.field("right_id", pa.int64(), nullable=False),
     pa.field("rank", pa.int32(), nullable=False),
     pa.field("score", pa.float32(), nullable=False),
+    pa.field("similarity", pa.float32(), nullable=False),
 ])
 MATCHES = pa.schema([
     pa.field("left_id", pa.int64(), nullable=False),

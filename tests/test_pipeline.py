@@ -56,7 +56,12 @@ def test_align_writes_alignment_and_metrics(tmp_path, capsys, pair_url, seeds_ur
     for key in ("hits@1", "hits@10", "mrr", "recipe", "seconds_total", "eval_seconds"):
         assert key in metrics
     assert metrics["driver_peak_rss_bytes"] > 50 * 2**20  # this process: torch alone is more
-    assert metrics["hits@1"] == metrics["variants"]["l2r/plain/all"]["hits@1"]
+    # the default ranking, CSLS: the headline is its variant, and the file's scores are CSLS
+    # scores (2 cos - two penalties, each at most the best cosine: never above 2 cos - 2 max)
+    assert metrics["headline"] == "l2r/csls/all"
+    assert metrics["hits@1"] == metrics["variants"]["l2r/csls/all"]["hits@1"]
+    sim = t.column("similarity").to_numpy().reshape(n_left, 5)
+    assert (sim <= 1.0 + 1e-5).all() and not np.allclose(score, sim)
     assert set(metrics["variants"]) == {f"{d}/{s}/{p}" for d in ("l2r", "r2l")
                                         for s in ("plain", "csls") for p in ("all", "test")}
     assert 0.3 < metrics["hits@1"] <= metrics["hits@10"] <= 1.0

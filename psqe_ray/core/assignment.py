@@ -38,8 +38,8 @@ import numpy as np
 
 from psqe_ray.core.matching import greedy_one_to_one
 
-__all__ = ["CandidateGraph", "MatchResult", "assign", "candidate_graph", "match", "match_metrics",
-           "judge_pairs", "pair_metrics", "sinkhorn", "rerank_metrics"]
+__all__ = ["CandidateGraph", "MatchResult", "assign", "candidate_graph", "csls_ranking", "match",
+           "match_metrics", "judge_pairs", "pair_metrics", "sinkhorn", "rerank_metrics"]
 
 
 @dataclass
@@ -108,6 +108,34 @@ def candidate_graph(lr: tuple[np.ndarray, np.ndarray], rl: tuple[np.ndarray, np.
     left, right, score = left[first], right[first], score[first]
     csls = 2.0 * score - _penalty(ls, li, csls_k)[left] - _penalty(rs, ri, csls_k)[right]
     return CandidateGraph(left, right, score, csls, n_left, n_right)
+
+
+def csls_ranking(lr: tuple[np.ndarray, np.ndarray], rl: tuple[np.ndarray, np.ndarray], k: int,
+                 csls_k: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every left entity's ``k`` best right entities by CSLS (alignment.parquet's ranking):
+    (CSLS float32 (n, k), ids int64 (n, k), raw similarity float32 (n, k)); -1 / -inf pad a
+    short list.
+
+    ``lr`` / ``rl`` as for :func:`candidate_graph`.  Each left entity's listed candidates
+    (its shortlist: every candidate when the list is as long as the other side) are rescored
+    by ``2 s(l, r) - r_L(l) - r_R(r)`` with both penalties from the same lists, and sorted
+    best first (ties to the smaller id).  A right entity outside the shortlist is not
+    ranked: with the default 50-deep lists that is the approximate evaluation's rule too
+    (:mod:`psqe_ray.core.alignment_quality`)."""
+    (ls, li), (rs, ri) = ((np.asarray(s), np.asarray(i)) for s, i in (lr, rl))
+    if ls.ndim != 2 or ls.shape != li.shape or rs.ndim != 2 or rs.shape != ri.shape:
+        raise ValueError("lr and rl must be (scores, ids) pairs of 2-D arrays of one shape")
+    listed = li >= 0
+    if listed.any() and int(li.max()) >= rs.shape[0]:
+        raise ValueError("a listed id is outside the other side's rows")
+    pen_r = _penalty(rs, ri, csls_k)
+    csls = np.where(listed, 2.0 * ls.astype(np.float64) - _penalty(ls, li, csls_k)[:, None]
+                    - pen_r[np.maximum(li, 0)], -np.inf)
+    # best first, ties to the smaller id; padding (-inf) last
+    order = np.lexsort((np.where(listed, li, np.iinfo(np.int64).max), -csls), axis=1)[:, :k]
+    ids = np.take_along_axis(li, order, axis=1).astype(np.int64)
+    return (np.take_along_axis(csls, order, axis=1).astype(np.float32), ids,
+            np.where(ids >= 0, np.take_along_axis(ls, order, axis=1), -np.inf).astype(np.float32))
 
 
 def sinkhorn(g: CandidateGraph, temperature: float = 0.04, iterations: int = 10) -> np.ndarray:

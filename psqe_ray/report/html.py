@@ -212,8 +212,10 @@ def _summary_rows(report: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         if number(align.get("hits@1")) is None:
             yield "alignment", "Hits@k not measured (no gold links)"
         else:
+            head = align.get("headline")
             yield "alignment", " · ".join(f"{name} <b>{fmt_frac(align.get(key))}</b>"
-                                          for key, name in _METRICS)
+                                          for key, name in _METRICS) + (
+                f' <span class="sub">({esc(head)})</span>' if isinstance(head, str) else "")
         match = align.get("matching")
         if isinstance(match, Mapping):
             head = f"{fmt_int(match.get('matches'))} pairs ({esc(match.get('method'))})"

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from psqe_ray import __version__
 from psqe_ray.config import PSQEConfig, fingerprint, reproducibility, to_dict
-from psqe_ray.core.assignment import (CandidateGraph, MatchResult, assign,
+from psqe_ray.core.assignment import (CandidateGraph, MatchResult, assign, csls_ranking,
                                       match_metrics, rerank_metrics)
 from psqe_ray.core.ids import duplicates, out_of_range
 from psqe_ray.core.search import Searcher
@@ -102,15 +102,29 @@ def alignment_table(left: np.ndarray, right: np.ndarray, k: int,
     return topk_table(*(searcher or Searcher()).topk(left, right, k))
 
 
-def topk_table(scores: np.ndarray, ids: np.ndarray) -> pa.Table:
-    """alignment.parquet's rows from every left entity's top-k (scores, ids)."""
+def topk_table(scores: np.ndarray, ids: np.ndarray,
+               similarity: np.ndarray | None = None) -> pa.Table:
+    """alignment.parquet's rows from every left entity's top-k (scores, ids): ``score`` is the
+    ranking's score (CSLS or cosine), ``similarity`` the aligner's cosine (default: the
+    scores themselves, for the plain ranking)."""
     n, kk = ids.shape
+    sim = scores if similarity is None else similarity
     return pa.table({
         "left_id": pa.array(np.repeat(np.arange(n, dtype=np.int64), kk)),
         "right_id": pa.array(ids.ravel().astype(np.int64)),
         "rank": pa.array(np.tile(np.arange(1, kk + 1, dtype=np.int32), n)),
         "score": pa.array(scores.ravel().astype(np.float32)),
+        "similarity": pa.array(sim.ravel().astype(np.float32)),
     })
+
+
+def ranked(lr, rl, a) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """alignment.parquet's (scores, ids, similarity) under ``a.ranking`` (the ``align``
+    settings): CSLS from both directions' lists (:func:`~psqe_ray.core.assignment.csls_ranking`)
+    or the plain lists cut to ``a.topk``."""
+    if a.ranking == "csls":
+        return csls_ranking(lr, rl, a.topk, a.csls_k)
+    return lr[0][:, :a.topk], lr[1][:, :a.topk], lr[0][:, :a.topk]
 
 
 def matches_table(m: MatchResult) -> pa.Table:
@@ -139,7 +153,8 @@ def matching_summary(m: MatchResult, g: CandidateGraph, a, gold) -> dict[str, An
 
 def aligned_samples(matches: MatchResult | None, top1, pair, a) -> dict[str, Any]:
     """report.json ``align.samples`` (:func:`psqe_ray.report.samples.sample_pairs`): from the
-    one-to-one matches, or from every left entity's top-1 when matching is off."""
+    one-to-one matches, or from every left entity's top-1 (ids, scores, cosines) when matching
+    is off."""
     from psqe_ray.report.samples import sample_pairs
 
     names = {"names_left": pair.left.names, "names_right": pair.right.names,
@@ -151,10 +166,10 @@ def aligned_samples(matches: MatchResult | None, top1, pair, a) -> dict[str, Any
                             threshold=a.match_min_share if sinkhorn else None,
                             source=f"matches ({matches.method})",
                             score_name="balanced mass" if sinkhorn else "CSLS", **names)
-    ids, scores = top1
-    ok = np.flatnonzero(np.asarray(ids) >= 0)
-    return sample_pairs(ok, np.asarray(ids)[ok], np.asarray(scores)[ok], source="top-1",
-                        score_name="cosine", **names)
+    ids, scores, sim = (np.asarray(x) for x in top1)
+    ok = np.flatnonzero(ids >= 0)
+    return sample_pairs(ok, ids[ok], scores[ok], similarity=sim[ok], source="top-1",
+                        score_name="CSLS" if a.ranking == "csls" else "cosine", **names)
 
 
 class TaskPeaks:
@@ -226,28 +241,29 @@ def _run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig,
         a = cfg.align
         t = time.perf_counter()
         with StepMeter() as meter:
-            if a.matching == "off":
+            if a.matching == "off" and a.ranking == "plain":
                 lr, rl = steps.topk(gen, left, right, a.topk), None
             elif a.topk <= a.match_k:  # both ways, one pass over the score tiles where it can
                 lr, rl = steps.topk_both(gen, left, right, a.match_k)
             else:
                 lr, rl = steps.topk(gen, left, right, a.topk), steps.topk(gen, right, left,
                                                                            a.match_k)
-            table = topk_table(lr[0][:, :a.topk], lr[1][:, :a.topk])
+            best = ranked(lr, rl, a)
+            table = topk_table(*best)
         search_seconds = time.perf_counter() - t
         profile.append({"step": "search", **meter.record(), **task_peak()})
         matches = graph_ = None
-        top1 = None if a.matching != "off" else (lr[1][:, 0], lr[0][:, 0])
+        top1 = None if a.matching != "off" else (best[1][:, 0], best[0][:, 0], best[2][:, 0])
+        del best
         t = time.perf_counter()
         if a.matching != "off":
             with StepMeter() as meter:
                 graph_, matches = assign(lr, rl, a)
-                del rl
             profile.append({"step": "matching", **meter.record(), **task_peak()})
             log.info("align %s: %d one-to-one matches (%s on %d candidate pairs; %d left out "
                      "as dangling)", a.recipe, len(matches.left), a.matching,
                      matches.candidates, matches.dropped)
-        del lr
+        del lr, rl
         match_seconds = time.perf_counter() - t
         metrics: dict[str, Any] = {"hits@1": None, "hits@10": None, "mrr": None}
         t = time.perf_counter()

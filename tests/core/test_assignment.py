@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from psqe_ray.core.assignment import (candidate_graph, match, match_metrics, rerank_metrics,
-                                      sinkhorn)
+from psqe_ray.core.alignment_quality import alignment_metrics
+from psqe_ray.core.assignment import (candidate_graph, csls_ranking, match, match_metrics,
+                                      rerank_metrics, sinkhorn)
 
 
 def _lists(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +76,51 @@ def test_balancing_resolves_a_hub_that_ranking_gets_wrong():
     assert balanced["hits@1"] == 1.0 and balanced["mrr"] == 1.0
     m = match(g)
     assert sorted(zip(m.left.tolist(), m.right.tolist())) == [(0, 1), (1, 0), (2, 2)]
+
+
+def test_csls_ranking_demotes_a_hub_that_plain_ranking_puts_first():
+    # right 0 is a hub: every left entity's nearest.  Its penalty (mean of its 2 best) is high,
+    # so left 0 and left 2, whose partners are close behind, rank their partners first
+    s = np.array([[0.90, 0.85, 0.10],
+                  [0.95, 0.50, 0.20],
+                  [0.80, 0.30, 0.75]])
+    scores, ids, sim = csls_ranking(_lists(s, 3), _lists(s.T.copy(), 3), 2, csls_k=2)
+    assert ids[:, 0].tolist() == [1, 0, 2]  # plain: [0, 0, 0]
+    r_l, r_r = (np.sort(s, axis=1)[:, ::-1][:, :2].mean(axis=1),
+                np.sort(s, axis=0)[::-1][:2].mean(axis=0))
+    np.testing.assert_allclose(scores, np.take_along_axis(
+        2 * s - r_l[:, None] - r_r[None, :], ids, 1), atol=1e-6)
+    np.testing.assert_allclose(sim, np.take_along_axis(s, ids, 1), atol=1e-6)
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_csls_ranking_on_full_lists_is_the_evaluations_csls_ranking():
+    # every candidate listed: rank 1 of the table is the exact CSLS best, so the table's
+    # Hits@1 is alignment_metrics' CSLS headline (ties would go to the smaller id in both)
+    rng = np.random.default_rng(5)
+    left = rng.normal(size=(40, 8)).astype(np.float32)
+    right = np.concatenate([left + 0.9 * rng.normal(size=(40, 8)).astype(np.float32),
+                            rng.normal(size=(12, 8)).astype(np.float32)])
+    right[40:] += 2 * left.mean(axis=0)  # dangling hubs near everybody
+    s = left @ right.T
+    _, ids, _ = csls_ranking(_lists(s, 52), _lists(s.T.copy(), 40), 10, csls_k=3)
+    gold = np.arange(40)
+    m = alignment_metrics(left, right, gold, gold, ranking="csls")
+    plain = alignment_metrics(left, right, gold, gold)
+    assert m["headline"] == "l2r/csls/all" and plain["headline"] == "l2r/plain/all"
+    assert m["hits@1"] == pytest.approx((ids[:, 0] == gold).mean())
+    assert m["hits@10"] == pytest.approx((ids == gold[:, None]).any(axis=1).mean())
+    assert m["hits@1"] > plain["hits@1"]  # the hubs took plain rank 1 from some partners
+
+
+def test_csls_ranking_pads_short_lists_last():
+    s = np.array([[0.9, 0.1], [0.2, 0.8]])
+    lr = (np.array([[0.9, -np.inf], [0.8, 0.2]], np.float32), np.array([[0, -1], [1, 0]]))
+    scores, ids, sim = csls_ranking(lr, _lists(s.T.copy(), 2), 2, csls_k=1)
+    assert ids.tolist() == [[0, -1], [1, 0]]
+    assert np.isneginf(scores[0, 1]) and np.isneginf(sim[0, 1]) and np.isfinite(scores[1]).all()
+    with pytest.raises(ValueError, match="outside"):
+        csls_ranking((lr[0], np.array([[0, 5], [1, 0]])), _lists(s.T.copy(), 2), 2)
 
 
 def test_a_clear_permutation_is_matched_like_the_optimal_assignment():

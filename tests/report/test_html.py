@@ -86,7 +86,7 @@ FULL = {
                          "right": [bucket("1-1", 0.1), bucket("2-3", 0.3), bucket("4-7", 0.6),
                                    bucket("8-15", 0.7)]}},
     },
-    "align": {"recipe": "meaformer", "hits@1": 0.81, "hits@10": 0.93, "mrr": 0.86,
+    "align": {"recipe": "meaformer", "hits@1": 0.81, "hits@10": 0.93, "mrr": 0.86, "headline": "l2r/csls/all",
               "seconds_total": 80.2, "seeds_used": 5340, "pairs_added": 1200,
               "match_round_pairs": [17926],
               "variants": {"l2r/plain/all": metrics(0.8, 0.9, 0.85),
@@ -124,7 +124,7 @@ def test_headline_numbers_are_formatted() -> None:
     text = "".join(parse(render_html(FULL)).text)
     for expected in ("Hits@1 0.810", "Hits@10 0.930", "MRR 0.860", "5,340", "precision 0.854",
                      "recall 0.304", "19,661 left", "19,993 right", "15,000", "seeds 104.6 s",
-                     "total 190.1 s", "meaformer", "name, image", "mean 0.590",
+                     "total 190.1 s", "meaformer", "name, image", "mean 0.590", "MRR 0.860 (l2r/csls/all)",
                      "s3://bucket/DBP15K/zh_en", "match rounds17,926"):
         assert expected in text, expected
 
