@@ -174,6 +174,7 @@ class DistributedConfig:
 
 
 RECIPES = ("eva", "mclea", "meaformer", "pcmea")
+RANKINGS = ("balanced", "csls", "plain")  # align.ranking: alignment.parquet and the headline Hits@k
 
 
 @dataclass(frozen=True)
@@ -213,9 +214,10 @@ class AlignConfig:
                                   # count with the most mutual nearest pairs; no gold read);
                                   # 0 = off.  The final vectors are (hops + 1) times wider
     topk: int = 10                # candidates per left entity in alignment.parquet
-    ranking: str = "csls"         # the scoring of alignment.parquet and of metrics.json's
-                                  # headline Hits@k: csls (hubness-corrected, the field's
-                                  # inference-time ranking, Lample et al. 2018) | plain cosine
+    ranking: str = "balanced"     # ours: the scoring of alignment.parquet and of
+                                  # metrics.json's headline Hits@k: balanced (the assignment's
+                                  # Sinkhorn mass on the candidate graph, as matches.parquet)
+                                  # | csls (hubness-corrected cosine) | plain (cosine)
     matching: str = "sinkhorn"    # ours: the one-to-one matches.parquet: sinkhorn (balanced
                                   # on the candidate graph) | greedy (mutual best on CSLS) | off
     match_k: int = 50             # candidates per entity, each direction, of that assignment
@@ -307,8 +309,8 @@ class PSQEConfig:
             raise ConfigError(f"align.smooth must be -1 (auto) or >= 0 hops, got {a.smooth}")
         if a.checkpoint_every < 1:
             raise ConfigError("align.checkpoint_every must be >= 1")
-        if a.ranking not in ("csls", "plain"):
-            raise ConfigError(f"align.ranking must be csls or plain, got {a.ranking!r}")
+        if a.ranking not in RANKINGS:
+            raise ConfigError(f"align.ranking must be {', '.join(RANKINGS)}, got {a.ranking!r}")
         if a.matching not in ("sinkhorn", "greedy", "off"):
             raise ConfigError(f"align.matching must be sinkhorn, greedy or off, got {a.matching!r}")
         if a.match_k < 1 or a.match_iterations < 1 or a.match_temperature <= 0 \

@@ -56,12 +56,13 @@ def test_align_writes_alignment_and_metrics(tmp_path, capsys, pair_url, seeds_ur
     for key in ("hits@1", "hits@10", "mrr", "recipe", "seconds_total", "eval_seconds"):
         assert key in metrics
     assert metrics["driver_peak_rss_bytes"] > 50 * 2**20  # this process: torch alone is more
-    # the default ranking, CSLS: the headline is its variant, and the file's scores are CSLS
-    # scores (2 cos - two penalties, each at most the best cosine: never above 2 cos - 2 max)
-    assert metrics["headline"] == "l2r/csls/all"
-    assert metrics["hits@1"] == metrics["variants"]["l2r/csls/all"]["hits@1"]
+    # the default ranking, balanced: the headline is the balanced scores' ranking, the file's
+    # scores are balanced masses (in [0, 1]) and its similarity the cosines
+    assert metrics["headline"] == "balanced"
+    assert metrics["hits@1"] == metrics["matching"]["ranking"]["hits@1"]
     sim = t.column("similarity").to_numpy().reshape(n_left, 5)
     assert (sim <= 1.0 + 1e-5).all() and not np.allclose(score, sim)
+    assert ((score >= 0) & (score <= 1.0 + 1e-6)).all()
     assert set(metrics["variants"]) == {f"{d}/{s}/{p}" for d in ("l2r", "r2l")
                                         for s in ("plain", "csls") for p in ("all", "test")}
     assert 0.3 < metrics["hits@1"] <= metrics["hits@10"] <= 1.0
@@ -70,7 +71,7 @@ def test_align_writes_alignment_and_metrics(tmp_path, capsys, pair_url, seeds_ur
     gold = Dataset(pair_url).table("gold").to_pydict()
     pred = dict(zip(top1.column("left_id").to_pylist(), top1.column("right_id").to_pylist()))
     hits = np.mean([pred[l] == r for l, r in zip(gold["left_id"], gold["right_id"])])
-    assert hits == pytest.approx(metrics["hits@1"], abs=0.02)
+    assert hits == pytest.approx(metrics["hits@1"], abs=1e-12)  # the file is what is measured
     # the one-to-one alignment: each entity at most once, its figures against the gold links
     m = pq.read_table(out / "matches.parquet")
     ml, mr = m.column("left_id").to_numpy(), m.column("right_id").to_numpy()
@@ -87,6 +88,37 @@ def test_align_writes_alignment_and_metrics(tmp_path, capsys, pair_url, seeds_ur
     assert main(["-q", "align", pair_url, seeds_url, str(out), "--recipe", "eva",
                  *ALIGN_SETS]) == 0
     assert _json_line(capsys)["seconds_total"] == summary["seconds_total"]
+
+
+def _table_hits(out, pair_url) -> tuple[float, float]:
+    """Hits@1 / Hits@10 read off alignment.parquet itself."""
+    t = pq.read_table(out / "alignment.parquet").to_pydict()
+    gold = Dataset(pair_url).table("gold").to_pydict()
+    partner = dict(zip(gold["left_id"], gold["right_id"]))
+    hit = [partner.get(left) == right for left, right in zip(t["left_id"], t["right_id"])]
+    top = [h for h, r in zip(hit, t["rank"]) if r == 1]
+    return sum(top) / len(partner), sum(hit) / len(partner)
+
+
+@pytest.mark.parametrize("matching, ranking", [("off", "balanced"), ("greedy", "csls"),
+                                               ("off", "plain")])
+def test_every_ranking_is_what_the_headline_measures(tmp_path, capsys, pair_url, seeds_url,
+                                                     matching, ranking):
+    out = tmp_path / "a"
+    assert main(["-q", "align", pair_url, seeds_url, str(out), "--recipe", "eva", *ALIGN_SETS,
+                 "--set", "align.topk=10", "--set", f"align.matching={matching}",
+                 "--set", f"align.ranking={ranking}"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "matches.parquet").exists() == (matching != "off")
+    assert metrics["headline"] == ("balanced" if ranking == "balanced" else f"l2r/{ranking}/all")
+    h1, h10 = _table_hits(out, pair_url)
+    # balanced and plain rank exactly what the file holds; CSLS re-ranks each entity's 50 best
+    # cosines (of 250 candidates), the headline counts every candidate
+    tol = 0.02 if ranking == "csls" else 1e-12
+    assert h1 == pytest.approx(metrics["hits@1"], abs=tol)
+    assert h10 == pytest.approx(metrics["hits@10"], abs=tol)
+    samples = metrics["samples"]
+    assert samples["source"] == ("top-1" if matching == "off" else "matches (greedy)")
 
 
 def test_align_reads_a_seeds_parquet_file(tmp_path, capsys, pair_url):

@@ -273,11 +273,11 @@ def _summary(rank: np.ndarray, hits: tuple[int, ...]) -> dict[str, float | int |
 def alignment_metrics(left: np.ndarray, right: np.ndarray, gold_left: np.ndarray,
                       gold_right: np.ndarray, *, csls_k: int = 3, split_seed: int = 0,
                       hits: tuple[int, ...] = (1, 10), searcher: Searcher | None = None,
-                      vectors: Vectors | None = None, ranking: str = "plain") -> dict:
+                      vectors: Vectors | None = None) -> dict:
     """Hits@k / MRR of aligned vectors against gold pairs.
 
-    Headline keys (``hits@1``, ``hits@10``, ``mrr``): left -> right, all gold pairs, scored by
-    ``ranking`` (``plain`` or ``csls``; named in ``headline``).  ``variants``: ``{direction}/{plain|csls}/{all|test}`` for both directions, with and
+    Headline keys (``hits@1``, ``hits@10``, ``mrr``): left -> right, plain scores, all gold
+    pairs (``headline`` names that variant; the align runner may put another ranking there).  ``variants``: ``{direction}/{plain|csls}/{all|test}`` for both directions, with and
     without CSLS (``csls_k``), over all pairs (every entity a candidate) and over the field's
     test split (test entities as candidates).  ``vectors``: how the approximate ranking
     reaches the vectors (default: ``left`` / ``right`` are arrays here; the exact ranking
@@ -297,11 +297,8 @@ def alignment_metrics(left: np.ndarray, right: np.ndarray, gold_left: np.ndarray
                                          vectors)
     if not variants:
         variants = _exact_variants(left, right, gl, gr, test, csls_k, hits, searcher)
-    if ranking not in ("plain", "csls"):
-        raise ValueError(f"ranking must be plain or csls, got {ranking!r}")
-    name = f"l2r/{ranking}/all"
-    head = variants[name]
+    head = variants["l2r/plain/all"]
     return {**{f"hits@{k}": head[f"hits@{k}"] for k in hits}, "mrr": head["mrr"],
-            "headline": name, "csls_k": csls_k, "split_seed": split_seed,
+            "headline": "l2r/plain/all", "csls_k": csls_k, "split_seed": split_seed,
             "ranking": "exact" if exact else f"approximate (top {searcher.depth} per query)",
             "variants": variants}

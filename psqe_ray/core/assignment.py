@@ -38,8 +38,8 @@ import numpy as np
 
 from psqe_ray.core.matching import greedy_one_to_one
 
-__all__ = ["CandidateGraph", "MatchResult", "assign", "candidate_graph", "csls_ranking", "match",
-           "match_metrics", "judge_pairs", "pair_metrics", "sinkhorn", "rerank_metrics"]
+__all__ = ["CandidateGraph", "MatchResult", "assign", "balanced_ranking", "candidate_graph",
+           "csls_ranking", "match", "match_metrics", "judge_pairs", "pair_metrics", "sinkhorn", "rerank_metrics"]
 
 
 @dataclass
@@ -136,6 +136,27 @@ def csls_ranking(lr: tuple[np.ndarray, np.ndarray], rl: tuple[np.ndarray, np.nda
     ids = np.take_along_axis(li, order, axis=1).astype(np.int64)
     return (np.take_along_axis(csls, order, axis=1).astype(np.float32), ids,
             np.where(ids >= 0, np.take_along_axis(ls, order, axis=1), -np.inf).astype(np.float32))
+
+
+def balanced_ranking(g: CandidateGraph, share: np.ndarray, k: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every left entity's ``k`` best candidates of ``g`` by ``share`` (the balanced scores,
+    :func:`sinkhorn`): (share float32 (n_left, k), ids int64, raw similarity float32), best
+    first, ties to the smaller id; -1 / -inf pad an entity with fewer candidate edges.  Its
+    Hits@k against gold links is :func:`rerank_metrics` of the same scores."""
+    share = np.asarray(share, np.float64)
+    out_s = np.full((g.n_left, k), -np.inf)
+    out_i = np.full((g.n_left, k), -1, np.int64)
+    out_c = np.full((g.n_left, k), -np.inf)
+    if g.left.size and k > 0:
+        order = np.lexsort((g.right, -share, g.left))
+        lo = g.left[order]
+        start = np.searchsorted(lo, np.arange(g.n_left))
+        pos = np.arange(lo.size) - start[lo]
+        keep = pos < k
+        o, row, col = order[keep], lo[keep], pos[keep]
+        out_s[row, col], out_i[row, col], out_c[row, col] = share[o], g.right[o], g.score[o]
+    return out_s.astype(np.float32), out_i, out_c.astype(np.float32)
 
 
 def sinkhorn(g: CandidateGraph, temperature: float = 0.04, iterations: int = 10) -> np.ndarray:

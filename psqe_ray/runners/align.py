@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 
 from psqe_ray import __version__
 from psqe_ray.config import PSQEConfig, fingerprint, reproducibility, to_dict
-from psqe_ray.core.assignment import (CandidateGraph, MatchResult, assign, csls_ranking,
-                                      match_metrics, rerank_metrics)
+from psqe_ray.core.assignment import (CandidateGraph, MatchResult, assign, balanced_ranking,
+                                      csls_ranking, match_metrics, rerank_metrics, sinkhorn)
 from psqe_ray.core.ids import duplicates, out_of_range
 from psqe_ray.core.search import Searcher
 from psqe_ray.core.step_meter import StepMeter, high_water_bytes
@@ -118,13 +118,35 @@ def topk_table(scores: np.ndarray, ids: np.ndarray,
     })
 
 
-def ranked(lr, rl, a) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ranked(lr, rl, a, graph: CandidateGraph | None = None, share: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """alignment.parquet's (scores, ids, similarity) under ``a.ranking`` (the ``align``
-    settings): CSLS from both directions' lists (:func:`~psqe_ray.core.assignment.csls_ranking`)
-    or the plain lists cut to ``a.topk``."""
+    settings): the balanced scores of the candidate graph (``graph``, ``share``), CSLS from
+    both directions' lists (:func:`~psqe_ray.core.assignment.csls_ranking`) or the plain lists
+    cut to ``a.topk``."""
+    if a.ranking == "balanced":
+        return balanced_ranking(graph, share, a.topk)
     if a.ranking == "csls":
         return csls_ranking(lr, rl, a.topk, a.csls_k)
     return lr[0][:, :a.topk], lr[1][:, :a.topk], lr[0][:, :a.topk]
+
+
+def balanced_share(graph: CandidateGraph, m: MatchResult, a) -> np.ndarray:
+    """The balanced (Sinkhorn) score of every candidate edge: the matching's own, or (greedy
+    matching) balanced here with the same settings."""
+    if m.method == "sinkhorn":
+        return m.edge_share
+    return sinkhorn(graph, a.match_temperature, a.match_iterations)
+
+
+def set_headline(metrics: dict[str, Any], a, balanced: dict | None) -> None:
+    """metrics.json's headline Hits@k / MRR: the ranking alignment.parquet holds
+    (``a.ranking``); ``balanced``: the Hits@k of the balanced scores (``rerank_metrics``)."""
+    if metrics.get("variants") is None:
+        return  # no gold links
+    head = balanced if a.ranking == "balanced" else metrics["variants"][f"l2r/{a.ranking}/all"]
+    metrics.update({k: head[k] for k in ("hits@1", "hits@10", "mrr")},
+                   headline="balanced" if a.ranking == "balanced" else f"l2r/{a.ranking}/all")
 
 
 def matches_table(m: MatchResult) -> pa.Table:
@@ -136,9 +158,10 @@ def matches_table(m: MatchResult) -> pa.Table:
                      "similarity": pa.array(m.similarity.astype(np.float32))})
 
 
-def matching_summary(m: MatchResult, g: CandidateGraph, a, gold) -> dict[str, Any]:
+def matching_summary(m: MatchResult, a, gold, balanced: dict | None) -> dict[str, Any]:
     """metrics.json's ``matching``: how the assignment was solved and, when gold links exist,
-    its precision / recall / F1 and the ranking of the balanced scores (evaluation only)."""
+    its precision / recall / F1 and ``balanced``, the Hits@k of the balanced scores
+    (evaluation only)."""
     out: dict[str, Any] = {"method": m.method, "matches": int(m.left.size),
                            "candidates": m.candidates, "dropped_as_dangling": m.dropped,
                            "candidates_per_entity": a.match_k}
@@ -147,7 +170,7 @@ def matching_summary(m: MatchResult, g: CandidateGraph, a, gold) -> dict[str, An
                    min_share=a.match_min_share)
     if gold is not None:
         out.update(match_metrics(m, gold[0], gold[1]))
-        out["ranking"] = rerank_metrics(g, m.edge_share, gold[0], gold[1])
+        out["ranking"] = balanced
     return out
 
 
@@ -169,7 +192,8 @@ def aligned_samples(matches: MatchResult | None, top1, pair, a) -> dict[str, Any
     ids, scores, sim = (np.asarray(x) for x in top1)
     ok = np.flatnonzero(ids >= 0)
     return sample_pairs(ok, ids[ok], scores[ok], similarity=sim[ok], source="top-1",
-                        score_name="CSLS" if a.ranking == "csls" else "cosine", **names)
+                        score_name={"balanced": "balanced mass", "csls": "CSLS"}.get(
+                            a.ranking, "cosine"), **names)
 
 
 class TaskPeaks:
@@ -248,35 +272,46 @@ def _run_align(dataset_url: str, seeds_url: str, out_url: str, cfg: PSQEConfig,
             else:
                 lr, rl = steps.topk(gen, left, right, a.topk), steps.topk(gen, right, left,
                                                                            a.match_k)
-            best = ranked(lr, rl, a)
-            table = topk_table(*best)
+            if a.ranking != "balanced":
+                best = ranked(lr, rl, a)
         search_seconds = time.perf_counter() - t
         profile.append({"step": "search", **meter.record(), **task_peak()})
-        matches = graph_ = None
-        top1 = None if a.matching != "off" else (best[1][:, 0], best[0][:, 0], best[2][:, 0])
-        del best
+        matches = graph_ = share = None
         t = time.perf_counter()
-        if a.matching != "off":
+        if a.matching != "off" or a.ranking == "balanced":
             with StepMeter() as meter:
                 graph_, matches = assign(lr, rl, a)
+                share = balanced_share(graph_, matches, a)
+                if a.ranking == "balanced":
+                    best = ranked(lr, rl, a, graph_, share)
             profile.append({"step": "matching", **meter.record(), **task_peak()})
-            log.info("align %s: %d one-to-one matches (%s on %d candidate pairs; %d left out "
-                     "as dangling)", a.recipe, len(matches.left), a.matching,
-                     matches.candidates, matches.dropped)
+            if a.matching == "off":
+                matches = None  # balanced for the ranking only: no matches.parquet
+            else:
+                log.info("align %s: %d one-to-one matches (%s on %d candidate pairs; %d left "
+                         "out as dangling)", a.recipe, len(matches.left), a.matching,
+                         matches.candidates, matches.dropped)
         del lr, rl
+        table = topk_table(*best)
+        top1 = None if matches is not None else (best[1][:, 0], best[0][:, 0], best[2][:, 0])
+        del best
         match_seconds = time.perf_counter() - t
         metrics: dict[str, Any] = {"hits@1": None, "hits@10": None, "mrr": None}
         t = time.perf_counter()
+        balanced = None  # the Hits@k of the balanced scores
         with StepMeter() as meter:
             if pair.gold is not None:  # evaluation only: after training, nothing chosen on it
                 metrics = steps.metrics(gen, left, right, pair.gold)
+                if graph_ is not None:
+                    balanced = rerank_metrics(graph_, share, pair.gold[0], pair.gold[1])
+                set_headline(metrics, a, balanced)
         eval_seconds = time.perf_counter() - t
         profile.append({"step": "evaluation", **meter.record(), **task_peak()})
         metrics["samples"] = aligned_samples(matches, top1, pair, a)
         if matches is not None:
-            metrics["matching"] = matching_summary(matches, graph_, a, pair.gold)
+            metrics["matching"] = matching_summary(matches, a, pair.gold, balanced)
             metrics["matching"]["seconds"] = round(match_seconds, 3)
-        del graph_
+        del graph_, share
         metrics.update({
             "recipe": cfg.align.recipe,
             "dataset": dataset_url, "seeds": seeds_url,

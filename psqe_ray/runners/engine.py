@@ -77,7 +77,7 @@ class AlignSteps:
         a = self.cfg.align
         return alignment_metrics(left, right, gold[0], gold[1], csls_k=a.csls_k,
                                  split_seed=a.split_seed, searcher=gen.searcher,
-                                 vectors=self.vectors(gen), ranking=a.ranking)
+                                 vectors=self.vectors(gen))
 
     def vectors(self, gen) -> Vectors | None:
         """How the approximate evaluation reaches the vectors (None: arrays here)."""

@@ -176,7 +176,7 @@ def test_structure_auto_follows_the_seed_share():
         assert structure_input(fixed, 10 ** 6, 10, 10) == fixed
     with pytest.raises(Exception, match="align.structure"):
         load_config(None, ["align.structure=learned"])
-    with pytest.raises(Exception, match="align.ranking must be csls or plain, got 'cosine'"):
+    with pytest.raises(Exception, match="align.ranking must be balanced, csls, plain, got 'cosine'"):
         load_config(None, ["align.ranking=cosine"])
 
 

@@ -7,8 +7,8 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from psqe_ray.core.alignment_quality import alignment_metrics
-from psqe_ray.core.assignment import (candidate_graph, csls_ranking, match, match_metrics,
-                                      rerank_metrics, sinkhorn)
+from psqe_ray.core.assignment import (balanced_ranking, candidate_graph, csls_ranking, match,
+                                      match_metrics, rerank_metrics, sinkhorn)
 
 
 def _lists(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,12 +105,34 @@ def test_csls_ranking_on_full_lists_is_the_evaluations_csls_ranking():
     s = left @ right.T
     _, ids, _ = csls_ranking(_lists(s, 52), _lists(s.T.copy(), 40), 10, csls_k=3)
     gold = np.arange(40)
-    m = alignment_metrics(left, right, gold, gold, ranking="csls")
-    plain = alignment_metrics(left, right, gold, gold)
-    assert m["headline"] == "l2r/csls/all" and plain["headline"] == "l2r/plain/all"
+    v = alignment_metrics(left, right, gold, gold)["variants"]
+    m, plain = v["l2r/csls/all"], v["l2r/plain/all"]
     assert m["hits@1"] == pytest.approx((ids[:, 0] == gold).mean())
     assert m["hits@10"] == pytest.approx((ids == gold[:, None]).any(axis=1).mean())
     assert m["hits@1"] > plain["hits@1"]  # the hubs took plain rank 1 from some partners
+
+
+def test_balanced_ranking_is_what_rerank_metrics_measures():
+    rng = np.random.default_rng(6)
+    s = rng.normal(size=(30, 34))
+    s[np.arange(30), np.arange(30)] += 1.5  # gold: i -> i; right 30..33 dangling
+    s[:, 30] += 1.2  # a hub
+    g = _graph(s, 5)
+    share = sinkhorn(g)
+    scores, ids, sim = balanced_ranking(g, share, 10)
+    gold = np.arange(30)
+    want = rerank_metrics(g, share, gold, gold)
+    assert want["hits@1"] == pytest.approx((ids[:, 0] == gold).mean())
+    assert want["hits@10"] == pytest.approx((ids == gold[:, None]).any(axis=1).mean())
+    assert want["hits@1"] > (np.argmax(s, axis=1) == gold).mean()  # the hub lost its hold
+    for i in range(30):  # each row: that entity's candidate edges, best share first
+        e = np.flatnonzero(g.left == i)
+        e = e[np.lexsort((g.right[e], -share[e]))][:10]
+        n = len(e)
+        assert ids[i, :n].tolist() == g.right[e].tolist() and (ids[i, n:] == -1).all()
+        np.testing.assert_allclose(scores[i, :n], share[e], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(sim[i, :n], g.score[e], rtol=1e-6)
+        assert np.isneginf(scores[i, n:]).all()
 
 
 def test_csls_ranking_pads_short_lists_last():
