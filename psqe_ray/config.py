@@ -174,7 +174,7 @@ class DistributedConfig:
 
 
 RECIPES = ("eva", "mclea", "meaformer", "pcmea")
-RANKINGS = ("balanced", "csls", "plain")  # align.ranking: alignment.parquet and the headline Hits@k
+RANKINGS = ("balanced", "csls", "plain")  # align.ranking (alignment.parquet, headline Hits@k)
 
 
 @dataclass(frozen=True)

@@ -277,7 +277,8 @@ def alignment_metrics(left: np.ndarray, right: np.ndarray, gold_left: np.ndarray
     """Hits@k / MRR of aligned vectors against gold pairs.
 
     Headline keys (``hits@1``, ``hits@10``, ``mrr``): left -> right, plain scores, all gold
-    pairs (``headline`` names that variant; the align runner may put another ranking there).  ``variants``: ``{direction}/{plain|csls}/{all|test}`` for both directions, with and
+    pairs (``headline`` names that variant; the align runner may put another ranking there).
+    ``variants``: ``{direction}/{plain|csls}/{all|test}`` for both directions, with and
     without CSLS (``csls_k``), over all pairs (every entity a candidate) and over the field's
     test split (test entities as candidates).  ``vectors``: how the approximate ranking
     reaches the vectors (default: ``left`` / ``right`` are arrays here; the exact ranking

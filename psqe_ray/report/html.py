@@ -215,7 +215,7 @@ def _summary_rows(report: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
             head = align.get("headline")
             yield "alignment", " · ".join(f"{name} <b>{fmt_frac(align.get(key))}</b>"
                                           for key, name in _METRICS) + (
-                f' <span class="sub">({esc(head)})</span>' if isinstance(head, str) else "")
+                f' <span class="sub">(ranking: {esc(head)})</span>' if isinstance(head, str) else "")
         match = align.get("matching")
         if isinstance(match, Mapping):
             head = f"{fmt_int(match.get('matches'))} pairs ({esc(match.get('method'))})"

@@ -124,7 +124,7 @@ def test_headline_numbers_are_formatted() -> None:
     text = "".join(parse(render_html(FULL)).text)
     for expected in ("Hits@1 0.810", "Hits@10 0.930", "MRR 0.860", "5,340", "precision 0.854",
                      "recall 0.304", "19,661 left", "19,993 right", "15,000", "seeds 104.6 s",
-                     "total 190.1 s", "meaformer", "name, image", "mean 0.590", "MRR 0.860 (l2r/csls/all)",
+                     "total 190.1 s", "meaformer", "name, image", "mean 0.590", "MRR 0.860 (ranking: l2r/csls/all)",
                      "s3://bucket/DBP15K/zh_en", "match rounds17,926"):
         assert expected in text, expected
 
