@@ -39,7 +39,8 @@ import numpy as np
 from psqe_ray.core.matching import greedy_one_to_one
 
 __all__ = ["CandidateGraph", "MatchResult", "assign", "balanced_ranking", "candidate_graph",
-           "csls_ranking", "match", "match_metrics", "judge_pairs", "pair_metrics", "sinkhorn", "rerank_metrics"]
+           "csls_ranking", "match", "match_metrics", "judge_pairs", "pair_metrics", "sinkhorn",
+           "rerank_metrics"]
 
 
 @dataclass

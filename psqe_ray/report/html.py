@@ -213,9 +213,10 @@ def _summary_rows(report: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
             yield "alignment", "Hits@k not measured (no gold links)"
         else:
             head = align.get("headline")
+            ranking = (f' <span class="sub">(ranking: {esc(head)})</span>'
+                       if isinstance(head, str) else "")
             yield "alignment", " · ".join(f"{name} <b>{fmt_frac(align.get(key))}</b>"
-                                          for key, name in _METRICS) + (
-                f' <span class="sub">(ranking: {esc(head)})</span>' if isinstance(head, str) else "")
+                                          for key, name in _METRICS) + ranking
         match = align.get("matching")
         if isinstance(match, Mapping):
             head = f"{fmt_int(match.get('matches'))} pairs ({esc(match.get('method'))})"
